@@ -1,0 +1,209 @@
+"""Configuration files for the benchmark: certificate, backend nginx, proxy nginx, teeproxy."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+SMALL_BODY = "hello, world\n"  # 13 bytes
+ONE_MIB = 1024 * 1024
+
+
+@dataclass
+class Certs:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def make_certs(directory: Path) -> Certs:
+    """An ECDSA P-256 CA and leaf for 127.0.0.1/localhost/::1 (trustme's default key type)."""
+    ca = trustme.CA(key_type=trustme.KeyType.ECDSA)
+    leaf = ca.issue_cert("127.0.0.1", "localhost", "::1")
+    certs = Certs(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+    ca.cert_pem.write_to_path(str(certs.ca_file))
+    with certs.cert_file.open("wb") as f:
+        for blob in leaf.cert_chain_pems:
+            f.write(blob.bytes())
+    leaf.private_key_pem.write_to_path(str(certs.key_file))
+    certs.key_file.chmod(0o600)
+    return certs
+
+
+def _q(value: str | Path) -> str:
+    """A quoted nginx/TOML string (JSON escaping is valid for both here)."""
+    return json.dumps(str(value))
+
+
+def _nginx_common(prefix: Path, workers: int, connections: int) -> str:
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (prefix / "temp" / sub).mkdir(parents=True, exist_ok=True)
+    return f"""{user}worker_processes {workers};
+worker_rlimit_nofile {connections * 2 + 1024};
+pid {prefix / "nginx.pid"};
+error_log {prefix / "error.log"} warn;
+events {{
+    worker_connections {connections};
+}}
+"""
+
+
+def _nginx_http_common(prefix: Path) -> str:
+    return f"""    access_log off;
+    client_body_temp_path {prefix / "temp" / "client_body"};
+    proxy_temp_path {prefix / "temp" / "proxy"};
+    fastcgi_temp_path {prefix / "temp" / "fastcgi"};
+    uwsgi_temp_path {prefix / "temp" / "uwsgi"};
+    scgi_temp_path {prefix / "temp" / "scgi"};
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    server_tokens off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+"""
+
+
+def backend_nginx_conf(
+    prefix: Path, port: int, sse_port: int, workers: int, connections: int
+) -> Path:
+    """The fast origin: /small and /1m served by nginx itself, /sse and /idle proxied
+    unbuffered to the Python SSE server."""
+    docroot = prefix / "www"
+    docroot.mkdir(parents=True, exist_ok=True)
+    (docroot / "1m").write_bytes(os.urandom(ONE_MIB))
+    conf = (
+        _nginx_common(prefix, workers, connections)
+        + "http {\n"
+        + _nginx_http_common(prefix)
+        + f"""    upstream sse {{
+        server 127.0.0.1:{sse_port};
+        keepalive 512;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096 reuseport;
+        root {docroot};
+        location = /small {{
+            default_type text/plain;
+            return 200 {_q(SMALL_BODY)};
+        }}
+        location = /1m {{
+        }}
+        location /sse {{
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+        location /idle {{
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+    )
+    path = prefix / "nginx.conf"
+    path.write_text(conf)
+    return path
+
+
+def proxy_nginx_conf(
+    prefix: Path,
+    port: int,
+    backend_port: int,
+    workers: int,
+    connections: int,
+    cert_file: Path,
+    key_file: Path,
+) -> Path:
+    """nginx as the TLS-terminating reference proxy, configured the way one would deploy
+    it in front of an LLM server (keep-alive upstream pool, unbuffered streaming)."""
+    conf = (
+        _nginx_common(prefix, workers, connections)
+        + "http {\n"
+        + _nginx_http_common(prefix)
+        + f"""    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 256;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096 reuseport;
+        ssl_certificate {cert_file};
+        ssl_certificate_key {key_file};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache off;
+        ssl_session_tickets off;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_read_timeout 3600s;
+        location / {{
+            proxy_pass http://backend;
+        }}
+        location /sse {{
+            proxy_pass http://backend;
+            proxy_buffering off;
+        }}
+        location /idle {{
+            proxy_pass http://backend;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+    )
+    path = prefix / "nginx.conf"
+    path.write_text(conf)
+    return path
+
+
+def teeproxy_toml(
+    path: Path,
+    state_dir: Path,
+    port: int,
+    admin_port: int,
+    backend_port: int,
+    workers: int,
+    max_connections: int,
+    cert_file: Path,
+    key_file: Path,
+) -> Path:
+    text = f"""# Generated by bench/run.py
+state_dir = {_q(state_dir)}
+
+[server]
+listen = [{_q(f"127.0.0.1:{port}")}]
+workers = {workers}
+drain_grace = 1.0
+
+[tls]
+certificates = [{{ cert_file = {_q(cert_file)}, key_file = {_q(key_file)} }}]
+
+[backend]
+url = {_q(f"http://127.0.0.1:{backend_port}")}
+
+[admin]
+listen = {_q(f"127.0.0.1:{admin_port}")}
+
+[limits]
+max_connections = {max_connections}
+
+[logging]
+level = "WARNING"
+access_log = false
+"""
+    path.write_text(text)
+    return path

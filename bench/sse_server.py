@@ -1,0 +1,164 @@
+"""Tiny server-sent-events backend for the teeproxy benchmark.
+
+Plain HTTP/1.1 over raw asyncio streams (uvloop when available), keep-alive,
+chunked responses:
+
+* ``GET /sse?events=N&interval=S`` -- N events ``data: <seq> <unix_time_float>\\n\\n``,
+  one every S seconds on an absolute schedule, each written as its own chunk and
+  drained before the next, so every event leaves the process as soon as it exists.
+  The timestamp is taken immediately before the write.
+* ``GET /idle`` -- headers and one event, then silence until the client goes away
+  (used to measure a proxy's memory per open stream).
+* ``GET /small`` -- ``hello, world\\n`` (for checking this server directly).
+
+Run: ``python bench/sse_server.py --host 127.0.0.1 --port 0`` -- prints
+``LISTENING <port>`` on stdout once bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import resource
+import signal
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+MAX_EVENTS = 1_000_000
+MAX_HEADER_BYTES = 16384
+
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Content-Type: text/event-stream\r\n"
+    b"Cache-Control: no-cache\r\n"
+    b"X-Accel-Buffering: no\r\n"
+    b"Transfer-Encoding: chunked\r\n"
+    b"\r\n"
+)
+
+
+def _chunk(payload: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(payload), payload)
+
+
+def _event(seq: int) -> bytes:
+    return _chunk(b"data: %d %.6f\n\n" % (seq, time.time()))
+
+
+def _simple(status: str, body: bytes, keep_alive: bool) -> bytes:
+    conn = b"keep-alive" if keep_alive else b"close"
+    return (
+        b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s"
+        % (status.encode(), len(body), conn, body)
+    )
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str]] | None:
+    try:
+        raw = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+        return None
+    lines = raw.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        return None
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    return parts[0], parts[1], headers
+
+
+async def _sse(writer: asyncio.StreamWriter, events: int, interval: float) -> None:
+    writer.write(SSE_HEAD)
+    start = time.monotonic()
+    for seq in range(events):
+        delay = start + seq * interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        writer.write(_event(seq))
+        await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+async def _idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(SSE_HEAD + _event(0))
+    await writer.drain()
+    # Hold the stream open silently until the peer closes (read returns b"").
+    while await reader.read(4096):
+        pass
+
+
+async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await _read_head(reader)
+            if head is None:
+                return
+            method, target, headers = head
+            keep_alive = headers.get("connection", "").lower() != "close"
+            url = urlsplit(target)
+            query = parse_qs(url.query)
+            if method != "GET":
+                writer.write(_simple("405 Method Not Allowed", b"GET only\n", keep_alive))
+            elif url.path == "/sse":
+                try:
+                    events = min(int(query.get("events", ["10"])[0]), MAX_EVENTS)
+                    interval = max(0.0, float(query.get("interval", ["0.02"])[0]))
+                except ValueError:
+                    writer.write(_simple("400 Bad Request", b"bad query\n", keep_alive))
+                else:
+                    await _sse(writer, events, interval)
+            elif url.path == "/idle":
+                await _idle(reader, writer)
+                return
+            elif url.path == "/small":
+                writer.write(_simple("200 OK", b"hello, world\n", keep_alive))
+            else:
+                writer.write(_simple("404 Not Found", b"not found\n", keep_alive))
+            await writer.drain()
+            if not keep_alive:
+                return
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            await writer.wait_closed()
+
+
+async def serve(host: str, port: int) -> None:
+    server = await asyncio.start_server(handle, host, port, backlog=4096, limit=MAX_HEADER_BYTES)
+    bound = server.sockets[0].getsockname()[1]
+    print(f"LISTENING {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        asyncio.run(serve(args.host, args.port))
+    else:
+        uvloop.run(serve(args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""certmgr: trust material for teeproxy (keys, certificate store, development CA)."""

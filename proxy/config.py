@@ -1,0 +1,385 @@
+"""Typed, frozen configuration: loading from TOML, environment secrets, validation.
+
+The embedded default (``proxy/default.toml``, shipped as package data) is the base; a user
+file overrides it section by section. Unknown sections or keys are errors, so a typo never
+silently falls back to a default. ``validate()`` raises :class:`ConfigError` naming the
+offending field as a dotted path (``backend.idle_timeout``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from proxy.errors import ConfigError
+
+__all__ = [
+    "AdminConfig",
+    "BackendConfig",
+    "CertificateConfig",
+    "Config",
+    "ConfigError",
+    "DevCAConfig",
+    "LimitsConfig",
+    "ListenAddress",
+    "LoggingConfig",
+    "ServerConfig",
+    "TLSConfig",
+    "default_toml",
+    "load",
+    "loads",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """A parsed listen address: TCP ``host``/``port`` or a unix socket ``path``."""
+
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def is_unix(self) -> bool:
+        return bool(self.path)
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"unix:{self.path}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str, fld: str, *, allow_unix: bool = False) -> ListenAddress:
+    """Parse ``HOST:PORT``, ``[V6]:PORT`` or (when allowed) ``unix:/path``."""
+    if allow_unix and value.startswith("unix:"):
+        path = value[5:]
+        if not path.startswith("/"):
+            raise ConfigError(fld, f"unix socket path must be absolute, got {value!r}")
+        return ListenAddress(path=path)
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(fld, f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(fld, f"listen host must be an IP address, got {host!r}") from None
+    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError(fld, f"port must be 0-65535, got {port_s!r}")
+    return ListenAddress(host=host, port=int(port_s))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: tuple[str, ...] = ("0.0.0.0:8443",)
+    workers: int = 0
+    drain_grace: float = 30.0
+    http_redirect_listen: tuple[str, ...] = ()
+
+    @property
+    def listen_addresses(self) -> tuple[ListenAddress, ...]:
+        return tuple(parse_listen(v, "server.listen") for v in self.listen)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateConfig:
+    cert_file: str
+    key_file: str
+    # Name of the environment variable holding the key's password (encrypted PEM).
+    key_password_env: str = ""
+
+    def key_password(self) -> bytes | None:
+        if not self.key_password_env:
+            return None
+        value = os.environ.get(self.key_password_env)
+        if value is None:
+            raise ConfigError(
+                "tls.certificates.key_password_env",
+                f"environment variable {self.key_password_env} is not set",
+            )
+        return value.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    certificates: tuple[CertificateConfig, ...] = ()
+    strict_sni: bool = False
+    min_version: str = "1.2"
+    handshake_timeout: float = 10.0
+    hsts_max_age: int = 0
+    hsts_include_subdomains: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DevCAConfig:
+    enabled: bool = True
+    names: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
+    leaf_lifetime: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class BackendConfig:
+    url: str = "http://127.0.0.1:8000"
+    pool_size: int = 256
+    pool_idle_timeout: float = 30.0
+    connect_timeout: float = 5.0
+    response_header_timeout: float = 600.0
+    idle_timeout: float = 600.0
+    total_timeout: float = 0.0
+
+    @property
+    def unix_path(self) -> str:
+        return self.url[5:] if self.url.startswith("unix:") else ""
+
+    @property
+    def base_url(self) -> str:
+        """The URL the HTTP client targets (a placeholder host for unix sockets)."""
+        return "http://backend" if self.unix_path else self.url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    max_request_line: int = 8190
+    max_header_size: int = 8190
+    max_headers: int = 100
+    max_body_size: int = 100 * 1024 * 1024
+    max_connections: int = 10000
+    header_read_timeout: float = 10.0
+    body_read_timeout: float = 60.0
+    send_timeout: float = 60.0
+    keepalive_timeout: float = 75.0
+    websocket_max_message: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: str = "127.0.0.1:9443"
+
+    @property
+    def address(self) -> ListenAddress | None:
+        return parse_listen(self.listen, "admin.listen", allow_unix=True) if self.listen else None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "INFO"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    state_dir: str = "/var/lib/teeproxy"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    dev_ca: DevCAConfig = field(default_factory=DevCAConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> Config:
+        """Check cross-field rules; raise ConfigError naming the field. Returns self."""
+        _validate(self)
+        return self
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def default_toml() -> str:
+    """The embedded default configuration file's text."""
+    return resources.files("proxy").joinpath("default.toml").read_text(encoding="utf-8")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Load a TOML file over the embedded defaults and validate it."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("<file>", f"cannot read {p}: {e.strerror}") from e
+    return loads(text, source=str(p))
+
+
+def loads(text: str, *, source: str = "<string>") -> Config:
+    """Parse TOML text over the embedded defaults and validate the result."""
+    base = _parse(default_toml(), "<embedded default>")
+    user = _parse(text, source)
+    merged = _merge(base, user, "")
+    cfg = _build(Config, merged, "")
+    return cfg.validate()
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("<toml>", f"{source}: {e}") from e
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        path = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(path, "unknown setting")
+        if isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(path, "expected a table")
+            out[key] = _merge(base[key], value, path + ".")
+        else:
+            out[key] = value
+    return out
+
+
+T = TypeVar("T")
+
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "float": (int, float),
+    "bool": (bool,),
+}
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+    kwargs: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(path, "unknown setting")
+        kwargs[key] = _coerce(str(fields[key].type), value, path)
+    return cls(**kwargs)
+
+
+def _coerce(type_name: str, value: Any, path: str) -> Any:
+    nested = _NESTED.get(type_name)
+    if nested is not None:
+        if not isinstance(value, dict):
+            raise ConfigError(path, "expected a table")
+        return _build(nested, value, path + ".")
+    if type_name.startswith("tuple["):
+        inner = type_name[len("tuple[") : -len(", ...]")]
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {type(value).__name__}")
+        return tuple(_coerce(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
+    accepted = _SCALARS[type_name]
+    # bool is an int subclass: refuse true/false where a number is expected.
+    if isinstance(value, bool) and type_name != "bool":
+        raise ConfigError(path, f"expected {type_name}, got a boolean")
+    if not isinstance(value, accepted):
+        raise ConfigError(path, f"expected {type_name}, got {type(value).__name__}")
+    return float(value) if type_name == "float" else value
+
+
+_NESTED: dict[str, type] = {
+    "ServerConfig": ServerConfig,
+    "TLSConfig": TLSConfig,
+    "CertificateConfig": CertificateConfig,
+    "DevCAConfig": DevCAConfig,
+    "BackendConfig": BackendConfig,
+    "LimitsConfig": LimitsConfig,
+    "AdminConfig": AdminConfig,
+    "LoggingConfig": LoggingConfig,
+}
+
+
+def _positive(value: float, fld: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(fld, f"must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
+
+
+def _validate(cfg: Config) -> None:
+    if not cfg.state_dir:
+        raise ConfigError("state_dir", "must not be empty")
+    s = cfg.server
+    if not s.listen:
+        raise ConfigError("server.listen", "at least one listen address is required")
+    for i, v in enumerate(s.listen):
+        parse_listen(v, f"server.listen[{i}]")
+    for i, v in enumerate(s.http_redirect_listen):
+        parse_listen(v, f"server.http_redirect_listen[{i}]")
+    if s.workers < 0 or s.workers > 256:
+        raise ConfigError("server.workers", f"must be 0 (one per CPU) to 256, got {s.workers}")
+    _positive(s.drain_grace, "server.drain_grace", allow_zero=True)
+
+    t = cfg.tls
+    if t.min_version not in ("1.2", "1.3"):
+        raise ConfigError("tls.min_version", f'must be "1.2" or "1.3", got {t.min_version!r}')
+    _positive(t.handshake_timeout, "tls.handshake_timeout")
+    _positive(t.hsts_max_age, "tls.hsts_max_age", allow_zero=True)
+    for i, c in enumerate(t.certificates):
+        if not c.cert_file:
+            raise ConfigError(f"tls.certificates[{i}].cert_file", "must not be empty")
+        if not c.key_file:
+            raise ConfigError(f"tls.certificates[{i}].key_file", "must not be empty")
+    if not t.certificates and not cfg.dev_ca.enabled:
+        raise ConfigError(
+            "tls.certificates", "no certificate configured and the development CA is disabled"
+        )
+    if cfg.dev_ca.enabled:
+        if not cfg.dev_ca.names:
+            raise ConfigError("dev_ca.names", "must list at least one name")
+        if not 3600 <= cfg.dev_ca.leaf_lifetime <= 90 * 86400:
+            raise ConfigError("dev_ca.leaf_lifetime", "must be between 1 hour and 90 days")
+
+    b = cfg.backend
+    if b.url.startswith("unix:"):
+        if not b.url[5:].startswith("/"):
+            raise ConfigError("backend.url", f"unix socket path must be absolute: {b.url!r}")
+    else:
+        parts = urlsplit(b.url)
+        if parts.scheme not in ("http",) or not parts.hostname:
+            raise ConfigError(
+                "backend.url", f"expected http://HOST:PORT or unix:/path, got {b.url!r}"
+            )
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ConfigError("backend.url", "must not carry a path, query or fragment")
+    if not 1 <= b.pool_size <= 100_000:
+        raise ConfigError("backend.pool_size", f"must be 1-100000, got {b.pool_size}")
+    _positive(b.pool_idle_timeout, "backend.pool_idle_timeout")
+    _positive(b.connect_timeout, "backend.connect_timeout")
+    _positive(b.response_header_timeout, "backend.response_header_timeout")
+    _positive(b.idle_timeout, "backend.idle_timeout")
+    _positive(b.total_timeout, "backend.total_timeout", allow_zero=True)
+
+    lim = cfg.limits
+    for name in ("max_request_line", "max_header_size", "max_headers", "max_connections"):
+        if getattr(lim, name) < 1:
+            raise ConfigError(f"limits.{name}", "must be >= 1")
+    if lim.max_request_line < 64 or lim.max_header_size < 64:
+        raise ConfigError("limits.max_header_size", "must be at least 64 bytes")
+    _positive(lim.max_body_size, "limits.max_body_size", allow_zero=True)
+    for name in (
+        "header_read_timeout",
+        "body_read_timeout",
+        "send_timeout",
+        "keepalive_timeout",
+    ):
+        _positive(getattr(lim, name), f"limits.{name}")
+    if lim.websocket_max_message < 1:
+        raise ConfigError("limits.websocket_max_message", "must be >= 1")
+
+    addr = cfg.admin.address
+    if addr is not None and not addr.is_unix:
+        ip = ipaddress.ip_address("127.0.0.1" if addr.host == "localhost" else addr.host)
+        if not ip.is_loopback:
+            raise ConfigError("admin.listen", f"must be loopback or a unix socket, got {addr}")
+
+    if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("logging.level", f"unknown level {cfg.logging.level!r}")

@@ -1,0 +1,443 @@
+"""The streaming forwarder: one client request in, one backend exchange out, bytes relayed.
+
+Guarantees (each has a test under tests/integration):
+- Bodies stream both ways chunk by chunk as they arrive; nothing waits for a whole body, and
+  each SSE event is written to the client as soon as the backend's bytes arrive.
+- Bodies are relayed byte for byte: no decompression, no compression (Content-Encoding and
+  the client's Accept-Encoding pass through; the HTTP client adds no headers of its own).
+- Framing is re-established on each hop: the client's framing is validated
+  (:func:`proxy.headers.check_request_framing`) and never copied upstream.
+- A client disconnect cancels the handler (aiohttp ``handler_cancellation``), which closes
+  the backend connection at once instead of returning it to the pool.
+- Failures before the response starts give 502 (backend broken) or 504 (backend timeout)
+  with a JSON body; after it started, the client connection is aborted so a truncated body
+  can never look complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy import metrics
+from proxy.config import Config
+from proxy.errors import BackendError, BackendTimeout, ClientRequestError
+from proxy.headers import (
+    check_request_framing,
+    request_headers_for_backend,
+    response_headers_for_client,
+)
+
+__all__ = ["Forwarder", "make_session"]
+
+access_log = logging.getLogger("teeproxy.access")
+log = logging.getLogger("teeproxy.forward")
+
+# Headers aiohttp's client would otherwise add on its own (and so change what the backend
+# sees: an Accept-Encoding the client never sent would let the backend compress).
+_SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+def make_session(cfg: Config) -> aiohttp.ClientSession:
+    """The upstream client: a bounded keep-alive pool to one backend, no decompression."""
+    b = cfg.backend
+    connector: aiohttp.BaseConnector
+    if b.unix_path:
+        connector = aiohttp.UnixConnector(
+            path=b.unix_path, limit=b.pool_size, keepalive_timeout=b.pool_idle_timeout
+        )
+    else:
+        connector = aiohttp.TCPConnector(
+            limit=b.pool_size,
+            limit_per_host=0,
+            keepalive_timeout=b.pool_idle_timeout,
+            ttl_dns_cache=10,
+        )
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=b.connect_timeout, connect=b.connect_timeout
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        read_bufsize=64 * 1024,
+        max_line_size=cfg.limits.max_header_size,
+        max_field_size=cfg.limits.max_header_size,
+    )
+
+
+def error_response(status: int, kind: str, message: str) -> web.Response:
+    """An OpenAI-style JSON error body; the connection is closed after it."""
+    body = json.dumps({"error": {"message": message, "type": kind, "code": status}})
+    resp = web.Response(status=status, text=body, content_type="application/json")
+    resp.force_close()
+    return resp
+
+
+@dataclass(slots=True)
+class _BodyState:
+    """What the request-body pump observed; read after the upstream call fails."""
+
+    sent: int = 0
+    error: ClientRequestError | None = None
+
+
+class Forwarder:
+    """Handles every request on the TLS listener by relaying it to the backend."""
+
+    def __init__(self, cfg: Config, session: aiohttp.ClientSession) -> None:
+        self.cfg = cfg
+        self.session = session
+        self._hsts = _hsts_value(cfg)
+        self.draining = False
+
+    def reconfigure(self, cfg: Config, session: aiohttp.ClientSession) -> None:
+        """Take a new config (SIGHUP); requests already running keep what they started with."""
+        self.cfg = cfg
+        self.session = session
+        self._hsts = _hsts_value(cfg)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        cfg = self.cfg
+        metrics.OPEN_STREAMS.inc()
+        status = 0
+        sent_bytes = 0
+        try:
+            try:
+                resp, sent_bytes = await self._forward(request, cfg)
+                status = resp.status
+                return resp
+            except ClientRequestError as e:
+                status = e.status
+                return error_response(e.status, "invalid_request", e.message)
+            except BackendTimeout as e:
+                metrics.BACKEND_ERRORS.labels(f"timeout_{e.phase}").inc()
+                status = 504
+                return error_response(504, "backend_timeout", str(e))
+            except BackendError as e:
+                metrics.BACKEND_ERRORS.labels("unavailable").inc()
+                status = 502
+                return error_response(502, "backend_unavailable", str(e))
+        finally:
+            elapsed = time.monotonic() - started
+            metrics.OPEN_STREAMS.dec()
+            if status:
+                metrics.status_counter(status).inc()
+                metrics.REQUEST_DURATION.observe(elapsed)
+            if cfg.logging.access_log and access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    '%s "%s %s" %s %d %.3f',
+                    _client_ip(request),
+                    request.method,
+                    request.rel_url.raw_path,
+                    status or "-",
+                    sent_bytes,
+                    elapsed,
+                )
+
+    # -- plain HTTP --------------------------------------------------------------------
+
+    async def _forward(
+        self, request: web.BaseRequest, cfg: Config
+    ) -> tuple[web.StreamResponse, int]:
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
+        content_length = check_request_framing(headers)
+        target = _origin_form(request.raw_path)
+        limit = cfg.limits.max_body_size
+        if limit and content_length is not None and content_length > limit:
+            raise ClientRequestError(413, f"request body exceeds {limit} bytes")
+
+        if _is_websocket_upgrade(request):
+            return await self._websocket(request, cfg, headers, target), 0
+
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            # Answer for the backend: the body limits are ours to enforce (RFC 9110 10.1.1).
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+        host = request.headers.get("Host", "")
+        up_headers = CIMultiDict(
+            request_headers_for_backend(
+                headers, client_ip=_client_ip(request), proto="https", host=host
+            )
+        )
+        body_state = _BodyState()
+        has_body = request.body_exists and content_length != 0
+        data = self._pump_body(request, cfg, body_state) if has_body else None
+        url = URL(cfg.backend.base_url + target, encoded=True)
+        total = cfg.backend.total_timeout or None
+        try:
+            async with asyncio.timeout(total):
+                return await self._exchange(request, cfg, url, up_headers, data, body_state)
+        except TimeoutError as e:
+            # Only the total cap raises plain TimeoutError here; others become BackendTimeout.
+            raise BackendTimeout("total", cfg.backend.total_timeout) from e
+
+    async def _exchange(
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        url: URL,
+        headers: CIMultiDict[str],
+        data: AsyncIterator[bytes] | None,
+        body_state: _BodyState,
+    ) -> tuple[web.StreamResponse, int]:
+        b = cfg.backend
+        try:
+            async with asyncio.timeout(b.response_header_timeout):
+                upstream = await self.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    compress=None,
+                    chunked=None,
+                )
+        except TimeoutError as e:
+            if body_state.error is not None:
+                raise body_state.error from e
+            if isinstance(e, aiohttp.ConnectionTimeoutError):
+                raise BackendTimeout("connect", b.connect_timeout) from e
+            raise BackendTimeout("headers", b.response_header_timeout) from e
+        except (aiohttp.ClientError, OSError) as e:
+            if body_state.error is not None:
+                raise body_state.error from e
+            raise BackendError(f"backend request failed: {_describe(e)}") from e
+
+        try:
+            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in response_headers_for_client(
+                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
+            ):
+                resp.headers.add(name, value)
+            if self._hsts:
+                resp.headers["Strict-Transport-Security"] = self._hsts
+            resp.headers.setdefault("Server", "teeproxy")
+            if self.draining:
+                resp.force_close()
+            await resp.prepare(request)
+            sent, complete = await self._relay_body(request, resp, upstream, cfg)
+            if complete:
+                await resp.write_eof()
+            return resp, sent
+        finally:
+            # Not release(): a response not read to the end must not go back to the pool.
+            upstream.close()
+
+    async def _relay_body(
+        self,
+        request: web.BaseRequest,
+        resp: web.StreamResponse,
+        upstream: aiohttp.ClientResponse,
+        cfg: Config,
+    ) -> tuple[int, bool]:
+        """Copy the backend body to the client; (bytes sent, whether it completed)."""
+        idle = cfg.backend.idle_timeout
+        send_timeout = cfg.limits.send_timeout
+        content = upstream.content
+        sent = 0
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+            except TimeoutError:
+                metrics.BACKEND_ERRORS.labels("timeout_idle").inc()
+                log.warning("backend idle for %.0f s mid-response: aborting", idle)
+                _abort(request)
+                return sent, False
+            except (aiohttp.ClientError, OSError) as e:
+                metrics.BACKEND_ERRORS.labels("broken_response").inc()
+                log.warning("backend response broke mid-body: %s", _describe(e))
+                _abort(request)
+                return sent, False
+            if not chunk:
+                return sent, True
+            try:
+                async with asyncio.timeout(send_timeout):
+                    await resp.write(chunk)
+            except TimeoutError:
+                metrics.CONNECTIONS_REJECTED.labels("send_timeout").inc()
+                _abort(request)
+                return sent, False
+            sent += len(chunk)
+            metrics.BYTES_OUT.inc(len(chunk))
+
+    async def _pump_body(
+        self, request: web.BaseRequest, cfg: Config, state: _BodyState
+    ) -> AsyncIterator[bytes]:
+        """Yield the client's body as it arrives, enforcing size and idle limits."""
+        limit = cfg.limits.max_body_size
+        idle = cfg.limits.body_read_timeout
+        content = request.content
+        while True:
+            try:
+                async with asyncio.timeout(idle):
+                    chunk = await content.readany()
+            except TimeoutError as e:
+                state.error = ClientRequestError(408, f"request body idle for {idle:g} s")
+                raise state.error from e
+            except aiohttp.web.RequestPayloadError as e:
+                state.error = ClientRequestError(400, f"malformed request body: {e}")
+                raise state.error from e
+            if not chunk:
+                return
+            state.sent += len(chunk)
+            if limit and state.sent > limit:
+                state.error = ClientRequestError(413, f"request body exceeds {limit} bytes")
+                raise state.error
+            metrics.BYTES_IN.inc(len(chunk))
+            yield chunk
+
+    # -- WebSocket -----------------------------------------------------------------------
+
+    async def _websocket(
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        headers: list[tuple[str, str]],
+        target: str,
+    ) -> web.StreamResponse:
+        """Relay a WebSocket message by message (control frames are answered per hop)."""
+        host = request.headers.get("Host", "")
+        up_headers = CIMultiDict(
+            request_headers_for_backend(
+                headers, client_ip=_client_ip(request), proto="https", host=host, websocket=True
+            )
+        )
+        requested = [
+            p.strip()
+            for v in request.headers.getall("Sec-WebSocket-Protocol", [])
+            for p in v.split(",")
+            if p.strip()
+        ]
+        up_headers.popall("Sec-WebSocket-Protocol", None)
+        url = URL(cfg.backend.base_url + target, encoded=True)
+        max_msg = cfg.limits.websocket_max_message
+        try:
+            async with asyncio.timeout(cfg.backend.response_header_timeout):
+                upstream = await self.session.ws_connect(
+                    url,
+                    headers=up_headers,
+                    protocols=requested,
+                    max_msg_size=max_msg,
+                    compress=0,
+                    autoclose=False,
+                    autoping=True,
+                )
+        except TimeoutError as e:
+            raise BackendTimeout("headers", cfg.backend.response_header_timeout) from e
+        except aiohttp.WSServerHandshakeError as e:
+            raise BackendError(f"backend refused the WebSocket upgrade: {e.status}") from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise BackendError(f"backend WebSocket connect failed: {_describe(e)}") from e
+
+        try:
+            protocols = (upstream.protocol,) if upstream.protocol else ()
+            client = web.WebSocketResponse(
+                protocols=protocols, max_msg_size=max_msg, compress=False, autoclose=False
+            )
+            await client.prepare(request)
+            await _ws_relay(client, upstream)
+            return client
+        finally:
+            await upstream.close()
+
+
+async def _ws_pipe(
+    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+) -> None:
+    async for msg in src:
+        if msg.type is WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type is WSMsgType.CLOSE:
+            break
+        elif msg.type is WSMsgType.ERROR:
+            log.info("WebSocket relay error: %s", src.exception())
+            break
+    code = src.close_code or 1000
+    if not dst.closed:
+        await dst.close(code=code if 1000 <= code < 5000 else 1011)
+
+
+async def _ws_relay(
+    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+) -> None:
+    loop = asyncio.get_running_loop()
+    up = loop.create_task(_ws_pipe(client, upstream), name="ws-client-to-backend")
+    down = loop.create_task(_ws_pipe(upstream, client), name="ws-backend-to-client")
+    try:
+        done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        # One side finished: give the other a moment to forward the close, then stop it.
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+    finally:
+        for t in (up, down):
+            t.cancel()
+        await asyncio.gather(up, down, return_exceptions=True)
+    if not client.closed:
+        await client.close()
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _hsts_value(cfg: Config) -> str:
+    t = cfg.tls
+    if not t.hsts_max_age:
+        return ""
+    return f"max-age={t.hsts_max_age}" + (
+        "; includeSubDomains" if t.hsts_include_subdomains else ""
+    )
+
+
+def _origin_form(raw_target: str) -> str:
+    """The origin-form target to send upstream (RFC 9112 3.2); absolute-form is reduced."""
+    if raw_target.startswith("/"):
+        return raw_target
+    parts = urlsplit(raw_target)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        path = parts.path or "/"
+        return f"{path}?{parts.query}" if parts.query else path
+    raise ClientRequestError(400, "unsupported request target form")
+
+
+def _is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    if request.method != "GET":
+        return False
+    upgrade = request.headers.get("Upgrade", "").lower()
+    conn = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
+    return upgrade == "websocket" and "upgrade" in conn
+
+
+def _client_ip(request: web.BaseRequest) -> str:
+    peer: Any = request.transport.get_extra_info("peername") if request.transport else None
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return "unix"
+
+
+def _abort(request: web.BaseRequest) -> None:
+    """Cut the client connection so a partial body is seen as an error, not a short body."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) <= 200 else text[:200] + "..."

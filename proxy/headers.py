@@ -1,0 +1,139 @@
+"""Pure header rules for forwarding: framing checks, hop-by-hop removal, Forwarded.
+
+No I/O and no aiohttp objects: functions take header lists of ``(name, value)`` string pairs
+and return new lists, so the rules test in memory.
+
+References:
+- RFC 9110 7.6.1 (Connection): hop-by-hop fields, and every field named in Connection, are
+  removed by a proxy before forwarding, in both directions.
+- RFC 9112 6.1 / 6.3 (message body length): a request with both Transfer-Encoding and
+  Content-Length, several or invalid Content-Length values, or a transfer coding other than a
+  final ``chunked`` is rejected with 400 rather than guessed at; guessing differently from the
+  next hop is what request smuggling exploits.
+- RFC 7239 (Forwarded) and the de-facto X-Forwarded-For/-Proto/-Host fields: values supplied
+  by the client are dropped and replaced with what this proxy observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from proxy.errors import ClientRequestError
+
+__all__ = [
+    "HOP_BY_HOP",
+    "check_request_framing",
+    "forwarded_element",
+    "request_headers_for_backend",
+    "response_headers_for_client",
+]
+
+Header = tuple[str, str]
+
+# RFC 9110 7.6.1 names Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and
+# Upgrade; Trailer (RFC 9110 6.6.2) describes this hop's framing; the Proxy-Authenticate /
+# Proxy-Authorization pair is addressed to this proxy, never to the backend or client.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+# Client-supplied provenance fields: replaced, never trusted or appended to.
+_PROVENANCE = frozenset(
+    {"forwarded", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip"}
+)
+
+# Handled by this proxy itself (100-continue is answered here, not by the backend).
+_CONSUMED = frozenset({"expect"})
+
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def _connection_tokens(headers: Iterable[Header]) -> set[str]:
+    """Field names listed in every Connection header (RFC 9110 7.6.1), lower-cased."""
+    names: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token:
+                    names.add(token)
+    return names
+
+
+def check_request_framing(headers: Sequence[Header]) -> int | None:
+    """Validate request body framing; return the Content-Length, or None when chunked/absent.
+
+    Raises ClientRequestError(400) for every ambiguity a smuggling attack relies on.
+    """
+    lengths = [v for n, v in headers if n.lower() == "content-length"]
+    codings = [v for n, v in headers if n.lower() == "transfer-encoding"]
+    if lengths and codings:
+        raise ClientRequestError(400, "both Content-Length and Transfer-Encoding present")
+    if len(lengths) > 1:
+        raise ClientRequestError(400, "more than one Content-Length header")
+    if codings:
+        parts = [p.strip().lower() for v in codings for p in v.split(",")]
+        if parts != ["chunked"]:
+            raise ClientRequestError(400, "unsupported Transfer-Encoding (only 'chunked')")
+        return None
+    if lengths:
+        value = lengths[0].strip()
+        # RFC 9110 8.6: 1*DIGIT; no sign, no comma list, no whitespace inside.
+        if not value.isascii() or not value.isdigit() or len(value) > 18:
+            raise ClientRequestError(400, "invalid Content-Length")
+        return int(value)
+    return None
+
+
+def forwarded_element(client_ip: str, proto: str, host: str) -> str:
+    """One RFC 7239 Forwarded element; IPv6 nodes are bracketed and quoted (RFC 7239 6)."""
+    node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+    return f"for={node};proto={proto};host={_quote_if_needed(host)}"
+
+
+def _quote_if_needed(value: str) -> str:
+    if value and all(c in _TOKEN_CHARS for c in value.lower()):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def request_headers_for_backend(
+    headers: Sequence[Header], *, client_ip: str, proto: str, host: str, websocket: bool = False
+) -> list[Header]:
+    """Headers to send upstream: hop-by-hop and provenance removed, provenance set anew.
+
+    For a WebSocket upgrade the handshake fields are produced by the upstream client library,
+    so the client's Sec-WebSocket-Key/-Version/-Extensions are dropped here; the subprotocol
+    list is kept so the backend can choose.
+    """
+    drop = HOP_BY_HOP | _PROVENANCE | _CONSUMED | _connection_tokens(headers)
+    if websocket:
+        drop = drop | {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
+    out = [(n, v) for n, v in headers if n.lower() not in drop]
+    out.append(("X-Forwarded-For", client_ip))
+    out.append(("X-Forwarded-Proto", proto))
+    if host:
+        out.append(("X-Forwarded-Host", host))
+    out.append(("Forwarded", forwarded_element(client_ip, proto, host)))
+    return out
+
+
+def response_headers_for_client(headers: Sequence[Header]) -> list[Header]:
+    """Headers to send downstream: hop-by-hop fields and those named in Connection removed.
+
+    Content-Length is kept (the body is relayed byte for byte); Content-Encoding is kept
+    (bodies are never recoded).
+    """
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    return [(n, v) for n, v in headers if n.lower() not in drop]

@@ -1,0 +1,82 @@
+"""Prometheus metrics of the data plane and the certificate store.
+
+With several worker processes the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before any
+process imports ``prometheus_client``; each worker then writes its values to memory-mapped
+files there and the admin listener aggregates them (prometheus_client multiprocess mode).
+Gauges declare how they aggregate: ``livesum`` over live workers for open connections and
+streams; certificate expiry is set by the supervisor alone.
+
+Label values are bounded sets (status codes, fixed reasons): never paths or client data.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "BACKEND_ERRORS",
+    "BYTES",
+    "CERT_EXPIRY",
+    "CONNECTIONS_OPEN",
+    "CONNECTIONS_REJECTED",
+    "OPEN_STREAMS",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "TLS_HANDSHAKES",
+    "TLS_HELLOS",
+    "status_counter",
+]
+
+REQUESTS = Counter("teeproxy_http_requests", "Requests answered, by HTTP status code.", ["code"])
+REQUEST_DURATION = Histogram(
+    "teeproxy_http_request_duration_seconds",
+    "Time from request headers to the last response byte (streams included).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+OPEN_STREAMS = Gauge(
+    "teeproxy_open_streams",
+    "Requests currently being forwarded (including streaming responses and WebSockets).",
+    multiprocess_mode="livesum",
+)
+BYTES = Counter("teeproxy_http_body_bytes", "Body bytes relayed, by direction.", ["direction"])
+TLS_HELLOS = Counter(
+    "teeproxy_tls_client_hellos",
+    "TLS ClientHellos seen, by whether a certificate matched the SNI.",
+    ["result"],
+)
+TLS_HANDSHAKES = Counter(
+    "teeproxy_tls_handshakes_completed", "TLS handshakes completed on the listeners."
+)
+CONNECTIONS_OPEN = Gauge(
+    "teeproxy_connections_open", "Client connections open.", multiprocess_mode="livesum"
+)
+CONNECTIONS_REJECTED = Counter(
+    "teeproxy_connections_closed_by_limit",
+    "Client connections closed by a limit (max_connections, header_read_timeout, ...).",
+    ["reason"],
+)
+BACKEND_ERRORS = Counter(
+    "teeproxy_backend_errors",
+    "Forwarded requests that failed at the backend, by kind.",
+    ["kind"],
+)
+CERT_EXPIRY = Gauge(
+    "teeproxy_certificate_expiry_timestamp_seconds",
+    "Not-after time (Unix seconds) of the served certificate, by source.",
+    ["source"],
+    multiprocess_mode="max",
+)
+
+_status_children: dict[int, Counter] = {}
+
+
+def status_counter(status: int) -> Counter:
+    """The REQUESTS child for a status code, cached (labels() takes a lock per call)."""
+    child = _status_children.get(status)
+    if child is None:
+        child = _status_children[status] = REQUESTS.labels(str(status))
+    return child
+
+
+BYTES_IN = BYTES.labels("request")
+BYTES_OUT = BYTES.labels("response")

@@ -1,0 +1,412 @@
+"""Listeners and process model: the worker (data plane) and the supervisor (control plane).
+
+Supervisor (``teeproxy serve``): validates the config, prepares certificates, reserves the
+listen ports, starts N worker processes, serves the admin endpoints, renews the development
+certificate, restarts a worker that dies, and relays signals:
+
+- SIGTERM / SIGINT: every worker stops accepting, lets in-flight requests and streams finish
+  for up to ``server.drain_grace`` seconds, then closes; the supervisor exits when all have.
+- SIGHUP: the config file is read and validated again (an invalid file is logged and
+  ignored), certificates are prepared again, and each worker swaps in the new certificate
+  store and settings. Listening sockets and open connections are untouched; a change of
+  listen address needs a restart and is reported as such.
+
+Worker: binds every TLS listener with SO_REUSEPORT (the kernel spreads connections over the
+workers), runs aiohttp's HTTP/1.1 server with the proxy's protocol, and forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from certmgr.store import CertStore, StoreHolder
+from proxy import metrics
+from proxy.config import Config, ListenAddress, load
+from proxy.errors import ConfigError
+from proxy.forward import Forwarder, make_session
+from proxy.protocol import ProxyHTTPServer
+from proxy.tasks import spawn
+from proxy.tls import listener_context
+
+__all__ = ["Supervisor", "Worker", "install_uvloop", "run_worker_process"]
+
+log = logging.getLogger("teeproxy.server")
+
+
+def install_uvloop() -> bool:
+    """Use uvloop's event loop policy when it is installed (it is by default)."""
+    try:
+        import uvloop  # noqa: PLC0415 - optional at runtime
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+def _on_hello(matched: bool) -> None:
+    metrics.TLS_HELLOS.labels("matched" if matched else "unrecognized_name").inc()
+
+
+@dataclass
+class Worker:
+    """One data-plane process (or, in tests, an in-process server on the running loop)."""
+
+    cfg: Config
+    store: CertStore
+    reuse_port: bool = True
+    holder: StoreHolder = field(init=False)
+    ports: list[int] = field(default_factory=list)
+    _servers: list[asyncio.base_events.Server] = field(default_factory=list)
+    _redirect_runner: web.AppRunner | None = None
+
+    def __post_init__(self) -> None:
+        self.holder = StoreHolder(self.store)
+        self.session: aiohttp.ClientSession | None = None
+        self.forwarder: Forwarder | None = None
+        self.http: ProxyHTTPServer | None = None
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.session = make_session(cfg)
+        self.forwarder = Forwarder(cfg, self.session)
+        self.http = ProxyHTTPServer(self.forwarder.handle, cfg.limits)
+        ctx = listener_context(self.holder, cfg.tls.min_version, _on_hello)
+        loop = asyncio.get_running_loop()
+        for addr in cfg.server.listen_addresses:
+            srv = await loop.create_server(
+                self.http,
+                addr.host,
+                addr.port,
+                ssl=ctx,
+                ssl_handshake_timeout=cfg.tls.handshake_timeout,
+                reuse_port=self.reuse_port,
+                backlog=2048,
+            )
+            self._servers.append(srv)
+            self.ports.append(srv.sockets[0].getsockname()[1])
+        if cfg.server.http_redirect_listen:
+            await self._start_redirect(cfg)
+
+    async def _start_redirect(self, cfg: Config) -> None:
+        async def redirect(request: web.BaseRequest) -> web.StreamResponse:
+            host = request.host.rsplit(":", 1)[0] if request.host else ""
+            if not host:
+                return web.Response(status=400, text="Host header required\n")
+            port = cfg.server.listen_addresses[0].port
+            netloc = host if port == 443 else f"{host}:{port}"
+            raise web.HTTPPermanentRedirect(f"https://{netloc}{request.rel_url.raw_path_qs}")
+
+        server = web.Server(redirect, access_log=None)
+        self._redirect_runner = web.ServerRunner(server)
+        await self._redirect_runner.setup()
+        for value in cfg.server.http_redirect_listen:
+            addr = _addr(value)
+            site = web.TCPSite(
+                self._redirect_runner, addr.host, addr.port, reuse_port=self.reuse_port
+            )
+            await site.start()
+
+    def swap_store(self, store: CertStore) -> None:
+        """Publish a new certificate store: later handshakes use it, open ones are untouched."""
+        self.holder.current = store
+
+    async def reconfigure(self, cfg: Config, store: CertStore) -> None:
+        """Apply a reloaded config (SIGHUP) without touching listeners or open connections."""
+        old_session = self.session
+        if cfg.server.listen != self.cfg.server.listen:
+            log.warning("server.listen changed: takes effect only after a restart")
+        assert self.forwarder is not None and self.http is not None
+        if cfg.backend != self.cfg.backend or cfg.limits != self.cfg.limits:
+            self.session = make_session(cfg)
+        self.forwarder.reconfigure(cfg, self.session or make_session(cfg))
+        self.http.update_limits(cfg.limits)
+        self.swap_store(store)
+        self.cfg = cfg
+        if old_session is not None and old_session is not self.session:
+            # In-flight requests still hold the old pool: close it once they had their time.
+            spawn(_close_later(old_session, cfg.server.drain_grace), "close-old-session")
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests finish for ``grace`` s, then close all."""
+        grace = self.cfg.server.drain_grace if grace is None else grace
+        if self.forwarder is not None:
+            self.forwarder.draining = True
+        for srv in self._servers:
+            srv.close()
+        if self._redirect_runner is not None:
+            await self._redirect_runner.cleanup()
+        if self.http is not None:
+            await self.http.shutdown(grace)
+        if self.session is not None:
+            await self.session.close()
+
+
+async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
+    await asyncio.sleep(delay)
+    await session.close()
+
+
+def _addr(value: str) -> ListenAddress:
+    from proxy.config import parse_listen  # noqa: PLC0415
+
+    return parse_listen(value, "server.listen")
+
+
+# -- worker process -------------------------------------------------------------------------
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_worker_process(
+    cfg: Config, config_path: str | None, conn: multiprocessing.connection.Connection
+) -> None:
+    """Entry point of a worker process (multiprocessing 'spawn')."""
+    _setup_logging(cfg.logging.level)
+    install_uvloop()
+    try:
+        asyncio.run(_worker_main(cfg, config_path, conn))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _worker_main(
+    cfg: Config, config_path: str | None, conn: multiprocessing.connection.Connection
+) -> None:
+    from proxy.certs import build_store, default_sealer  # noqa: PLC0415
+
+    sealer = default_sealer()
+    store = await asyncio.to_thread(build_store, cfg, sealer)
+    worker = Worker(cfg, store)
+    await worker.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    async def reload() -> None:
+        try:
+            new_cfg = await asyncio.to_thread(load, config_path) if config_path else worker.cfg
+            new_store = await asyncio.to_thread(build_store, new_cfg, sealer)
+        except (ConfigError, OSError, ValueError) as e:
+            log.error("reload failed, keeping the running config and certificates: %s", e)
+            return
+        await worker.reconfigure(new_cfg, new_store)
+        log.info("worker %d reloaded (%d certificates)", os.getpid(), len(new_store.entries))
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload(), "reload"))
+    conn.send(("ready", os.getpid(), worker.ports))
+    await stop.wait()
+    log.info("worker %d draining (grace %.0f s)", os.getpid(), cfg.server.drain_grace)
+    await worker.drain()
+
+
+# -- supervisor -----------------------------------------------------------------------------
+
+
+def _reserve(addr: ListenAddress) -> socket.socket:
+    """Bind (without listening) to fail fast on a taken port and to fix port 0."""
+    family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((addr.host, addr.port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError("server.listen", f"cannot bind {addr}: {e.strerror}") from e
+    return sock
+
+
+class Supervisor:
+    """The control-plane process of ``teeproxy serve``."""
+
+    def __init__(self, cfg: Config, config_path: str | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self._ctx = multiprocessing.get_context("spawn")
+        self._workers: list[tuple[Any, multiprocessing.connection.Connection]] = []
+        self._reserved: list[socket.socket] = []
+        self._stopping = False
+        self.ports: list[int] = []
+
+    def _resolve_ports(self) -> Config:
+        listen: list[str] = []
+        for addr in self.cfg.server.listen_addresses:
+            sock = _reserve(addr)
+            self._reserved.append(sock)
+            port = sock.getsockname()[1]
+            self.ports.append(port)
+            listen.append(str(ListenAddress(host=addr.host, port=port)))
+        server = self.cfg.server.__class__(
+            listen=tuple(listen),
+            workers=self.cfg.server.workers,
+            drain_grace=self.cfg.server.drain_grace,
+            http_redirect_listen=self.cfg.server.http_redirect_listen,
+        )
+        return self.cfg.replace(server=server)
+
+    def _spawn_worker(self) -> None:
+        parent, child = self._ctx.Pipe(duplex=False)
+        proc = self._ctx.Process(
+            target=run_worker_process,
+            args=(self.cfg, self.config_path, child),
+            name="teeproxy-worker",
+            daemon=False,
+        )
+        proc.start()
+        child.close()
+        self._workers.append((proc, parent))
+
+    async def _wait_ready(self, timeout: float = 60.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        for proc, conn in self._workers:
+            while not conn.poll():
+                if not proc.is_alive():
+                    raise RuntimeError(f"worker {proc.pid} exited during start ({proc.exitcode})")
+                if loop.time() > deadline:
+                    raise TimeoutError("workers did not become ready")
+                await asyncio.sleep(0.05)
+            conn.recv()
+
+    async def run(self) -> int:
+        from proxy.admin import AdminServer  # noqa: PLC0415
+        from proxy.certs import default_sealer, prepare_certificates  # noqa: PLC0415
+
+        sealer = default_sealer()
+        await asyncio.to_thread(prepare_certificates, self.cfg, sealer)
+        self.cfg = self._resolve_ports()
+        admin = AdminServer(self)
+        await admin.start()
+        for _ in range(self.cfg.server.worker_count):
+            self._spawn_worker()
+        try:
+            await self._wait_ready()
+        except (RuntimeError, TimeoutError) as e:
+            log.error("start failed: %s", e)
+            await self._terminate_workers()
+            await admin.stop()
+            return 1
+        log.info(
+            "teeproxy serving on %s with %d workers (uvloop: %s)",
+            ", ".join(self.cfg.server.listen),
+            len(self._workers),
+            "uvloop" in type(asyncio.get_running_loop()).__module__,
+        )
+        self.ready = True
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload(), "reload"))
+        monitor = spawn(self._monitor(sealer), "supervisor-monitor")
+        await stop.wait()
+        self._stopping = True
+        monitor.cancel()
+        log.info("draining workers (grace %.0f s)", self.cfg.server.drain_grace)
+        await self._terminate_workers()
+        await admin.stop()
+        for sock in self._reserved:
+            sock.close()
+        return 0
+
+    ready = False
+
+    async def reload(self) -> None:
+        from proxy.certs import default_sealer, prepare_certificates  # noqa: PLC0415
+
+        if self.config_path:
+            try:
+                new_cfg = await asyncio.to_thread(load, self.config_path)
+            except ConfigError as e:
+                log.error("SIGHUP: config invalid, keeping the running one: %s", e)
+                return
+            self.cfg = self.cfg.replace(
+                tls=new_cfg.tls,
+                dev_ca=new_cfg.dev_ca,
+                backend=new_cfg.backend,
+                limits=new_cfg.limits,
+                logging=new_cfg.logging,
+            )
+        await asyncio.to_thread(prepare_certificates, self.cfg, default_sealer())
+        self._signal_workers(signal.SIGHUP)
+        log.info("SIGHUP: reload sent to %d workers", len(self._workers))
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        for proc, _ in self._workers:
+            if proc.is_alive() and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+
+    async def _monitor(self, sealer: Any) -> None:
+        """Restart dead workers; renew the development certificate when due."""
+        from proxy.certs import next_renewal, prepare_certificates  # noqa: PLC0415
+
+        restarts: list[float] = []
+        while True:
+            await asyncio.sleep(0.5)
+            for i, (proc, conn) in enumerate(list(self._workers)):
+                if proc.is_alive() or self._stopping:
+                    continue
+                log.error("worker %s exited with %s: restarting", proc.pid, proc.exitcode)
+                _mark_dead(proc.pid)
+                conn.close()
+                self._workers.pop(i)
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < 60] + [now]
+                if len(restarts) > 10:
+                    log.critical("workers keep dying: backing off 10 s")
+                    await asyncio.sleep(10)
+                self._spawn_worker()
+            due = await asyncio.to_thread(next_renewal, self.cfg, sealer)
+            if due is not None and due.timestamp() <= time.time():
+                await asyncio.to_thread(prepare_certificates, self.cfg, sealer)
+                self._signal_workers(signal.SIGHUP)
+                log.info("development certificate renewed; workers reloading")
+
+    async def _terminate_workers(self) -> None:
+        self._signal_workers(signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.server.drain_grace + 5
+        for proc, conn in self._workers:
+            while proc.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if proc.is_alive():
+                log.error("worker %s did not stop in time: killing", proc.pid)
+                proc.kill()
+            proc.join(timeout=5)
+            _mark_dead(proc.pid)
+            conn.close()
+        self._workers.clear()
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p, _ in self._workers if p.pid is not None and p.is_alive()]
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import multiprocess  # noqa: PLC0415
+
+    multiprocess.mark_process_dead(pid)

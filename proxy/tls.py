@@ -1,0 +1,85 @@
+"""TLS policy and the listener context that picks a certificate per handshake by SNI.
+
+Policy: Mozilla "intermediate" (server-side TLS guidelines, v5.7): TLS 1.2 and 1.3 only,
+AEAD cipher suites only with ECDHE key exchange, no compression, no renegotiation, ALPN
+``http/1.1``. TLS 1.3 suites are all AEAD by definition and are left at OpenSSL's defaults.
+
+The listener's own context holds no certificate. Its ``sni_callback`` runs synchronously in
+the middle of every ClientHello (OpenSSL calls it with or without an SNI extension) and
+points the connection at the context of the certificate :meth:`CertStore.select` returns
+from the holder's current store: no await, no lock, and a swap of the store affects only
+later handshakes.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+
+from certmgr.store import StoreHolder
+
+__all__ = ["MOZILLA_INTERMEDIATE_TLS12_CIPHERS", "context_factory", "listener_context"]
+
+log = logging.getLogger("teeproxy.tls")
+
+# Mozilla intermediate, TLS 1.2 part, restricted to ECDHE (we do not configure DH params).
+MOZILLA_INTERMEDIATE_TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+
+ALPN_HTTP11 = "http/1.1"
+
+
+def context_factory(min_version: str = "1.2") -> Callable[[], ssl.SSLContext]:
+    """A factory of server contexts configured to the policy (one per certificate)."""
+
+    def make() -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = (
+            ssl.TLSVersion.TLSv1_3 if min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        )
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+        ctx.set_ciphers(MOZILLA_INTERMEDIATE_TLS12_CIPHERS)
+        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+        # Mozilla intermediate: clients choose (all offered suites are strong).
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        ctx.set_alpn_protocols([ALPN_HTTP11])
+        ctx.set_ecdh_curve("prime256v1")
+        return ctx
+
+    return make
+
+
+def listener_context(
+    holder: StoreHolder,
+    min_version: str = "1.2",
+    on_hello: Callable[[bool], None] | None = None,
+) -> ssl.SSLContext:
+    """The context given to the listening socket; dispatches each handshake by SNI.
+
+    ``on_hello(matched)`` is called for every ClientHello (for metrics).
+    """
+    ctx = context_factory(min_version)()
+
+    def sni_callback(
+        sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
+    ) -> int | None:
+        entry = holder.current.select(server_name)
+        if on_hello is not None:
+            on_hello(entry is not None)
+        if entry is None:
+            log.debug("no certificate for SNI %r: refusing handshake", server_name)
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = entry.context
+        return None
+
+    ctx.sni_callback = sni_callback
+    return ctx
