@@ -9,7 +9,9 @@ offending field as a dotted path (``backend.idle_timeout``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -67,14 +69,19 @@ def parse_listen(value: str, fld: str, *, allow_unix: bool = False) -> ListenAdd
     host, sep, port_s = value.rpartition(":")
     if not sep or not host:
         raise ConfigError(fld, f"expected HOST:PORT, got {value!r}")
-    if host.startswith("[") and host.endswith("]"):
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
         host = host[1:-1]
     try:
-        ipaddress.ip_address(host)
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        if host != "localhost":
+        if host != "localhost" or bracketed:
             raise ConfigError(fld, f"listen host must be an IP address, got {host!r}") from None
-    if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+    else:
+        # "::1:80" is itself an IPv6 address: the port is unambiguous only after "[V6]".
+        if (ip.version == 6) != bracketed:
+            raise ConfigError(fld, f"write IPv6 hosts (only) in brackets, [V6]:PORT: {value!r}")
+    if not (port_s.isascii() and port_s.isdigit()) or not 0 <= int(port_s) <= 65535:
         raise ConfigError(fld, f"port must be 0-65535, got {port_s!r}")
     return ListenAddress(host=host, port=int(port_s))
 
@@ -200,8 +207,9 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+@functools.cache
 def default_toml() -> str:
-    """The embedded default configuration file's text."""
+    """The embedded default configuration file's text (read once per process)."""
     return resources.files("proxy").joinpath("default.toml").read_text(encoding="utf-8")
 
 
@@ -212,6 +220,8 @@ def load(path: str | os.PathLike[str]) -> Config:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError("<file>", f"cannot read {p}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError("<file>", f"{p} is not UTF-8 text: {e.reason}") from e
     return loads(text, source=str(p))
 
 
@@ -264,6 +274,10 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
         if key not in fields:
             raise ConfigError(path, "unknown setting")
         kwargs[key] = _coerce(str(fields[key].type), value, path)
+    for name, f in fields.items():
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and name not in kwargs:
+            raise ConfigError(f"{prefix}{name}", "required setting missing")
     return cls(**kwargs)
 
 
@@ -284,7 +298,7 @@ def _coerce(type_name: str, value: Any, path: str) -> Any:
         raise ConfigError(path, f"expected {type_name}, got a boolean")
     if not isinstance(value, accepted):
         raise ConfigError(path, f"expected {type_name}, got {type(value).__name__}")
-    return float(value) if type_name == "float" else value
+    return float(value) if type_name == "float" else value  # type: ignore[arg-type]
 
 
 _NESTED: dict[str, type] = {
@@ -300,6 +314,8 @@ _NESTED: dict[str, type] = {
 
 
 def _positive(value: float, fld: str, *, allow_zero: bool = False) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(fld, f"must be a finite number, got {value}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(fld, f"must be {'>= 0' if allow_zero else '> 0'}, got {value:g}")
 
@@ -350,6 +366,12 @@ def _validate(cfg: Config) -> None:
             )
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise ConfigError("backend.url", "must not carry a path, query or fragment")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigError("backend.url", "must not carry credentials")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a bad or out-of-range port
+        except ValueError:
+            raise ConfigError("backend.url", f"invalid port in {b.url!r}") from None
     if not 1 <= b.pool_size <= 100_000:
         raise ConfigError("backend.pool_size", f"must be 1-100000, got {b.pool_size}")
     _positive(b.pool_idle_timeout, "backend.pool_idle_timeout")
