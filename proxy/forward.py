@@ -17,6 +17,7 @@ Guarantees (each has a test under tests/integration):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -26,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -86,12 +87,31 @@ def error_response(status: int, kind: str, message: str) -> web.Response:
     return resp
 
 
-@dataclass(slots=True)
-class _BodyState:
-    """What the request-body pump observed; read after the upstream call fails."""
+class _RelayResponse(web.StreamResponse):
+    """A StreamResponse that adds no Content-Type of its own.
 
-    sent: int = 0
-    error: ClientRequestError | None = None
+    aiohttp fills in ``application/octet-stream`` for a body without a Content-Type
+    (correct for an origin server, RFC 9110 8.3); a proxy must relay the backend's headers as
+    they are, so that default is removed again when the backend sent none.
+    """
+
+    async def _prepare_headers(self) -> None:
+        had_type = "Content-Type" in self.headers
+        await super()._prepare_headers()
+        if not had_type:
+            self.headers.popall("Content-Type", None)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """Per-request state shared by the steps of one forward (and read by the access log)."""
+
+    client_ip: str
+    status: int = 0
+    body_in: int = 0
+    body_out: int = 0
+    body_error: ClientRequestError | None = None
+    response: web.StreamResponse | None = None
 
 
 class Forwarder:
@@ -112,47 +132,57 @@ class Forwarder:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         cfg = self.cfg
+        ex = _Exchange(client_ip=_client_ip(request))
         metrics.OPEN_STREAMS.inc()
-        status = 0
-        sent_bytes = 0
         try:
-            try:
-                resp, sent_bytes = await self._forward(request, cfg)
-                status = resp.status
-                return resp
-            except ClientRequestError as e:
-                status = e.status
-                return error_response(e.status, "invalid_request", e.message)
-            except BackendTimeout as e:
-                metrics.BACKEND_ERRORS.labels(f"timeout_{e.phase}").inc()
-                status = 504
-                return error_response(504, "backend_timeout", str(e))
-            except BackendError as e:
-                metrics.BACKEND_ERRORS.labels("unavailable").inc()
-                status = 502
-                return error_response(502, "backend_unavailable", str(e))
+            return await self._handle(request, cfg, ex)
         finally:
             elapsed = time.monotonic() - started
             metrics.OPEN_STREAMS.dec()
-            if status:
-                metrics.status_counter(status).inc()
+            if ex.status:
+                metrics.status_counter(ex.status).inc()
                 metrics.REQUEST_DURATION.observe(elapsed)
             if cfg.logging.access_log and access_log.isEnabledFor(logging.INFO):
                 access_log.info(
-                    '%s "%s %s" %s %d %.3f',
-                    _client_ip(request),
+                    '%s "%s %s" %s %d %d %.3f',
+                    ex.client_ip,
                     request.method,
                     request.rel_url.raw_path,
-                    status or "-",
-                    sent_bytes,
+                    ex.status or "-",
+                    ex.body_in,
+                    ex.body_out,
                     elapsed,
                 )
+
+    async def _handle(
+        self, request: web.BaseRequest, cfg: Config, ex: _Exchange
+    ) -> web.StreamResponse:
+        try:
+            return await self._forward(request, cfg, ex)
+        except ClientRequestError as e:
+            return self._fail(request, ex, e.status, "invalid_request", e.message)
+        except BackendTimeout as e:
+            metrics.BACKEND_ERRORS.labels(f"timeout_{e.phase}").inc()
+            return self._fail(request, ex, 504, "backend_timeout", str(e))
+        except BackendError as e:
+            metrics.BACKEND_ERRORS.labels("unavailable").inc()
+            return self._fail(request, ex, 502, "backend_unavailable", str(e))
+
+    def _fail(
+        self, request: web.BaseRequest, ex: _Exchange, status: int, kind: str, message: str
+    ) -> web.StreamResponse:
+        if ex.response is not None and ex.response.prepared:
+            # Headers already went out: the only honest signal left is a cut connection.
+            _abort(request)
+            return ex.response
+        ex.status = status
+        return error_response(status, kind, message)
 
     # -- plain HTTP --------------------------------------------------------------------
 
     async def _forward(
-        self, request: web.BaseRequest, cfg: Config
-    ) -> tuple[web.StreamResponse, int]:
+        self, request: web.BaseRequest, cfg: Config, ex: _Exchange
+    ) -> web.StreamResponse:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         content_length = check_request_framing(headers)
         target = _origin_form(request.raw_path)
@@ -161,7 +191,7 @@ class Forwarder:
             raise ClientRequestError(413, f"request body exceeds {limit} bytes")
 
         if _is_websocket_upgrade(request):
-            return await self._websocket(request, cfg, headers, target), 0
+            return await self._websocket(request, cfg, headers, target, ex)
 
         if request.headers.get("Expect", "").lower() == "100-continue":
             # Answer for the backend: the body limits are ours to enforce (RFC 9110 10.1.1).
@@ -169,31 +199,33 @@ class Forwarder:
 
         host = request.headers.get("Host", "")
         up_headers = CIMultiDict(
-            request_headers_for_backend(
-                headers, client_ip=_client_ip(request), proto="https", host=host
-            )
+            request_headers_for_backend(headers, client_ip=ex.client_ip, proto="https", host=host)
         )
-        body_state = _BodyState()
         has_body = request.body_exists and content_length != 0
-        data = self._pump_body(request, cfg, body_state) if has_body else None
+        data = self._pump_body(request, cfg, ex) if has_body else None
         url = URL(cfg.backend.base_url + target, encoded=True)
-        total = cfg.backend.total_timeout or None
+        cap = asyncio.timeout(cfg.backend.total_timeout or None)
         try:
-            async with asyncio.timeout(total):
-                return await self._exchange(request, cfg, url, up_headers, data, body_state)
+            async with cap:
+                return await self._exchange(
+                    request, cfg, ex, url=url, headers=up_headers, data=data
+                )
         except TimeoutError as e:
-            # Only the total cap raises plain TimeoutError here; others become BackendTimeout.
+            # BackendTimeout is a TimeoutError too: only relabel when the cap itself fired.
+            if not cap.expired():
+                raise
             raise BackendTimeout("total", cfg.backend.total_timeout) from e
 
     async def _exchange(
         self,
         request: web.BaseRequest,
         cfg: Config,
+        ex: _Exchange,
+        *,
         url: URL,
         headers: CIMultiDict[str],
         data: AsyncIterator[bytes] | None,
-        body_state: _BodyState,
-    ) -> tuple[web.StreamResponse, int]:
+    ) -> web.StreamResponse:
         b = cfg.backend
         try:
             async with asyncio.timeout(b.response_header_timeout):
@@ -207,18 +239,18 @@ class Forwarder:
                     chunked=None,
                 )
         except TimeoutError as e:
-            if body_state.error is not None:
-                raise body_state.error from e
+            if ex.body_error is not None:
+                raise ex.body_error from e
             if isinstance(e, aiohttp.ConnectionTimeoutError):
                 raise BackendTimeout("connect", b.connect_timeout) from e
             raise BackendTimeout("headers", b.response_header_timeout) from e
         except (aiohttp.ClientError, OSError) as e:
-            if body_state.error is not None:
-                raise body_state.error from e
+            if ex.body_error is not None:
+                raise ex.body_error from e
             raise BackendError(f"backend request failed: {_describe(e)}") from e
 
         try:
-            resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            resp = ex.response = _RelayResponse(status=upstream.status, reason=upstream.reason)
             for name, value in response_headers_for_client(
                 [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
             ):
@@ -229,10 +261,10 @@ class Forwarder:
             if self.draining:
                 resp.force_close()
             await resp.prepare(request)
-            sent, complete = await self._relay_body(request, resp, upstream, cfg)
-            if complete:
+            ex.status = upstream.status
+            if await self._relay_body(request, resp, upstream, cfg, ex):
                 await resp.write_eof()
-            return resp, sent
+            return resp
         finally:
             # Not release(): a response not read to the end must not go back to the pool.
             upstream.close()
@@ -243,12 +275,12 @@ class Forwarder:
         resp: web.StreamResponse,
         upstream: aiohttp.ClientResponse,
         cfg: Config,
-    ) -> tuple[int, bool]:
-        """Copy the backend body to the client; (bytes sent, whether it completed)."""
+        ex: _Exchange,
+    ) -> bool:
+        """Copy the backend body to the client as it arrives; True when it completed."""
         idle = cfg.backend.idle_timeout
         send_timeout = cfg.limits.send_timeout
         content = upstream.content
-        sent = 0
         while True:
             try:
                 async with asyncio.timeout(idle):
@@ -257,28 +289,32 @@ class Forwarder:
                 metrics.BACKEND_ERRORS.labels("timeout_idle").inc()
                 log.warning("backend idle for %.0f s mid-response: aborting", idle)
                 _abort(request)
-                return sent, False
+                return False
             except (aiohttp.ClientError, OSError) as e:
                 metrics.BACKEND_ERRORS.labels("broken_response").inc()
                 log.warning("backend response broke mid-body: %s", _describe(e))
                 _abort(request)
-                return sent, False
+                return False
             if not chunk:
-                return sent, True
+                return True
             try:
                 async with asyncio.timeout(send_timeout):
                     await resp.write(chunk)
             except TimeoutError:
                 metrics.CONNECTIONS_REJECTED.labels("send_timeout").inc()
                 _abort(request)
-                return sent, False
-            sent += len(chunk)
+                return False
+            ex.body_out += len(chunk)
             metrics.BYTES_OUT.inc(len(chunk))
 
     async def _pump_body(
-        self, request: web.BaseRequest, cfg: Config, state: _BodyState
+        self, request: web.BaseRequest, cfg: Config, ex: _Exchange
     ) -> AsyncIterator[bytes]:
-        """Yield the client's body as it arrives, enforcing size and idle limits."""
+        """Yield the client's body as it arrives, enforcing size and idle limits.
+
+        Errors are recorded on ``ex`` before raising: the HTTP client wraps whatever the
+        body iterator raises, and the handler must still answer 400/408/413, not 502.
+        """
         limit = cfg.limits.max_body_size
         idle = cfg.limits.body_read_timeout
         content = request.content
@@ -287,17 +323,17 @@ class Forwarder:
                 async with asyncio.timeout(idle):
                     chunk = await content.readany()
             except TimeoutError as e:
-                state.error = ClientRequestError(408, f"request body idle for {idle:g} s")
-                raise state.error from e
+                ex.body_error = ClientRequestError(408, f"request body idle for {idle:g} s")
+                raise ex.body_error from e
             except aiohttp.web.RequestPayloadError as e:
-                state.error = ClientRequestError(400, f"malformed request body: {e}")
-                raise state.error from e
+                ex.body_error = ClientRequestError(400, f"malformed request body: {e}")
+                raise ex.body_error from e
             if not chunk:
                 return
-            state.sent += len(chunk)
-            if limit and state.sent > limit:
-                state.error = ClientRequestError(413, f"request body exceeds {limit} bytes")
-                raise state.error
+            ex.body_in += len(chunk)
+            if limit and ex.body_in > limit:
+                ex.body_error = ClientRequestError(413, f"request body exceeds {limit} bytes")
+                raise ex.body_error
             metrics.BYTES_IN.inc(len(chunk))
             yield chunk
 
@@ -309,12 +345,13 @@ class Forwarder:
         cfg: Config,
         headers: list[tuple[str, str]],
         target: str,
+        ex: _Exchange,
     ) -> web.StreamResponse:
         """Relay a WebSocket message by message (control frames are answered per hop)."""
         host = request.headers.get("Host", "")
         up_headers = CIMultiDict(
             request_headers_for_backend(
-                headers, client_ip=_client_ip(request), proto="https", host=host, websocket=True
+                headers, client_ip=ex.client_ip, proto="https", host=host, websocket=True
             )
         )
         requested = [
@@ -325,7 +362,9 @@ class Forwarder:
         ]
         up_headers.popall("Sec-WebSocket-Protocol", None)
         url = URL(cfg.backend.base_url + target, encoded=True)
-        max_msg = cfg.limits.websocket_max_message
+        # aiohttp refuses a message whose size equals max_msg_size; the configured value is
+        # the largest message relayed, so it is passed one higher.
+        max_msg = cfg.limits.websocket_max_message + 1
         try:
             async with asyncio.timeout(cfg.backend.response_header_timeout):
                 upstream = await self.session.ws_connect(
@@ -346,43 +385,84 @@ class Forwarder:
 
         try:
             protocols = (upstream.protocol,) if upstream.protocol else ()
-            client = web.WebSocketResponse(
+            client = ex.response = web.WebSocketResponse(
                 protocols=protocols, max_msg_size=max_msg, compress=False, autoclose=False
             )
             await client.prepare(request)
-            await _ws_relay(client, upstream)
+            ex.status = 101
+            await _ws_relay(client, upstream, cfg.limits.send_timeout)
             return client
         finally:
             await upstream.close()
 
 
+@dataclass(slots=True)
+class _WsClose:
+    """Why the relay is closing, shared by both directions so each hop gets the same code."""
+
+    code: int | None = None
+
+
 async def _ws_pipe(
     src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    send_timeout: float,
+    reason: _WsClose,
 ) -> None:
-    async for msg in src:
-        if msg.type is WSMsgType.TEXT:
-            await dst.send_str(msg.data)
-        elif msg.type is WSMsgType.BINARY:
-            await dst.send_bytes(msg.data)
-        elif msg.type is WSMsgType.CLOSE:
+    async for msg in src:  # ends on CLOSE/CLOSING/CLOSED; close_code then holds the peer's
+        if msg.type is WSMsgType.ERROR:
+            log.info("WebSocket relay error: %s", msg.data)
+            # The reason (1009 too big, 1007 bad UTF-8, ...): src.close_code may since have
+            # become 1006, its own failed closing handshake with the misbehaving peer.
+            reason.code = reason.code or getattr(msg.data, "code", None) or 1011
             break
-        elif msg.type is WSMsgType.ERROR:
-            log.info("WebSocket relay error: %s", src.exception())
+        try:
+            # A peer that stops reading must not pin the relay (limits.send_timeout).
+            async with asyncio.timeout(send_timeout):
+                if msg.type is WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type is WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+        except TimeoutError:
+            metrics.CONNECTIONS_REJECTED.labels("send_timeout").inc()
+            log.info("WebSocket peer stopped reading for %.0f s: closing", send_timeout)
+            reason.code = reason.code or WSCloseCode.POLICY_VIOLATION
+            # Tell the healthy side first: the stalled one may never take a close frame.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(send_timeout):
+                    await src.close(code=reason.code)
             break
-    code = src.close_code or 1000
+    reason.code = reason.code or src.close_code
     if not dst.closed:
-        await dst.close(code=code if 1000 <= code < 5000 else 1011)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(send_timeout):
+                await dst.close(code=_wire_close_code(reason.code))
+
+
+def _wire_close_code(code: int | None) -> int:
+    """A close code that may be sent in a Close frame (RFC 6455 7.4.1)."""
+    if code is None or code in (WSCloseCode.OK, 1005):  # 1005: "no status received"
+        return WSCloseCode.OK
+    if code in (1004, 1006, 1015) or not 1000 <= code < 5000:  # reserved, never on the wire
+        return WSCloseCode.INTERNAL_ERROR
+    return code
 
 
 async def _ws_relay(
-    client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse
+    client: web.WebSocketResponse,
+    upstream: aiohttp.ClientWebSocketResponse,
+    send_timeout: float,
 ) -> None:
     loop = asyncio.get_running_loop()
-    up = loop.create_task(_ws_pipe(client, upstream), name="ws-client-to-backend")
-    down = loop.create_task(_ws_pipe(upstream, client), name="ws-backend-to-client")
+    reason = _WsClose()
+    up = loop.create_task(
+        _ws_pipe(client, upstream, send_timeout, reason), name="ws-client-to-backend"
+    )
+    down = loop.create_task(
+        _ws_pipe(upstream, client, send_timeout, reason), name="ws-backend-to-client"
+    )
     try:
-        done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
         # One side finished: give the other a moment to forward the close, then stop it.
         if pending:
             await asyncio.wait(pending, timeout=5)

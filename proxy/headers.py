@@ -63,10 +63,7 @@ def _connection_tokens(headers: Iterable[Header]) -> set[str]:
     names: set[str] = set()
     for name, value in headers:
         if name.lower() == "connection":
-            for token in value.split(","):
-                token = token.strip().lower()
-                if token:
-                    names.add(token)
+            names.update(t.strip().lower() for t in value.split(",") if t.strip())
     return names
 
 

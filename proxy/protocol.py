@@ -19,7 +19,9 @@ import logging
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from proxy import metrics
@@ -38,7 +40,8 @@ class _Handler(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
-        assert isinstance(manager, ProxyHTTPServer)
+        if not isinstance(manager, ProxyHTTPServer):
+            raise TypeError("_Handler needs a ProxyHTTPServer")
         super().connection_made(transport)
         if manager.tls:
             metrics.TLS_HANDSHAKES.inc()
@@ -57,7 +60,32 @@ class _Handler(RequestHandler):
             manager = self._manager
             if isinstance(manager, ProxyHTTPServer):
                 self._arm(manager.limits.header_read_timeout)
+        queued = len(self._messages)
         super().data_received(data)
+        self._fail_unfinished_body(queued)
+
+    def _fail_unfinished_body(self, queued: int) -> None:
+        """Fail the body being read when the parser rejects bytes in the middle of it.
+
+        aiohttp turns a parse error into a queued 400 "message" but, when the request head
+        came in an earlier read (the handler may already be streaming the body upstream),
+        never tells that request's body stream: the handler would wait for body bytes that
+        can no longer come (until ``body_read_timeout``) while the backend holds a
+        half-sent request. Failing the stream ends the upload at once (400, upstream aborted).
+        """
+        messages = self._messages
+        if len(messages) <= queued or isinstance(messages[-1][0], RawRequestMessage):
+            return  # no new parse error in this read
+        payload: Any = None
+        if queued:
+            # The newest request parsed before this read owns the body that broke.
+            msg, payload = messages[queued - 1]
+            if not isinstance(msg, RawRequestMessage):
+                return
+        elif self._current_request is not None:
+            payload = self._current_request.content
+        if isinstance(payload, StreamReader) and not payload.is_eof():
+            payload.set_exception(RequestPayloadError("malformed request body framing"))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         manager = self._manager

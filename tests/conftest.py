@@ -100,7 +100,9 @@ async def proxy_factory(leaf: trustme.LeafCert) -> AsyncIterator[ProxyFactory]:
     """Start in-process proxies: ``await proxy_factory(backend_url, extra_toml)``."""
     started: list[Worker] = []
 
-    async def start(backend_url: str, extra: str = "", store: CertStore | None = None) -> RunningProxy:
+    async def start(
+        backend_url: str, extra: str = "", store: CertStore | None = None
+    ) -> RunningProxy:
         cfg = await asyncio.to_thread(make_config, backend_url, extra)
         if store is None:
             store = await asyncio.to_thread(store_from_leaf, leaf)

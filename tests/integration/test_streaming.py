@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import time
 
@@ -45,7 +46,7 @@ async def test_sse_events_arrive_spaced_as_sent(
                 _, buf = buf.split(b"\n\n", 1)
                 arrivals.append(time.monotonic())
     assert len(arrivals) == 6
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     # Sent 200 ms apart: each must arrive on its own, not coalesced with the next one.
     assert all(g > 0.1 for g in gaps), gaps
     assert arrivals[-1] - arrivals[0] > 0.8
