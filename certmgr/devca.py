@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -77,8 +78,13 @@ def _cert_names(cert: x509.Certificate) -> set[str]:
 class DevCA:
     """The development CA rooted in ``state_dir/dev-ca``."""
 
-    def __init__(self, directory: Path, root_cert: x509.Certificate, root_key: ec.EllipticCurvePrivateKey,
-                 sealer: Sealer) -> None:  # fmt: skip
+    def __init__(
+        self,
+        directory: Path,
+        root_cert: x509.Certificate,
+        root_key: ec.EllipticCurvePrivateKey,
+        sealer: Sealer,
+    ) -> None:
         self.directory = directory
         self.root_cert = root_cert
         self._root_key = root_key
@@ -92,7 +98,7 @@ class DevCA:
     def load_or_create(
         cls, state_dir: Path, sealer: Sealer, *, now: dt.datetime | None = None
     ) -> DevCA:
-        """Load the CA from ``state_dir/dev-ca``, creating it on first use."""  # fmt: skip
+        """Load the CA from ``state_dir/dev-ca``, creating it on first use."""
         directory = state_dir / "dev-ca"
         cert_path, key_path = directory / "root.pem", directory / "root.key.sealed"
         now = now or dt.datetime.now(dt.UTC)
@@ -134,7 +140,7 @@ class DevCA:
                     decipher_only=False,
                 ),
                 critical=True,
-            )  # fmt: skip
+            )
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -142,14 +148,15 @@ class DevCA:
         atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
         log.warning(
             "created development CA %s (root spki sha256 %s): trust it only for development",
-            cert_path, spki_sha256(key.public_key()).hex()[:16],
-        )  # fmt: skip
+            cert_path,
+            spki_sha256(key.public_key()).hex()[:16],
+        )
         return cls(directory, cert, key, sealer)
 
     def issue_leaf(
         self, names: tuple[str, ...], lifetime: dt.timedelta, *, now: dt.datetime | None = None
     ) -> Leaf:
-        """A new P-256 key and a leaf certificate for ``names`` (in memory only)."""  # fmt: skip
+        """A new P-256 key and a leaf certificate for ``names`` (in memory only)."""
         now = now or dt.datetime.now(dt.UTC)
         key = generate_p256()
         not_after = min(now + lifetime, self.root_cert.not_valid_after_utc)
@@ -175,7 +182,9 @@ class DevCA:
         )
         return Leaf(chain, key, cert)
 
-    def current_leaf(self, names: tuple[str, ...], lifetime: dt.timedelta, *, now: dt.datetime | None = None) -> Leaf:  # fmt: skip
+    def current_leaf(
+        self, names: tuple[str, ...], lifetime: dt.timedelta, *, now: dt.datetime | None = None
+    ) -> Leaf:
         """The stored leaf if it covers ``names`` and is not due for renewal, else a new one."""
         now = now or dt.datetime.now(dt.UTC)
         cert_path, key_path = self.directory / "leaf.pem", self.directory / "leaf.key.sealed"
@@ -184,15 +193,27 @@ class DevCA:
             if (
                 _cert_names(leaf.cert) == {str(n) for n in _normalise(names)}
                 and now < renewal_due(leaf.cert, now)
-                and leaf.cert.issuer == self.root_cert.subject
+                and self._issued_by_root(leaf.cert)
             ):
                 return leaf
         leaf = self.issue_leaf(names, lifetime, now=now)
         store_sealed_key(key_path, leaf.key, self._sealer)
         atomic_write(cert_path, leaf.chain_pem, mode=0o644)
-        log.info("issued development certificate for %s, valid until %s",
-                 ", ".join(names), leaf.cert.not_valid_after_utc)  # fmt: skip
+        log.info(
+            "issued development certificate for %s, valid until %s",
+            ", ".join(names),
+            leaf.cert.not_valid_after_utc,
+        )
         return leaf
+
+    def _issued_by_root(self, cert: x509.Certificate) -> bool:
+        """Whether this root signed ``cert``. A replacement root has the same subject name,
+        so comparing issuer names would keep serving a leaf signed by the old root."""
+        try:
+            cert.verify_directly_issued_by(self.root_cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
 
 
 def _normalise(names: tuple[str, ...]) -> list[str]:

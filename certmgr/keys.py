@@ -26,7 +26,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -190,7 +190,7 @@ def load_sealed_key(path: Path, sealer: Sealer) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def encrypted_pem(key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
+def encrypted_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> tuple[bytes, bytes]:
     """The key as PKCS#8 PEM encrypted under a fresh random password: (pem, password).
 
     Used to hand a key to OpenSSL, which loads keys only from files: the file it reads is

@@ -227,5 +227,8 @@ def entry_from_files(
         raise CertError(f"{key_file}: cannot load private key: {e}") from e
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise CertError(f"{key_file}: unsupported key type (use ECDSA P-256 or RSA)")
-    ctx = _make_context(factory, chain_pem, key_pem, password)
+    # Hand OpenSSL the key re-encrypted under a fresh password, never as the operator's
+    # (possibly unencrypted) PEM: the temporary file it reads must not hold a plaintext key.
+    temp_pem, temp_password = encrypted_pem(key)
+    ctx = _make_context(factory, chain_pem, temp_pem, temp_password)
     return _entry(chain, key.public_key(), ctx, source, now)

@@ -12,16 +12,19 @@ non-loopback TCP address.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from cryptography import x509
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
 from proxy import metrics
 from proxy.config import Config
+from proxy.errors import ConfigError
 
 if TYPE_CHECKING:
     from proxy.server import Supervisor
@@ -44,9 +47,9 @@ async def backend_reachable(cfg: Config) -> str | None:
                 parts = urlsplit(b.url)
                 _, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
     except TimeoutError:
-        return f"backend connect timed out after {b.connect_timeout:g} s"
+        return f"backend {b.url} connect timed out after {b.connect_timeout:g} s"
     except OSError as e:
-        return f"backend unreachable: {e.strerror or e}"
+        return f"backend {b.url} unreachable: {e.strerror or e}"
     writer.close()
     return None
 
@@ -70,13 +73,30 @@ async def readiness(
         reasons.append(f"certificate unreadable: {e}")
         served = []
     now = dt.datetime.now(dt.UTC)
+    _record_expiry(served)
     for source, cert in served:
-        metrics.CERT_EXPIRY.labels(source).set(cert.not_valid_after_utc.timestamp())
         certs.append({"source": source, "not_after": cert.not_valid_after_utc.isoformat()})
         if not cert.not_valid_before_utc <= now < cert.not_valid_after_utc:
             reasons.append(f"certificate {source} not valid now")
     body = {"ready": not reasons, "reasons": reasons, "certificates": certs}
     return not reasons, body
+
+
+def _record_expiry(served: list[tuple[str, x509.Certificate]]) -> None:
+    for source, cert in served:
+        metrics.CERT_EXPIRY.labels(source).set(cert.not_valid_after_utc.timestamp())
+
+
+async def refresh_certificate_metrics(cfg: Config) -> None:
+    """Set the certificate expiry gauge from the served certificates (best effort)."""
+    from proxy.certs import served_certificates  # noqa: PLC0415
+
+    try:
+        served = await asyncio.to_thread(served_certificates, cfg)
+    except (OSError, ValueError) as e:
+        log.warning("cannot read served certificates for metrics: %s", e)
+        return
+    _record_expiry(served)
 
 
 class AdminServer:
@@ -101,12 +121,16 @@ class AdminServer:
         await self._runner.setup()
         site: web.BaseSite
         if addr.is_unix:
-            if os.path.exists(addr.path):
-                os.unlink(addr.path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr.path)  # a stale socket from an earlier run
             site = web.UnixSite(self._runner, addr.path)
         else:
             site = web.TCPSite(self._runner, addr.host, addr.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise ConfigError("admin.listen", f"cannot listen on {addr}: {e.strerror or e}") from e
         if addr.is_unix:
             os.chmod(addr.path, 0o600)
         log.info("admin listener on %s", addr)
@@ -127,6 +151,8 @@ class AdminServer:
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
+        # The expiry gauge is the supervisor's: set it on every scrape, not only on /ready.
+        await refresh_certificate_metrics(self.sup.cfg)
         data = await asyncio.to_thread(_collect)
         resp = web.Response(body=data)
         resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -84,15 +85,24 @@ def _demo_state_dir() -> Path:
     return Path(base) / "teeproxy" / "demo"
 
 
+def _toml_str(value: str) -> str:
+    """A TOML basic string for any path or argument (quotes and backslashes escaped).
+
+    JSON's escapes are TOML's; ensure_ascii=False avoids surrogate-pair escapes TOML refuses.
+    """
+    return json.dumps(value, ensure_ascii=False)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     state = Path(args.state_dir) if args.state_dir else _demo_state_dir()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     sock = state / "demo-backend.sock"
     text = (
-        f'state_dir = "{state}"\n'
-        f'[server]\nlisten = ["{args.listen}"]\nworkers = {args.workers}\ndrain_grace = 5.0\n'
-        f'[backend]\nurl = "unix:{sock}"\n'
-        f'[admin]\nlisten = "{args.admin}"\n'
+        f"state_dir = {_toml_str(str(state))}\n"
+        f"[server]\nlisten = [{_toml_str(args.listen)}]\nworkers = {args.workers}\n"
+        "drain_grace = 5.0\n"
+        f"[backend]\nurl = {_toml_str(f'unix:{sock}')}\n"
+        f"[admin]\nlisten = {_toml_str(args.admin)}\n"
     )
     try:
         cfg = loads(text, source="<demo>")
@@ -124,7 +134,7 @@ async def _demo(cfg: Config, sock: Path, rate: float) -> int:
     from proxy.tasks import spawn  # noqa: PLC0415
 
     task = spawn(sup.run(), "supervisor")
-    while not sup.ready and not task.done():
+    while not sup.ready and not task.done():  # noqa: ASYNC110 - polls a flag set by run()
         await asyncio.sleep(0.05)
     if sup.ready:
         _print_demo_banner(cfg, sup.ports[0])

@@ -145,7 +145,7 @@ class Forwarder:
             if cfg.logging.access_log and access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     '%s "%s %s" %s %d %d %.3f',
-                    ex.client_ip,
+                    ex.client_ip or "-",
                     request.method,
                     request.rel_url.raw_path,
                     ex.status or "-",
@@ -509,7 +509,7 @@ def _client_ip(request: web.BaseRequest) -> str:
     peer: Any = request.transport.get_extra_info("peername") if request.transport else None
     if isinstance(peer, tuple) and peer:
         return str(peer[0])
-    return "unix"
+    return ""
 
 
 def _abort(request: web.BaseRequest) -> None:

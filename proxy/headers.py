@@ -58,13 +58,18 @@ _CONSUMED = frozenset({"expect"})
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
 
 
+# Never removed because a Connection header names them: a client must not be able to make
+# the proxy drop the request's target host.
+_PROTECTED = frozenset({"host"})
+
+
 def _connection_tokens(headers: Iterable[Header]) -> set[str]:
     """Field names listed in every Connection header (RFC 9110 7.6.1), lower-cased."""
     names: set[str] = set()
     for name, value in headers:
         if name.lower() == "connection":
             names.update(t.strip().lower() for t in value.split(",") if t.strip())
-    return names
+    return names - _PROTECTED
 
 
 def check_request_framing(headers: Sequence[Header]) -> int | None:
@@ -93,8 +98,16 @@ def check_request_framing(headers: Sequence[Header]) -> int | None:
 
 
 def forwarded_element(client_ip: str, proto: str, host: str) -> str:
-    """One RFC 7239 Forwarded element; IPv6 nodes are bracketed and quoted (RFC 7239 6)."""
-    node = f'"[{client_ip}]"' if ":" in client_ip else client_ip
+    """One RFC 7239 Forwarded element; IPv6 nodes are bracketed and quoted (RFC 7239 6).
+
+    An unknown client address (a unix-socket listener) is ``for=unknown`` (RFC 7239 6.2).
+    """
+    if not client_ip:
+        node = "unknown"
+    elif ":" in client_ip:
+        node = f'"[{client_ip}]"'
+    else:
+        node = client_ip
     return f"for={node};proto={proto};host={_quote_if_needed(host)}"
 
 
@@ -118,7 +131,8 @@ def request_headers_for_backend(
     if websocket:
         drop = drop | {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
     out = [(n, v) for n, v in headers if n.lower() not in drop]
-    out.append(("X-Forwarded-For", client_ip))
+    if client_ip:
+        out.append(("X-Forwarded-For", client_ip))
     out.append(("X-Forwarded-Proto", proto))
     if host:
         out.append(("X-Forwarded-Host", host))

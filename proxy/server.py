@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -71,7 +72,7 @@ class Worker:
     holder: StoreHolder = field(init=False)
     ports: list[int] = field(default_factory=list)
     _servers: list[asyncio.base_events.Server] = field(default_factory=list)
-    _redirect_runner: web.AppRunner | None = None
+    _redirect_runner: web.ServerRunner | None = None
 
     def __post_init__(self) -> None:
         self.holder = StoreHolder(self.store)
@@ -103,21 +104,18 @@ class Worker:
 
     async def _start_redirect(self, cfg: Config) -> None:
         async def redirect(request: web.BaseRequest) -> web.StreamResponse:
-            host = request.host.rsplit(":", 1)[0] if request.host else ""
+            host = host_without_port(request.host or "")
             if not host:
                 return web.Response(status=400, text="Host header required\n")
             port = cfg.server.listen_addresses[0].port
             netloc = host if port == 443 else f"{host}:{port}"
             raise web.HTTPPermanentRedirect(f"https://{netloc}{request.rel_url.raw_path_qs}")
 
-        server = web.Server(redirect, access_log=None)
-        self._redirect_runner = web.ServerRunner(server)
-        await self._redirect_runner.setup()
+        runner = self._redirect_runner = web.ServerRunner(web.Server(redirect, access_log=None))
+        await runner.setup()
         for value in cfg.server.http_redirect_listen:
             addr = _addr(value)
-            site = web.TCPSite(
-                self._redirect_runner, addr.host, addr.port, reuse_port=self.reuse_port
-            )
+            site = web.TCPSite(runner, addr.host, addr.port, reuse_port=self.reuse_port)
             await site.start()
 
     def swap_store(self, store: CertStore) -> None:
@@ -129,7 +127,8 @@ class Worker:
         old_session = self.session
         if cfg.server.listen != self.cfg.server.listen:
             log.warning("server.listen changed: takes effect only after a restart")
-        assert self.forwarder is not None and self.http is not None
+        if self.forwarder is None or self.http is None:
+            raise RuntimeError("reconfigure() before start()")
         if cfg.backend != self.cfg.backend or cfg.limits != self.cfg.limits:
             self.session = make_session(cfg)
         self.forwarder.reconfigure(cfg, self.session or make_session(cfg))
@@ -153,6 +152,17 @@ class Worker:
             await self.http.shutdown(grace)
         if self.session is not None:
             await self.session.close()
+
+
+def host_without_port(host: str) -> str:
+    """The host of a Host header value: port dropped, an IPv6 literal kept in brackets.
+
+    ``rsplit(":")`` would cut ``[::1]`` (no port) to ``[:``.
+    """
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end > 1 else ""
+    return host.partition(":")[0]
 
 
 async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
@@ -181,12 +191,13 @@ def run_worker_process(
     cfg: Config, config_path: str | None, conn: multiprocessing.connection.Connection
 ) -> None:
     """Entry point of a worker process (multiprocessing 'spawn')."""
+    # A SIGHUP relayed while this worker starts must not kill it (the default action): it
+    # is ignored until the event loop installs the reload handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _setup_logging(cfg.logging.level)
     install_uvloop()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_worker_main(cfg, config_path, conn))
-    except KeyboardInterrupt:
-        pass
 
 
 async def _worker_main(
@@ -204,6 +215,9 @@ async def _worker_main(
     async def reload() -> None:
         try:
             new_cfg = await asyncio.to_thread(load, config_path) if config_path else worker.cfg
+            # Like the supervisor, apply only what a reload may change: [server] (the listen
+            # ports it resolved, drain_grace), [admin] and state_dir need a restart.
+            new_cfg = reloadable(worker.cfg, new_cfg)
             new_store = await asyncio.to_thread(build_store, new_cfg, sealer)
         except (ConfigError, OSError, ValueError) as e:
             log.error("reload failed, keeping the running config and certificates: %s", e)
@@ -218,6 +232,31 @@ async def _worker_main(
     await stop.wait()
     log.info("worker %d draining (grace %.0f s)", os.getpid(), cfg.server.drain_grace)
     await worker.drain()
+
+
+def reloadable(running: Config, new: Config) -> Config:
+    """The running config with the sections a SIGHUP reload applies taken from ``new``."""
+    return running.replace(
+        tls=new.tls,
+        dev_ca=new.dev_ca,
+        backend=new.backend,
+        limits=new.limits,
+        logging=new.logging,
+    )
+
+
+def check_certificates(cfg: Config, sealer: Any) -> None:
+    """Build the certificate store once (blocking) so a bad certificate is a config error.
+
+    Workers build their own store; this only checks that they will be able to.
+    """
+    from certmgr.store import CertError  # noqa: PLC0415
+    from proxy.certs import build_store  # noqa: PLC0415
+
+    try:
+        build_store(cfg, sealer)
+    except (CertError, OSError) as e:
+        raise ConfigError("tls.certificates", str(e)) from e
 
 
 # -- supervisor -----------------------------------------------------------------------------
@@ -249,6 +288,7 @@ class Supervisor:
         self._workers: list[tuple[Any, multiprocessing.connection.Connection]] = []
         self._reserved: list[socket.socket] = []
         self._stopping = False
+        self._configured_server = cfg.server  # as written, before ports are resolved
         self.ports: list[int] = []
 
     def _resolve_ports(self) -> Config:
@@ -259,12 +299,8 @@ class Supervisor:
             port = sock.getsockname()[1]
             self.ports.append(port)
             listen.append(str(ListenAddress(host=addr.host, port=port)))
-        server = self.cfg.server.__class__(
-            listen=tuple(listen),
-            workers=self.cfg.server.workers,
-            drain_grace=self.cfg.server.drain_grace,
-            http_redirect_listen=self.cfg.server.http_redirect_listen,
-        )
+        # dataclasses.replace keeps every other [server] field, present and future.
+        server = dataclasses.replace(self.cfg.server, listen=tuple(listen))
         return self.cfg.replace(server=server)
 
     def _spawn_worker(self) -> None:
@@ -279,9 +315,9 @@ class Supervisor:
         child.close()
         self._workers.append((proc, parent))
 
-    async def _wait_ready(self, timeout: float = 60.0) -> None:
+    async def _wait_ready(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + 60.0
         for proc, conn in self._workers:
             while not conn.poll():
                 if not proc.is_alive():
@@ -297,9 +333,17 @@ class Supervisor:
 
         sealer = default_sealer()
         await asyncio.to_thread(prepare_certificates, self.cfg, sealer)
+        await asyncio.to_thread(check_certificates, self.cfg, sealer)
         self.cfg = self._resolve_ports()
         admin = AdminServer(self)
         await admin.start()
+        # Signal handlers before the first worker exists: a SIGTERM or SIGHUP during start
+        # must not kill the supervisor with its default action and orphan the workers.
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload(), "reload"))
         for _ in range(self.cfg.server.worker_count):
             self._spawn_worker()
         try:
@@ -316,11 +360,6 @@ class Supervisor:
             "uvloop" in type(asyncio.get_running_loop()).__module__,
         )
         self.ready = True
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload(), "reload"))
         monitor = spawn(self._monitor(sealer), "supervisor-monitor")
         await stop.wait()
         self._stopping = True
@@ -338,19 +377,26 @@ class Supervisor:
         from proxy.certs import default_sealer, prepare_certificates  # noqa: PLC0415
 
         if self.config_path:
+            sealer = default_sealer()
             try:
                 new_cfg = await asyncio.to_thread(load, self.config_path)
+                candidate = reloadable(self.cfg, new_cfg)
+                await asyncio.to_thread(prepare_certificates, candidate, sealer)
+                # A config whose certificates cannot be served is refused here: accepted,
+                # it would also be what restarted workers start with (and fail on).
+                await asyncio.to_thread(check_certificates, candidate, sealer)
             except ConfigError as e:
                 log.error("SIGHUP: config invalid, keeping the running one: %s", e)
                 return
-            self.cfg = self.cfg.replace(
-                tls=new_cfg.tls,
-                dev_ca=new_cfg.dev_ca,
-                backend=new_cfg.backend,
-                limits=new_cfg.limits,
-                logging=new_cfg.logging,
-            )
-        await asyncio.to_thread(prepare_certificates, self.cfg, default_sealer())
+            if (
+                new_cfg.server != self._configured_server
+                or new_cfg.admin != self.cfg.admin
+                or new_cfg.state_dir != self.cfg.state_dir
+            ):
+                log.warning("SIGHUP: [server], [admin] and state_dir take effect only on restart")
+            self.cfg = candidate
+        else:
+            await asyncio.to_thread(prepare_certificates, self.cfg, default_sealer())
         self._signal_workers(signal.SIGHUP)
         log.info("SIGHUP: reload sent to %d workers", len(self._workers))
 
@@ -367,30 +413,38 @@ class Supervisor:
         restarts: list[float] = []
         while True:
             await asyncio.sleep(0.5)
-            for i, (proc, conn) in enumerate(list(self._workers)):
+            for proc, conn in list(self._workers):
                 if proc.is_alive() or self._stopping:
                     continue
                 log.error("worker %s exited with %s: restarting", proc.pid, proc.exitcode)
                 _mark_dead(proc.pid)
                 conn.close()
-                self._workers.pop(i)
+                # By identity, not by index: with two dead workers in one pass, indices taken
+                # before the first removal point at the wrong entry (or past the end).
+                self._workers.remove((proc, conn))
                 now = time.monotonic()
                 restarts = [t for t in restarts if now - t < 60] + [now]
                 if len(restarts) > 10:
                     log.critical("workers keep dying: backing off 10 s")
                     await asyncio.sleep(10)
                 self._spawn_worker()
-            due = await asyncio.to_thread(next_renewal, self.cfg, sealer)
-            if due is not None and due.timestamp() <= time.time():
-                await asyncio.to_thread(prepare_certificates, self.cfg, sealer)
-                self._signal_workers(signal.SIGHUP)
-                log.info("development certificate renewed; workers reloading")
+            try:
+                due = await asyncio.to_thread(next_renewal, self.cfg, sealer)
+                if due is not None and due.timestamp() <= time.time():
+                    await asyncio.to_thread(prepare_certificates, self.cfg, sealer)
+                    self._signal_workers(signal.SIGHUP)
+                    log.info("development certificate renewed; workers reloading")
+            except (OSError, ValueError) as e:
+                # Logged and retried: an exception here must not end the worker supervision
+                # this loop also does.
+                log.error("development certificate renewal failed: %s", e)
+                await asyncio.sleep(30)
 
     async def _terminate_workers(self) -> None:
         self._signal_workers(signal.SIGTERM)
         deadline = time.monotonic() + self.cfg.server.drain_grace + 5
         for proc, conn in self._workers:
-            while proc.is_alive() and time.monotonic() < deadline:
+            while proc.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a process
                 await asyncio.sleep(0.05)
             if proc.is_alive():
                 log.error("worker %s did not stop in time: killing", proc.pid)
@@ -409,4 +463,4 @@ def _mark_dead(pid: int | None) -> None:
         return
     from prometheus_client import multiprocess  # noqa: PLC0415
 
-    multiprocess.mark_process_dead(pid)
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

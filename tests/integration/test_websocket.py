@@ -15,7 +15,6 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from tests.conftest import ProxyFactory
 
-
 FLOOD_MESSAGES = 300  # 19 MiB: far beyond what socket buffers on both hops can hold
 
 

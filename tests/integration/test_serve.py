@@ -1,0 +1,722 @@
+"""``teeproxy serve`` and ``teeproxy demo`` as real processes: workers, signals, reload, demo.
+
+Each test starts ``python -m proxy.cli`` on 127.0.0.1 with an ephemeral TLS port (read back
+from the supervisor's log) and stops it, its workers included, by PID when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+from aiohttp import web
+from aiohttp.pytest_plugin import AiohttpServer
+
+from proxy.tasks import spawn
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+
+pytestmark = pytest.mark.slow
+
+
+# -- process helpers (also used by test_admin.py) --------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (for listeners that cannot take 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces or parentheses: parse after the last ')'.
+    return int(stat_line.rpartition(")")[2].split()[1])
+
+
+def child_pids(pid: int) -> list[int]:
+    """Live child processes of ``pid`` (workers and multiprocessing's resource tracker)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _ppid(int(entry)) == pid:
+            out.append(int(entry))
+    return out
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The supervisor's worker processes (multiprocessing 'spawn' children)."""
+    workers = []
+    for child in child_pids(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            state = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and state != "Z":
+            workers.append(child)
+    return sorted(workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Process:
+    """A ``python -m proxy.cli ...`` child with its merged output collected line by line."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.pid = self.proc.pid
+        self.lines: list[str] = []
+        self._seen_children: set[int] = set()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def workers(self) -> list[int]:
+        pids = worker_pids(self.pid)
+        self._seen_children.update(child_pids(self.pid))
+        return pids
+
+    async def wait_log(
+        self, pattern: str, *, count: int = 1, within: float = START_TIMEOUT, since: int = 0
+    ) -> list[re.Match[str]]:
+        """Wait until ``pattern`` matched ``count`` output lines (from line index ``since``)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + within
+        while True:
+            found = [m for ln in self.lines[since:] if (m := rx.search(ln))]
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                await asyncio.to_thread(self._reader.join, 5)
+                found = [m for ln in self.lines[since:] if (m := rx.search(ln))]
+                if len(found) >= count:
+                    return found
+                pytest.fail(
+                    f"process exited ({self.proc.returncode}) before {pattern!r} appeared:\n"
+                    + self.output[-4000:]
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"{pattern!r} not seen within {within} s:\n{self.output[-4000:]}")
+            await asyncio.sleep(0.05)
+
+    async def wait_exit(self, within: float) -> int:
+        rc = await asyncio.to_thread(self.proc.wait, within)
+        await asyncio.to_thread(self._reader.join, 5)
+        return rc
+
+    def send(self, sig: signal.Signals) -> None:
+        self._seen_children.update(child_pids(self.pid))
+        os.kill(self.pid, sig)
+
+    def stop(self) -> None:
+        """Teardown (blocking): SIGTERM, then SIGKILL; then any leftover child, by PID."""
+        if self.proc.poll() is None:
+            self._seen_children.update(child_pids(self.pid))
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for pid in self._seen_children:
+            if _alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._reader.join(5)
+
+
+Launch = Callable[[list[str]], Awaitable[Process]]
+
+
+@pytest.fixture
+async def launch() -> AsyncIterator[Launch]:
+    """Start ``python -m proxy.cli ARGS``; every process is stopped at teardown."""
+    started: list[Process] = []
+
+    async def start(args: list[str]) -> Process:
+        p = await asyncio.to_thread(Process, args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        await asyncio.to_thread(p.stop)
+
+
+@dataclass
+class Served:
+    process: Process
+    port: int
+    config: Path
+
+    @property
+    def url(self) -> str:
+        return f"https://localhost:{self.port}"
+
+
+@dataclass
+class TLSFiles:
+    cert: Path
+    key: Path
+
+    def write(self, leaf: trustme.LeafCert) -> None:
+        self.cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        self.key.write_bytes(leaf.private_key_pem.bytes())
+        self.key.chmod(0o600)
+
+
+def write_config(
+    directory: Path,
+    *,
+    backend: str,
+    tls: TLSFiles | None,
+    workers: int = 2,
+    drain_grace: float = 5.0,
+    admin: str = "",
+    extra: str = "",
+) -> Path:
+    """A serve config in ``directory`` (blocking: call through asyncio.to_thread)."""
+    lines = [
+        f'state_dir = "{directory / "state"}"',
+        "[server]",
+        'listen = ["127.0.0.1:0"]',
+        f"workers = {workers}",
+        f"drain_grace = {drain_grace}",
+        "[backend]",
+        f'url = "{backend}"',
+        "[admin]",
+        f'listen = "{admin}"',
+        "[logging]",
+        "access_log = false",
+    ]
+    if tls is not None:
+        lines += ["[[tls.certificates]]", f'cert_file = "{tls.cert}"', f'key_file = "{tls.key}"']
+    path = directory / "teeproxy.toml"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+@pytest.fixture
+async def tls_files(tmp_path: Path, leaf: trustme.LeafCert) -> TLSFiles:
+    files = TLSFiles(tmp_path / "cert.pem", tmp_path / "key.pem")
+    await asyncio.to_thread(files.write, leaf)
+    return files
+
+
+async def serve(launch: Launch, config: Path, *, workers: int = 2) -> Served:
+    """Start ``teeproxy serve --config FILE`` and wait until its workers are ready."""
+    p = await launch(["serve", "--config", str(config)])
+    [m] = await p.wait_log(r"teeproxy serving on 127\.0\.0\.1:(\d+) with (\d+) workers")
+    assert int(m.group(2)) == workers
+    return Served(p, int(m.group(1)), config)
+
+
+# -- backends and clients ---------------------------------------------------------------------
+
+
+async def _hello(_request: web.Request) -> web.Response:
+    return web.Response(text="hello")
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
+    """``n`` lines ``chunk i``, ``interval`` s apart, then ``done``."""
+    n = int(request.query.get("n", "10"))
+    interval = float(request.query.get("interval", "0.2"))
+    resp = web.StreamResponse(headers={"Content-Type": "text/plain"})
+    await resp.prepare(request)
+    for i in range(n):
+        await resp.write(f"chunk {i}\n".encode())
+        await asyncio.sleep(interval)
+    await resp.write(b"done\n")
+    await resp.write_eof()
+    return resp
+
+
+@pytest.fixture
+async def backend(aiohttp_server: AiohttpServer) -> str:
+    app = web.Application()
+    app.router.add_get("/stream", _stream)
+    app.router.add_get("/{tail:.*}", _hello)
+    server = await aiohttp_server(app)
+    return f"http://127.0.0.1:{server.port}"
+
+
+@pytest.fixture(scope="module")
+def ca_b() -> trustme.CA:
+    return trustme.CA(key_type=trustme.KeyType.ECDSA)
+
+
+@pytest.fixture(scope="module")
+def leaf_b(ca_b: trustme.CA) -> trustme.LeafCert:
+    return ca_b.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.ECDSA)
+
+
+@pytest.fixture(scope="module")
+def trust_both(ca: trustme.CA, ca_b: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    ca_b.configure_trust(ctx)
+    return ctx
+
+
+def der(leaf: trustme.LeafCert) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+
+
+async def presented_cert(port: int, ctx: ssl.SSLContext) -> bytes:
+    """The certificate a fresh TLS handshake with 127.0.0.1:port presents."""
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+    )
+    try:
+        return bytes(writer.get_extra_info("ssl_object").getpeercert(binary_form=True))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def get_text(url: str, ctx: ssl.SSLContext, *, new_connection: bool = True) -> str:
+    connector = aiohttp.TCPConnector(ssl=ctx, force_close=new_connection)
+    async with (
+        aiohttp.ClientSession(connector=connector) as s,
+        s.get(url) as resp,
+    ):
+        assert resp.status == 200, resp.status
+        return await resp.text()
+
+
+async def raw_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET on an open keep-alive connection (response has Content-Length)."""
+    writer.write(b"GET /keepalive HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in head[1:] if h)}
+    body = await reader.readexactly(int(headers["content-length"]))
+    return int(head[0].split(" ", 2)[1]), body
+
+
+@dataclass
+class Load:
+    """Requests issued continuously (half on new connections, half keep-alive) until stopped."""
+
+    url: str
+    ctx: ssl.SSLContext
+    ok: int = 0
+    failures: list[str] = field(default_factory=list)
+    seen: Counter[bytes] = field(default_factory=Counter)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self, clients: int = 4) -> None:
+        for i in range(clients):
+            self.tasks.append(spawn(self._run(new_connections=i % 2 == 0), f"load-{i}"))
+
+    async def finish(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks)
+
+    async def progress(self, n: int) -> None:
+        target = self.ok + len(self.failures) + n
+        async with asyncio.timeout(20):
+            while self.ok + len(self.failures) < target:  # noqa: ASYNC110 - other tasks count
+                await asyncio.sleep(0.01)
+
+    async def _run(self, *, new_connections: bool) -> None:
+        connector = aiohttp.TCPConnector(ssl=self.ctx, force_close=new_connections, limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while not self.stop.is_set():
+                try:
+                    async with session.get(f"{self.url}/load") as resp:
+                        body = await resp.read()
+                        status = resp.status
+                except (aiohttp.ClientError, OSError) as e:
+                    self.failures.append(repr(e))
+                    continue
+                if status == 200 and body == b"hello":
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{status} {body[:80]!r}")
+
+
+def listening_pids(pids: list[int], port: int) -> list[int]:
+    """Which of ``pids`` hold a socket listening on TCP ``port`` (from /proc, Linux only)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                cols = row.split()
+                if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{cols[9]}]")
+    holders = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fds = Path(f"/proc/{pid}/fd")
+            if any(os.readlink(fd) in inodes for fd in fds.iterdir()):
+                holders.append(pid)
+    return holders
+
+
+async def wait_workers(p: Process, port: int, n: int, gone: int) -> list[int]:
+    """Wait until ``n`` workers, ``gone`` not among them, all listen on ``port``."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        workers = await asyncio.to_thread(p.workers)
+        ready = len(workers) == n and gone not in workers
+        if ready and await asyncio.to_thread(listening_pids, workers, port) == workers:
+            return workers
+        assert time.monotonic() < deadline, f"worker not restarted and listening: {workers}"
+        await asyncio.sleep(0.1)
+
+
+# -- tests --------------------------------------------------------------------------------
+
+
+async def test_serve_with_invalid_config_exits_2_naming_the_field(
+    launch: Launch, tmp_path: Path
+) -> None:
+    config = tmp_path / "bad.toml"
+    await asyncio.to_thread(config.write_text, '[backend]\nurl = "ftp://127.0.0.1:21"\n')
+    p = await launch(["serve", "--config", str(config)])
+    assert await p.wait_exit(30) == 2
+    assert "config error: backend.url:" in p.output
+
+
+async def test_serve_with_unservable_certificate_exits_2_before_starting_workers(
+    launch: Launch, tmp_path: Path, backend: str
+) -> None:
+    tls = TLSFiles(tmp_path / "absent-cert.pem", tmp_path / "absent-key.pem")
+    config = await asyncio.to_thread(write_config, tmp_path, backend=backend, tls=tls)
+    p = await launch(["serve", "--config", str(config)])
+    assert await p.wait_exit(30) == 2
+    assert "config error: tls.certificates:" in p.output
+    assert "absent-cert.pem" in p.output
+    assert "Traceback" not in p.output
+
+
+async def test_two_workers_serve_and_a_killed_worker_is_restarted(
+    *,
+    launch: Launch,
+    tmp_path: Path,
+    backend: str,
+    tls_files: TLSFiles,
+    client_ssl: ssl.SSLContext,
+) -> None:
+    admin = tmp_path / "admin.sock"
+    config = await asyncio.to_thread(
+        write_config, tmp_path, backend=backend, tls=tls_files, admin=f"unix:{admin}"
+    )
+    served = await serve(launch, config)
+    p = served.process
+    workers = await asyncio.to_thread(p.workers)
+    assert len(workers) == 2
+    assert await asyncio.to_thread(listening_pids, workers, served.port) == workers
+    for _ in range(10):
+        assert await get_text(f"{served.url}/x", client_ssl) == "hello"
+
+    victim = workers[0]
+    os.kill(victim, signal.SIGKILL)  # a worker: ours (child of our child), by PID
+    await p.wait_log(rf"worker {victim} exited with -9: restarting")
+    # The surviving worker carries the service meanwhile.
+    for _ in range(10):
+        assert await get_text(f"{served.url}/x", client_ssl) == "hello"
+
+    await wait_workers(p, served.port, 2, victim)
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(admin))) as s,
+        s.get("http://admin/health") as resp,
+    ):
+        assert resp.status == 200
+        assert (await resp.json())["workers"] == 2
+    # Both workers accept connections again (the kernel spreads them over both sockets).
+    for _ in range(20):
+        assert await get_text(f"{served.url}/x", client_ssl) == "hello"
+    assert p.proc.poll() is None
+
+
+async def test_sigterm_drains_streams_within_grace_then_exits_0(
+    *,
+    launch: Launch,
+    tmp_path: Path,
+    backend: str,
+    tls_files: TLSFiles,
+    client_ssl: ssl.SSLContext,
+) -> None:
+    grace = 2.5
+    config = await asyncio.to_thread(
+        write_config, tmp_path, backend=backend, tls=tls_files, drain_grace=grace
+    )
+    served = await serve(launch, config)
+    p = served.process
+
+    first_chunk = {"short": asyncio.Event(), "long": asyncio.Event()}
+
+    async def read_stream(name: str, n: int, interval: float) -> tuple[list[str], BaseException]:
+        lines: list[str] = []
+        connector = aiohttp.TCPConnector(ssl=client_ssl)
+        try:
+            async with (
+                aiohttp.ClientSession(connector=connector) as s,
+                s.get(f"{served.url}/stream?n={n}&interval={interval}") as resp,
+            ):
+                assert resp.status == 200
+                async for line in resp.content:
+                    lines.append(line.decode())
+                    first_chunk[name].set()
+        except (aiohttp.ClientError, OSError) as e:
+            return lines, e
+        return lines, StopIteration()
+
+    # ~2 s of streaming: finishes inside the grace. ~10 s: cut when the grace ends.
+    short = spawn(read_stream("short", 8, 0.25), "short-stream")
+    long = spawn(read_stream("long", 100, 0.1), "long-stream")
+    async with asyncio.timeout(10):
+        await first_chunk["short"].wait()
+        await first_chunk["long"].wait()
+
+    since = len(p.lines)
+    await asyncio.to_thread(p.send, signal.SIGTERM)
+    sent = time.monotonic()
+    await p.wait_log(r"worker \d+ draining", count=2, since=since, within=10)
+    # The listeners are closed: a new connection is refused while the streams still run.
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection("127.0.0.1", served.port)
+    assert not short.done()
+
+    short_lines, short_end = await short
+    assert isinstance(short_end, StopIteration), short_end
+    assert short_lines == [f"chunk {i}\n" for i in range(8)] + ["done\n"]
+
+    long_lines, long_end = await long
+    cut = time.monotonic() - sent
+    assert isinstance(long_end, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError), (
+        long_end
+    )
+    assert 5 < len(long_lines) < 100
+    assert "done\n" not in long_lines
+    # Cut when the grace ran out: not before (in-flight streams get their grace), and not
+    # when the stream would have ended on its own (~10 s after it began).
+    assert grace - 0.5 <= cut < grace + 4, cut
+
+    assert await p.wait_exit(grace + 10) == 0
+    assert time.monotonic() - sent < grace + 5
+    assert await asyncio.to_thread(p.workers) == []
+
+
+async def test_sighup_reloads_certificate_without_failed_requests(
+    *,
+    launch: Launch,
+    tmp_path: Path,
+    backend: str,
+    tls_files: TLSFiles,
+    leaf: trustme.LeafCert,
+    leaf_b: trustme.LeafCert,
+    trust_both: ssl.SSLContext,
+) -> None:
+    config = await asyncio.to_thread(write_config, tmp_path, backend=backend, tls=tls_files)
+    served = await serve(launch, config)
+    p = served.process
+    assert await presented_cert(served.port, trust_both) == der(leaf)
+
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", served.port, ssl=trust_both, server_hostname="localhost"
+    )
+    load = Load(served.url, trust_both)
+    try:
+        assert await raw_get(reader, writer) == (200, b"hello")
+        load.start()
+        await load.progress(20)
+
+        await asyncio.to_thread(tls_files.write, leaf_b)
+        since = len(p.lines)
+        await asyncio.to_thread(p.send, signal.SIGHUP)
+        await p.wait_log(r"worker \d+ reloaded \(1 certificates\)", count=2, since=since)
+        await load.progress(20)
+
+        # Every new handshake, whichever worker takes it, presents the new certificate.
+        for _ in range(10):
+            assert await presented_cert(served.port, trust_both) == der(leaf_b)
+        # The keep-alive connection opened before the reload continues, on its old session.
+        assert await raw_get(reader, writer) == (200, b"hello")
+        peer = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert peer == der(leaf)
+    finally:
+        await load.finish()
+        writer.close()
+        await writer.wait_closed()
+    assert load.failures == [], load.failures[:5]
+    assert load.ok >= 40
+    assert "server.listen changed" not in p.output
+    assert "ERROR" not in p.output, p.output[-3000:]
+
+
+async def test_sighup_with_invalid_config_keeps_serving_the_old_one(
+    *,
+    launch: Launch,
+    tmp_path: Path,
+    backend: str,
+    tls_files: TLSFiles,
+    leaf: trustme.LeafCert,
+    leaf_b: trustme.LeafCert,
+    trust_both: ssl.SSLContext,
+) -> None:
+    config = await asyncio.to_thread(
+        write_config, tmp_path, backend=backend, tls=tls_files, workers=1
+    )
+    served = await serve(launch, config, workers=1)
+    p = served.process
+    good = await asyncio.to_thread(config.read_text)
+
+    # 1. Not a valid config: the supervisor refuses it and names the field.
+    await asyncio.to_thread(config.write_text, good.replace("workers = 1", 'workers = "x"'))
+    since = len(p.lines)
+    await asyncio.to_thread(p.send, signal.SIGHUP)
+    [m] = await p.wait_log(r"SIGHUP: config invalid, keeping the running one: (.*)", since=since)
+    assert m.group(1).startswith("server.workers:")
+    assert await get_text(f"{served.url}/x", trust_both) == "hello"
+    assert await presented_cert(served.port, trust_both) == der(leaf)
+
+    # 2. Valid TOML, but the certificate it names does not exist: the supervisor refuses it
+    # too, so a worker restarted later still starts with the running (good) config.
+    missing = tmp_path / "missing.pem"
+    await asyncio.to_thread(config.write_text, good.replace(str(tls_files.cert), str(missing)))
+    since = len(p.lines)
+    await asyncio.to_thread(p.send, signal.SIGHUP)
+    [m] = await p.wait_log(r"SIGHUP: config invalid, keeping the running one: (.*)", since=since)
+    assert m.group(1).startswith("tls.certificates:") and "missing.pem" in m.group(1)
+    assert await get_text(f"{served.url}/x", trust_both) == "hello"
+    [victim] = await asyncio.to_thread(p.workers)
+    os.kill(victim, signal.SIGKILL)  # a worker: ours (child of our child), by PID
+    await p.wait_log(rf"worker {victim} exited with -9: restarting", since=since)
+    await wait_workers(p, served.port, 1, victim)
+    assert await get_text(f"{served.url}/x", trust_both) == "hello"
+    assert await presented_cert(served.port, trust_both) == der(leaf)
+
+    # 3. A good config again, with a new certificate: reloaded.
+    await asyncio.to_thread(tls_files.write, leaf_b)
+    await asyncio.to_thread(config.write_text, good)
+    since = len(p.lines)
+    await asyncio.to_thread(p.send, signal.SIGHUP)
+    await p.wait_log(r"worker \d+ reloaded", since=since)
+    assert await presented_cert(served.port, trust_both) == der(leaf_b)
+    assert p.proc.poll() is None
+
+
+async def test_demo_serves_models_and_streaming_chat_with_sealed_dev_ca(
+    launch: Launch, tmp_path: Path
+) -> None:
+    state = tmp_path / "demo"
+    admin_port = free_port()
+    p = await launch(
+        [
+            "demo",
+            "--state-dir",
+            str(state),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            f"127.0.0.1:{admin_port}",
+            "--tokens-per-second",
+            "200",
+        ]
+    )
+    [m] = await p.wait_log(r"teeproxy demo is running: (https://localhost:(\d+))")
+    url, port = m.group(1), int(m.group(2))
+    [root_line] = await p.wait_log(r"curl --cacert (\S+) (\S+)/v1/models")
+    root = Path(root_line.group(1))
+    assert root == state / "dev-ca" / "root.pem"
+    assert root_line.group(2) == url
+    assert f"http://127.0.0.1:{admin_port}/ready" in p.output
+
+    ctx = await asyncio.to_thread(ssl.create_default_context, cafile=str(root))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/v1/models", ssl=ctx) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+            assert body["object"] == "list"
+            assert [m["id"] for m in body["data"]] == ["teeproxy-demo"]
+        request = {
+            "model": "teeproxy-demo",
+            "stream": True,
+            "max_tokens": 6,
+            "messages": [{"role": "user", "content": "hello"}],
+        }
+        async with s.post(f"{url}/v1/chat/completions", json=request, ssl=ctx) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            events = [
+                line[6:].decode().strip()
+                async for line in resp.content
+                if line.startswith(b"data: ")
+            ]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        assert text.split() == ["You", "said:", "hello", "You", "said:", "hello"]
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        async with s.get(f"http://127.0.0.1:{admin_port}/ready") as resp:
+            assert resp.status == 200, await resp.text()
+    assert port != 0
+
+    # The development CA's private keys exist on disk only sealed, and only owner-readable.
+    def inspect_state() -> None:
+        sealed = state / "dev-ca" / "root.key.sealed"
+        assert sealed.read_bytes().startswith(b"TPSEAL1")
+        assert stat.S_IMODE(sealed.stat().st_mode) == 0o600
+        leaf_key = state / "dev-ca" / "leaf.key.sealed"
+        assert leaf_key.read_bytes().startswith(b"TPSEAL1")
+        assert stat.S_IMODE(leaf_key.stat().st_mode) == 0o600
+        for path in state.rglob("*"):
+            if path.is_file():
+                assert b"PRIVATE KEY" not in path.read_bytes(), path
+
+    await asyncio.to_thread(inspect_state)
+
+    await asyncio.to_thread(p.send, signal.SIGTERM)
+    assert await p.wait_exit(20) == 0
