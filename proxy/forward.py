@@ -33,6 +33,7 @@ from yarl import URL
 
 from proxy import metrics
 from proxy.config import Config
+from proxy.deadline import Deadline
 from proxy.errors import BackendError, BackendTimeout, ClientRequestError
 from proxy.headers import (
     check_request_framing,
@@ -204,46 +205,63 @@ class Forwarder:
         has_body = request.body_exists and content_length != 0
         data = self._pump_body(request, cfg, ex) if has_body else None
         url = URL(cfg.backend.base_url + target, encoded=True)
-        cap = asyncio.timeout(cfg.backend.total_timeout or None)
+        deadline = Deadline(cfg.backend.total_timeout or None)
         try:
-            async with cap:
-                return await self._exchange(
-                    request, cfg, ex, url=url, headers=up_headers, data=data
-                )
-        except TimeoutError as e:
-            # BackendTimeout is a TimeoutError too: only relabel when the cap itself fired.
-            if not cap.expired():
-                raise
-            raise BackendTimeout("total", cfg.backend.total_timeout) from e
+            return await self._exchange(
+                request, cfg, ex, deadline, url=url, headers=up_headers, data=data
+            )
+        except asyncio.CancelledError:
+            if not deadline.expired_by():
+                raise  # the client went away (or shutdown): not ours to answer
+            return self._deadline_passed(request, cfg, ex, deadline.phase)
+        finally:
+            deadline.close()
+
+    def _deadline_passed(
+        self, request: web.BaseRequest, cfg: Config, ex: _Exchange, phase: str
+    ) -> web.StreamResponse:
+        seconds = {
+            "headers": cfg.backend.response_header_timeout,
+            "idle": cfg.backend.idle_timeout,
+            "send": cfg.limits.send_timeout,
+            "total": cfg.backend.total_timeout,
+        }[phase]
+        if phase == "send":
+            metrics.CONNECTIONS_REJECTED.labels("send_timeout").inc()
+            log.info("client stopped reading for %.0f s: closing", seconds)
+            _abort(request)
+            return ex.response or error_response(408, "send_timeout", "client stopped reading")
+        if phase == "idle":
+            log.warning("backend idle for %.0f s mid-response: aborting", seconds)
+        raise BackendTimeout(phase, seconds)
 
     async def _exchange(
         self,
         request: web.BaseRequest,
         cfg: Config,
         ex: _Exchange,
+        deadline: Deadline,
         *,
         url: URL,
         headers: CIMultiDict[str],
         data: AsyncIterator[bytes] | None,
     ) -> web.StreamResponse:
         b = cfg.backend
+        deadline.set(b.response_header_timeout, "headers")
         try:
-            async with asyncio.timeout(b.response_header_timeout):
-                upstream = await self.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=data,
-                    allow_redirects=False,
-                    compress=None,
-                    chunked=None,
-                )
-        except TimeoutError as e:
+            upstream = await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=data,
+                allow_redirects=False,
+                compress=None,
+                chunked=None,
+            )
+        except TimeoutError as e:  # aiohttp's connect timeout (session-level)
             if ex.body_error is not None:
                 raise ex.body_error from e
-            if isinstance(e, aiohttp.ConnectionTimeoutError):
-                raise BackendTimeout("connect", b.connect_timeout) from e
-            raise BackendTimeout("headers", b.response_header_timeout) from e
+            raise BackendTimeout("connect", b.connect_timeout) from e
         except (aiohttp.ClientError, OSError) as e:
             if ex.body_error is not None:
                 raise ex.body_error from e
@@ -260,9 +278,12 @@ class Forwarder:
             resp.headers.setdefault("Server", "teeproxy")
             if self.draining:
                 resp.force_close()
+            send_timeout = cfg.limits.send_timeout
+            deadline.set(send_timeout, "send")
             await resp.prepare(request)
             ex.status = upstream.status
-            if await self._relay_body(request, resp, upstream, cfg, ex):
+            if await self._relay_body(request, resp, upstream, cfg, ex, deadline=deadline):
+                deadline.set(send_timeout, "send")
                 await resp.write_eof()
             return resp
         finally:
@@ -276,20 +297,21 @@ class Forwarder:
         upstream: aiohttp.ClientResponse,
         cfg: Config,
         ex: _Exchange,
+        *,
+        deadline: Deadline,
     ) -> bool:
-        """Copy the backend body to the client as it arrives; True when it completed."""
+        """Copy the backend body to the client as it arrives; True when it completed.
+
+        The deadline guards each wait: ``idle`` while reading from the backend, ``send``
+        while the client drains what was written.
+        """
         idle = cfg.backend.idle_timeout
         send_timeout = cfg.limits.send_timeout
         content = upstream.content
         while True:
+            deadline.set(idle, "idle")
             try:
-                async with asyncio.timeout(idle):
-                    chunk = await content.readany()
-            except TimeoutError:
-                metrics.BACKEND_ERRORS.labels("timeout_idle").inc()
-                log.warning("backend idle for %.0f s mid-response: aborting", idle)
-                _abort(request)
-                return False
+                chunk = await content.readany()
             except (aiohttp.ClientError, OSError) as e:
                 metrics.BACKEND_ERRORS.labels("broken_response").inc()
                 log.warning("backend response broke mid-body: %s", _describe(e))
@@ -297,13 +319,8 @@ class Forwarder:
                 return False
             if not chunk:
                 return True
-            try:
-                async with asyncio.timeout(send_timeout):
-                    await resp.write(chunk)
-            except TimeoutError:
-                metrics.CONNECTIONS_REJECTED.labels("send_timeout").inc()
-                _abort(request)
-                return False
+            deadline.set(send_timeout, "send")
+            await resp.write(chunk)
             ex.body_out += len(chunk)
             metrics.BYTES_OUT.inc(len(chunk))
 
