@@ -8,8 +8,12 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$here"
 
-# testssl.sh: TLS policy scan in tests/integration/test_tls_policy.py.
-APT_PACKAGES=(testssl.sh)
+# Real peers the tests run against (all on loopback):
+#   testssl.sh  TLS policy scan (tests/integration/test_tls_policy.py)
+#   pebble      ACME CA (RFC 8555) with its challenge test server
+#   knot        authoritative DNS with RFC 2136 updates (DNS-01, CAA)
+APT_PACKAGES=(testssl.sh pebble knot)
+command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -23,6 +27,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 "$here/scripts/install.sh" "$here/.venv" --test
+# Ethereum tooling from the npm registry (anvil node, solc compiler), pinned by the lock file.
+if [ -f "$here/contracts_abi/package-lock.json" ]; then
+    npm ci --prefix "$here/contracts_abi" --no-audit --no-fund --loglevel=error
+fi
 # Tests import the working tree; make sure an editable install points at it.
 "$here/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$here"
 
