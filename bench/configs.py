@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,12 @@ def _nginx_common(prefix: Path, workers: int, connections: int) -> str:
     user = "user root;\n" if os.geteuid() == 0 else ""
     for sub in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / "temp" / sub).mkdir(parents=True, exist_ok=True)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    nofile = connections * 2 + 1024
+    if hard != resource.RLIM_INFINITY:
+        nofile = min(nofile, hard)
     return f"""{user}worker_processes {workers};
-worker_rlimit_nofile {connections * 2 + 1024};
+worker_rlimit_nofile {nofile};
 pid {prefix / "nginx.pid"};
 error_log {prefix / "error.log"} warn;
 events {{
@@ -71,7 +76,7 @@ def _nginx_http_common(prefix: Path) -> str:
 
 
 def backend_nginx_conf(
-    prefix: Path, port: int, sse_port: int, workers: int, connections: int
+    prefix: Path, *, port: int, sse_port: int, workers: int, connections: int
 ) -> Path:
     """The fast origin: /small and /1m served by nginx itself, /sse and /idle proxied
     unbuffered to the Python SSE server."""
@@ -120,15 +125,23 @@ def backend_nginx_conf(
 
 def proxy_nginx_conf(
     prefix: Path,
+    *,
     port: int,
     backend_port: int,
     workers: int,
     connections: int,
     cert_file: Path,
     key_file: Path,
+    session_resumption: bool = True,
 ) -> Path:
     """nginx as the TLS-terminating reference proxy, configured the way one would deploy
     it in front of an LLM server (keep-alive upstream pool, unbuffered streaming)."""
+    # nginx's default is session tickets on (keys shared by all workers), no session cache.
+    resumption = (
+        "ssl_session_tickets on;"
+        if session_resumption
+        else "ssl_session_tickets off;\n        ssl_session_cache off;"
+    )
     conf = (
         _nginx_common(prefix, workers, connections)
         + "http {\n"
@@ -144,8 +157,7 @@ def proxy_nginx_conf(
         ssl_certificate {cert_file};
         ssl_certificate_key {key_file};
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_cache off;
-        ssl_session_tickets off;
+        {resumption}
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $host;
@@ -172,6 +184,7 @@ def proxy_nginx_conf(
 
 def teeproxy_toml(
     path: Path,
+    *,
     state_dir: Path,
     port: int,
     admin_port: int,
@@ -194,6 +207,10 @@ certificates = [{{ cert_file = {_q(cert_file)}, key_file = {_q(key_file)} }}]
 
 [backend]
 url = {_q(f"http://127.0.0.1:{backend_port}")}
+# teeproxy's pool_size also caps *concurrent* upstream connections per worker (unlike
+# nginx's upstream "keepalive N", which only caps idle ones): raise it so that
+# max_connections streams can be open at once, as with nginx.
+pool_size = {max_connections}
 
 [admin]
 listen = {_q(f"127.0.0.1:{admin_port}")}

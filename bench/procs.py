@@ -129,15 +129,19 @@ class Proc:
         self.cmd = cmd
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.popen = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if stdout_pipe else self._log,
-            stderr=self._log,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-        )
+        try:
+            self.popen = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if stdout_pipe else self._log,
+                stderr=self._log,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,
+            )
+        except BaseException:
+            self._log.close()
+            raise
         self.pid = self.popen.pid
 
     def alive(self) -> bool:
@@ -175,3 +179,26 @@ class Proc:
             self.popen.stdout.close()
         self._log.close()
         return self.popen.returncode
+
+
+def machine_busy_seconds() -> float:
+    """CPU-seconds all CPUs spent busy since boot (user+nice+system+irq+softirq)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    """CPU-seconds used by this process and its waited-for descendants."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def idle_fraction(seconds: float) -> float:
+    """Fraction of total CPU capacity that was idle over the next `seconds`."""
+    ncpu = len(os.sched_getaffinity(0)) or 1
+    busy0, t0 = machine_busy_seconds(), time.monotonic()
+    time.sleep(seconds)
+    busy = machine_busy_seconds() - busy0
+    return max(0.0, 1.0 - busy / ((time.monotonic() - t0) * ncpu))

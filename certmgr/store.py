@@ -64,9 +64,19 @@ class CertStore:
     entries: tuple[CertEntry, ...]
     strict_sni: bool
     _by_name: Mapping[str, CertEntry] = field(repr=False, compare=False)
+    # TLS-ALPN-01 (RFC 8737): name -> challenge context, presented only to acme-tls/1 hellos.
+    challenges: Mapping[str, ssl.SSLContext] = field(
+        default_factory=lambda: MappingProxyType({}), repr=False, compare=False
+    )
 
     @classmethod
-    def build(cls, entries: Iterable[CertEntry], *, strict_sni: bool = False) -> CertStore:
+    def build(
+        cls,
+        entries: Iterable[CertEntry],
+        *,
+        strict_sni: bool = False,
+        challenges: Mapping[str, ssl.SSLContext] | None = None,
+    ) -> CertStore:
         """Index entries by name; on duplicate names the later-expiring certificate wins."""
         ordered = tuple(entries)
         by_name: dict[str, CertEntry] = {}
@@ -75,7 +85,9 @@ class CertStore:
                 cur = by_name.get(name)
                 if cur is None or e.not_after > cur.not_after:
                     by_name[name] = e
-        return cls(ordered, strict_sni, MappingProxyType(by_name))
+        return cls(
+            ordered, strict_sni, MappingProxyType(by_name), MappingProxyType(dict(challenges or {}))
+        )
 
     @property
     def default(self) -> CertEntry | None:

@@ -148,6 +148,14 @@ class AdminServer:
             len(self.sup.worker_pids()) if self.sup.ready else 0,
             self.sup.cfg.server.worker_count,
         )
+        governor = getattr(self.sup, "governor", None)
+        if governor is not None:  # issue 5: on-chain policy state
+            body["policy"] = governor.status()
+            problem = governor.ready_problem()
+            if problem:
+                ok = False
+                body["ready"] = False
+                body["reasons"].append(problem)
         return web.json_response(body, status=200 if ok else 503)
 
     async def _metrics(self, _request: web.Request) -> web.Response:

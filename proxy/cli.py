@@ -103,7 +103,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "drain_grace = 5.0\n"
         f"[backend]\nurl = {_toml_str(f'unix:{sock}')}\n"
         f"[admin]\nlisten = {_toml_str(args.admin)}\n"
+        # issue 4: simulated TEE quotes (INSECURE, announced) so `teeproxy verify` works.
+        "[attestation]\nprovider = 'simulated'\n"
     )
+    if args.governance != "off":  # issue 5: an in-process EVM with the policy contract
+        text += (
+            f"[governance]\nmode = {_toml_str(args.governance)}\nself_measurement = 'dev'\n"
+            f"embedded_chain = true\nembedded_chain_listen = {_toml_str(args.chain_listen)}\n"
+            "refresh_period = 2.0\nmax_staleness = 30.0\nrpc_timeout = 2.0\n"
+        )
     try:
         cfg = loads(text, source="<demo>")
     except ConfigError as e:
@@ -144,7 +152,15 @@ async def _demo(cfg: Config, sock: Path, rate: float) -> int:
         await runner.cleanup()
 
 
+def demo_governance_text(cfg: Config) -> str:
+    from proxy.cli_policy import demo_banner  # noqa: PLC0415 - issue 5
+
+    return demo_banner(cfg)
+
+
 def _print_demo_banner(cfg: Config, port: int) -> None:
+    from proxy.cli_attest import demo_attestation_text  # noqa: PLC0415 - issue 4
+
     root = Path(cfg.state_dir) / "dev-ca" / "root.pem"
     url = f"https://localhost:{port}"
     print(
@@ -161,7 +177,7 @@ Stream a chat completion:
     -H 'Content-Type: application/json' \\
     -d '{{"model":"teeproxy-demo","stream":true,"messages":[{{"role":"user","content":"hello"}}]}}'
 Python clients: SSL_CERT_FILE={root} (or pass the file as the CA bundle).
-
+{demo_governance_text(cfg)}{demo_attestation_text(cfg, port)}
 Press Ctrl-C to stop.
 """,
         flush=True,
@@ -192,7 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--workers", type=int, default=1)
     m.add_argument("--state-dir", help="default: $XDG_DATA_HOME/teeproxy/demo")
     m.add_argument("--tokens-per-second", type=float, default=20.0)
+    m.add_argument("--governance", choices=("enforce", "monitor", "off"), default="enforce")
+    m.add_argument("--chain-listen", default="127.0.0.1:0", help="embedded chain JSON-RPC")
     m.set_defaults(func=cmd_demo)
+
+    from proxy.cli_attest import add_parsers as add_attest_parsers  # noqa: PLC0415
+
+    add_attest_parsers(sub)
+
+    from proxy.cli_acme import add_caa_parser  # noqa: PLC0415 - issue 3
+
+    add_caa_parser(sub)
+
+    from proxy.cli_policy import add_parsers as add_policy_parsers  # noqa: PLC0415 - issue 5
+
+    add_policy_parsers(sub)
     return p
 
 

@@ -24,15 +24,19 @@ from urllib.parse import urlsplit
 from proxy.errors import ConfigError
 
 __all__ = [
+    "AcmeConfig",
     "AdminConfig",
+    "AttestationConfig",
     "BackendConfig",
     "CertificateConfig",
     "Config",
     "ConfigError",
     "DevCAConfig",
+    "GovernanceConfig",
     "LimitsConfig",
     "ListenAddress",
     "LoggingConfig",
+    "SealingConfig",
     "ServerConfig",
     "TLSConfig",
     "default_toml",
@@ -141,7 +145,7 @@ class DevCAConfig:
 @dataclass(frozen=True, slots=True)
 class BackendConfig:
     url: str = "http://127.0.0.1:8000"
-    pool_size: int = 256
+    pool_size: int = 0
     pool_idle_timeout: float = 30.0
     connect_timeout: float = 5.0
     response_header_timeout: float = 600.0
@@ -188,6 +192,89 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AcmeConfig:
+    """[acme]: certificates from an RFC 8555 CA (issue 3); validated in certmgr.acme_config."""
+
+    enabled: bool = False
+    names: tuple[str, ...] = ()
+    directory_urls: tuple[str, ...] = ("https://acme-v02.api.letsencrypt.org/directory",)
+    ca_bundle: str = ""
+    contact: tuple[str, ...] = ()
+    profile: str = ""
+    key_type: str = "p256"
+    eab_kid_env: str = ""
+    eab_hmac_env: str = ""
+    challenge: str = "http-01"
+    challenge_overrides: tuple[str, ...] = ()
+    dns_update_server: str = ""
+    dns_zone: str = ""
+    dns_resolver: str = ""
+    dns_auth_port: int = 53
+    tsig_key_name: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    tsig_secret_env: str = ""
+    dns_ttl: int = 60
+    dns_timeout: float = 5.0
+    propagation_timeout: float = 120.0
+    caa_check: bool = True
+    caa_identities: tuple[str, ...] = ()
+    request_timeout: float = 30.0
+    order_timeout: float = 300.0
+    check_interval: float = 3600.0
+    retry_base: float = 60.0
+    retry_max: float = 21600.0
+    emergency_fraction: float = 0.1
+    evidence_endpoint: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GovernanceConfig:
+    """[governance]: on-chain measurement policy (issue 5); validated in proxy.governance."""
+
+    mode: str = "off"
+    rpc_urls: tuple[str, ...] = ()
+    quorum: int = 1
+    contract: str = ""
+    chain_id: int = 0
+    self_measurement: str = "auto"
+    refresh_period: float = 15.0
+    max_staleness: float = 120.0
+    rpc_timeout: float = 5.0
+    startup_wait: float = 300.0
+    resume_when_allowed: bool = True
+    embedded_chain: bool = False
+    embedded_chain_listen: str = "127.0.0.1:8546"
+
+
+@dataclass(frozen=True, slots=True)
+class SealingConfig:
+    """[sealing]: the TEE key stored private keys are sealed under (issue 3)."""
+
+    provider: str = "insecure-development"
+    gramine_key_path: str = "/dev/attestation/keys/_sgx_mrenclave"
+    dstack_socket: str = "/var/run/dstack.sock"
+    dstack_key_path: str = "teeproxy/sealing"
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttestationConfig:
+    """[attestation]: TEE quotes, the RA-TLS certificate and the evidence endpoint (issue 4)."""
+
+    provider: str = "auto"
+    server_name: str = "attestation.teeproxy.invalid"
+    cert_lifetime: float = 86400.0
+    endpoint: bool = True
+    quote_rate: float = 2.0
+    quote_burst: int = 4
+    quote_timeout: float = 10.0
+    simulated_key_file: str = ""
+    configfs_tsm_dir: str = "/sys/kernel/config/tsm/report"
+    gramine_dir: str = "/dev/attestation"
+    dstack_socket: str = "/var/run/dstack.sock"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: str = "/var/lib/teeproxy"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -197,6 +284,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
+    sealing: SealingConfig = field(default_factory=SealingConfig)
+    governance: GovernanceConfig = field(default_factory=GovernanceConfig)
+    attestation: AttestationConfig = field(default_factory=AttestationConfig)
 
     def validate(self) -> Config:
         """Check cross-field rules; raise ConfigError naming the field. Returns self."""
@@ -310,6 +401,10 @@ _NESTED: dict[str, type] = {
     "LimitsConfig": LimitsConfig,
     "AdminConfig": AdminConfig,
     "LoggingConfig": LoggingConfig,
+    "AcmeConfig": AcmeConfig,
+    "SealingConfig": SealingConfig,
+    "GovernanceConfig": GovernanceConfig,
+    "AttestationConfig": AttestationConfig,
 }
 
 
@@ -344,7 +439,7 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"tls.certificates[{i}].cert_file", "must not be empty")
         if not c.key_file:
             raise ConfigError(f"tls.certificates[{i}].key_file", "must not be empty")
-    if not t.certificates and not cfg.dev_ca.enabled:
+    if not t.certificates and not cfg.dev_ca.enabled and not cfg.acme.enabled:
         raise ConfigError(
             "tls.certificates", "no certificate configured and the development CA is disabled"
         )
@@ -372,8 +467,8 @@ def _validate(cfg: Config) -> None:
             parts.port  # noqa: B018 - raises ValueError for a bad or out-of-range port
         except ValueError:
             raise ConfigError("backend.url", f"invalid port in {b.url!r}") from None
-    if not 1 <= b.pool_size <= 100_000:
-        raise ConfigError("backend.pool_size", f"must be 1-100000, got {b.pool_size}")
+    if not 0 <= b.pool_size <= 100_000:
+        raise ConfigError("backend.pool_size", f"must be 0-100000, got {b.pool_size}")
     _positive(b.pool_idle_timeout, "backend.pool_idle_timeout")
     _positive(b.connect_timeout, "backend.connect_timeout")
     _positive(b.response_header_timeout, "backend.response_header_timeout")
@@ -405,3 +500,31 @@ def _validate(cfg: Config) -> None:
 
     if cfg.logging.level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("logging.level", f"unknown level {cfg.logging.level!r}")
+
+    if cfg.acme.enabled:
+        from certmgr.acme_config import validate_acme  # noqa: PLC0415 - issue 3 owns the rules
+
+        validate_acme(cfg.acme)
+    if cfg.sealing.provider not in ("insecure-development", "gramine", "dstack"):
+        raise ConfigError(
+            "sealing.provider", 'must be "insecure-development", "gramine" or "dstack"'
+        )
+    _positive(cfg.sealing.timeout, "sealing.timeout")
+
+    at = cfg.attestation
+    providers = ("auto", "configfs-tsm", "gramine", "dstack", "simulated", "none")
+    if at.provider not in providers:
+        raise ConfigError("attestation.provider", f"must be one of {', '.join(providers)}")
+    if not at.server_name or "/" in at.server_name or " " in at.server_name:
+        raise ConfigError("attestation.server_name", "must be a DNS name")
+    if not 600 <= at.cert_lifetime <= 86400:
+        raise ConfigError("attestation.cert_lifetime", "must be between 600 s and 24 h")
+    _positive(at.quote_rate, "attestation.quote_rate")
+    _positive(at.quote_timeout, "attestation.quote_timeout")
+    if not 1 <= at.quote_burst <= 1000:
+        raise ConfigError("attestation.quote_burst", "must be 1-1000")
+
+    if cfg.governance.mode != "off":
+        from proxy.governance import validate_governance  # noqa: PLC0415 - issue 5 owns the rules
+
+        validate_governance(cfg.governance)

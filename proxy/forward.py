@@ -54,14 +54,15 @@ _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 def make_session(cfg: Config) -> aiohttp.ClientSession:
     """The upstream client: a bounded keep-alive pool to one backend, no decompression."""
     b = cfg.backend
+    limit = b.pool_size or cfg.limits.max_connections
     connector: aiohttp.BaseConnector
     if b.unix_path:
         connector = aiohttp.UnixConnector(
-            path=b.unix_path, limit=b.pool_size, keepalive_timeout=b.pool_idle_timeout
+            path=b.unix_path, limit=limit, keepalive_timeout=b.pool_idle_timeout
         )
     else:
         connector = aiohttp.TCPConnector(
-            limit=b.pool_size,
+            limit=limit,
             limit_per_host=0,
             keepalive_timeout=b.pool_idle_timeout,
             ttl_dns_cache=10,
@@ -89,12 +90,23 @@ def error_response(status: int, kind: str, message: str) -> web.Response:
 
 
 class _RelayResponse(web.StreamResponse):
-    """A StreamResponse that adds no Content-Type of its own.
+    """A StreamResponse that adds no Content-Type of its own and can coalesce its headers.
 
     aiohttp fills in ``application/octet-stream`` for a body without a Content-Type
     (correct for an origin server, RFC 9110 8.3); a proxy must relay the backend's headers as
     they are, so that default is removed again when the backend sent none.
+
+    ``send_headers_early`` (aiohttp's ``_send_headers_immediately``): when False, the header
+    block is held back and written together with the first body bytes.
     """
+
+    @property
+    def send_headers_early(self) -> bool:
+        return self._send_headers_immediately
+
+    @send_headers_early.setter
+    def send_headers_early(self, value: bool) -> None:
+        self._send_headers_immediately = value
 
     async def _prepare_headers(self) -> None:
         had_type = "Content-Type" in self.headers
@@ -123,6 +135,8 @@ class Forwarder:
         self.session = session
         self._hsts = _hsts_value(cfg)
         self.draining = False
+        # proxy.wellknown.AttestationEndpoint (issue 4), set by the worker; None: forwarded.
+        self.attestation: Any = None
 
     def reconfigure(self, cfg: Config, session: aiohttp.ClientSession) -> None:
         """Take a new config (SIGHUP); requests already running keep what they started with."""
@@ -159,6 +173,11 @@ class Forwarder:
         self, request: web.BaseRequest, cfg: Config, ex: _Exchange
     ) -> web.StreamResponse:
         try:
+            if request.path.startswith("/.well-known/tee/"):  # evidence served by the proxy
+                local = await _tee_wellknown(request, cfg, self.attestation)
+                if local is not None:
+                    ex.status = local.status
+                    return local
             return await self._forward(request, cfg, ex)
         except ClientRequestError as e:
             return self._fail(request, ex, e.status, "invalid_request", e.message)
@@ -278,13 +297,19 @@ class Forwarder:
             resp.headers.setdefault("Server", "teeproxy")
             if self.draining:
                 resp.force_close()
-            send_timeout = cfg.limits.send_timeout
-            deadline.set(send_timeout, "send")
-            await resp.prepare(request)
-            ex.status = upstream.status
-            if await self._relay_body(request, resp, upstream, cfg, ex, deadline=deadline):
-                deadline.set(send_timeout, "send")
-                await resp.write_eof()
+            # A body already received whole (small responses) goes out with the headers in
+            # one write; otherwise the headers go now, before the first chunk exists, so a
+            # streaming client sees them as soon as the backend sent them.
+            resp.send_headers_early = not upstream.content.is_eof()
+            deadline.set(cfg.limits.send_timeout, "send")
+            try:
+                await resp.prepare(request)
+                ex.status = upstream.status
+                await self._relay_body(request, resp, upstream, cfg, ex, deadline=deadline)
+            except ConnectionResetError:
+                # The client went away mid-response: nothing to answer, nothing to log
+                # above debug; aiohttp finishes the dead connection quietly.
+                log.debug("client disconnected mid-response")
             return resp
         finally:
             # Not release(): a response not read to the end must not go back to the pool.
@@ -293,17 +318,19 @@ class Forwarder:
     async def _relay_body(
         self,
         request: web.BaseRequest,
-        resp: web.StreamResponse,
+        resp: _RelayResponse,
         upstream: aiohttp.ClientResponse,
         cfg: Config,
         ex: _Exchange,
         *,
         deadline: Deadline,
-    ) -> bool:
-        """Copy the backend body to the client as it arrives; True when it completed.
+    ) -> None:
+        """Copy the backend body to the client as it arrives, then end the response.
 
         The deadline guards each wait: ``idle`` while reading from the backend, ``send``
-        while the client drains what was written.
+        while the client drains what was written. The last chunk is written together with
+        the end of the response (one write, one TLS record, for a small body). A backend
+        failure mid-body aborts the client connection instead of ending the response.
         """
         idle = cfg.backend.idle_timeout
         send_timeout = cfg.limits.send_timeout
@@ -316,13 +343,17 @@ class Forwarder:
                 metrics.BACKEND_ERRORS.labels("broken_response").inc()
                 log.warning("backend response broke mid-body: %s", _describe(e))
                 _abort(request)
-                return False
-            if not chunk:
-                return True
+                return
             deadline.set(send_timeout, "send")
-            await resp.write(chunk)
-            ex.body_out += len(chunk)
-            metrics.BYTES_OUT.inc(len(chunk))
+            if not chunk or content.at_eof():
+                await resp.write_eof(chunk)
+            else:
+                await resp.write(chunk)
+            if chunk:
+                ex.body_out += len(chunk)
+                metrics.BYTES_OUT.inc(len(chunk))
+            if not chunk or content.at_eof():
+                return
 
     async def _pump_body(
         self, request: web.BaseRequest, cfg: Config, ex: _Exchange
@@ -492,6 +523,19 @@ async def _ws_relay(
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+async def _tee_wellknown(
+    request: web.BaseRequest, cfg: Config, attestation: Any = None
+) -> web.StreamResponse | None:
+    """Dispatch for ``/.well-known/tee/*`` paths the proxy answers itself (None: forward)."""
+    if request.path == "/.well-known/tee/attestation" and attestation is not None:
+        return await attestation.handle(request)  # type: ignore[no-any-return]  # issue 4
+    if request.path == "/.well-known/tee/acme" and request.method in ("GET", "HEAD"):
+        from proxy.acme_runtime import acme_evidence_response  # noqa: PLC0415
+
+        return await acme_evidence_response(cfg)
+    return None
 
 
 def _hsts_value(cfg: Config) -> str:

@@ -20,6 +20,13 @@ __all__ = [
     "CONNECTIONS_OPEN",
     "CONNECTIONS_REJECTED",
     "OPEN_STREAMS",
+    "POLICY_ALLOWED",
+    "POLICY_BLOCK",
+    "POLICY_CONFIRMED",
+    "POLICY_ENDPOINT_FAULTS",
+    "POLICY_READS",
+    "POLICY_SERVING",
+    "POLICY_VERSION",
     "REQUESTS",
     "REQUEST_DURATION",
     "TLS_HANDSHAKES",
@@ -65,6 +72,39 @@ CERT_EXPIRY = Gauge(
     "Not-after time (Unix seconds) of the served certificate, by source.",
     ["source"],
     multiprocess_mode="max",
+)
+
+# On-chain policy (proxy/governance.py): set by the supervisor alone.
+POLICY_SERVING = Gauge(
+    "teeproxy_policy_serving",
+    "1 while the policy lets this build serve (always 1 in monitor mode), else 0.",
+    multiprocess_mode="max",
+)
+POLICY_ALLOWED = Gauge(
+    "teeproxy_policy_measurement_allowed",
+    "1 while the last agreed snapshot lists this build's measurement id, else 0.",
+    multiprocess_mode="max",
+)
+POLICY_VERSION = Gauge(
+    "teeproxy_policy_version",
+    "Contract version of the last agreed snapshot.",
+    multiprocess_mode="max",
+)
+POLICY_BLOCK = Gauge(
+    "teeproxy_policy_block_number", "Block of the last agreed snapshot.", multiprocess_mode="max"
+)
+POLICY_CONFIRMED = Gauge(
+    "teeproxy_policy_confirmed_timestamp_seconds",
+    "When a quorum last agreed on the snapshot (Unix seconds); age = now - this.",
+    multiprocess_mode="max",
+)
+POLICY_READS = Counter(
+    "teeproxy_policy_reads", "Policy refresh rounds, by result (agreed, no_quorum).", ["result"]
+)
+POLICY_ENDPOINT_FAULTS = Counter(
+    "teeproxy_policy_endpoint_faults",
+    "RPC endpoints outvoted (dissent) or failing (error), by endpoint index in rpc_urls.",
+    ["endpoint", "kind"],
 )
 
 _status_children: dict[int, Counter] = {}

@@ -36,12 +36,13 @@ from aiohttp import web
 
 from certmgr.store import CertStore, StoreHolder
 from proxy import metrics
+from proxy.acme_runtime import HTTP01_PREFIX, http01_response
 from proxy.config import Config, ListenAddress, load
 from proxy.errors import ConfigError
 from proxy.forward import Forwarder, make_session
 from proxy.protocol import ProxyHTTPServer
 from proxy.tasks import spawn
-from proxy.tls import listener_context
+from proxy.tls import listener_context, set_acme_tls_hook
 
 __all__ = ["Supervisor", "Worker", "install_uvloop", "run_worker_process"]
 
@@ -73,6 +74,9 @@ class Worker:
     ports: list[int] = field(default_factory=list)
     _servers: list[asyncio.base_events.Server] = field(default_factory=list)
     _redirect_runner: web.ServerRunner | None = None
+    _tls_ctx: Any = None
+    gate: Any = None  # proxy.governance.WorkerGate in [governance] enforce mode (issue 5)
+    attestation: Any = None  # proxy.wellknown.AttestationEndpoint (issue 4)
 
     def __post_init__(self) -> None:
         self.holder = StoreHolder(self.store)
@@ -84,26 +88,49 @@ class Worker:
         cfg = self.cfg
         self.session = make_session(cfg)
         self.forwarder = Forwarder(cfg, self.session)
-        self.http = ProxyHTTPServer(self.forwarder.handle, cfg.limits)
-        ctx = listener_context(self.holder, cfg.tls.min_version, _on_hello)
+        self.forwarder.attestation = self.attestation
+        handler = self.forwarder.handle
+        if self.gate is not None:  # on-chain policy: 503 and no listeners while not allowed
+            handler = self.gate.wrap(handler)
+        self.http = ProxyHTTPServer(handler, cfg.limits)
+        ctx = self._tls_ctx = listener_context(self.holder, cfg.tls.min_version, _on_hello)
+        set_acme_tls_hook(ctx, bool(self.store.challenges))
+        if self.gate is None or await self.gate.initial():
+            await self.listen()
+        if self.gate is not None:
+            self.gate.attach(self)
+        if cfg.server.http_redirect_listen:
+            await self._start_redirect(cfg)
+
+    async def listen(self) -> None:
+        """Open the TLS listeners (again after stop_listening(): on the same ports)."""
+        if self.http is None:
+            raise RuntimeError("listen() before start()")
         loop = asyncio.get_running_loop()
-        for addr in cfg.server.listen_addresses:
+        for i, addr in enumerate(self.cfg.server.listen_addresses):
             srv = await loop.create_server(
                 self.http,
                 addr.host,
-                addr.port,
-                ssl=ctx,
-                ssl_handshake_timeout=cfg.tls.handshake_timeout,
+                self.ports[i] if i < len(self.ports) else addr.port,
+                ssl=self._tls_ctx,
+                ssl_handshake_timeout=self.cfg.tls.handshake_timeout,
                 reuse_port=self.reuse_port,
                 backlog=2048,
             )
             self._servers.append(srv)
-            self.ports.append(srv.sockets[0].getsockname()[1])
-        if cfg.server.http_redirect_listen:
-            await self._start_redirect(cfg)
+            if i >= len(self.ports):
+                self.ports.append(srv.sockets[0].getsockname()[1])
+
+    def stop_listening(self) -> None:
+        """Close the TLS listeners (no new connections); open connections are untouched."""
+        for srv in self._servers:
+            srv.close()
+        self._servers.clear()
 
     async def _start_redirect(self, cfg: Config) -> None:
         async def redirect(request: web.BaseRequest) -> web.StreamResponse:
+            if request.path.startswith(HTTP01_PREFIX):  # ACME HTTP-01 (RFC 8555 8.3)
+                return await http01_response(self.cfg.state_dir, request.path)
             host = host_without_port(request.host or "")
             if not host:
                 return web.Response(status=400, text="Host header required\n")
@@ -121,6 +148,8 @@ class Worker:
     def swap_store(self, store: CertStore) -> None:
         """Publish a new certificate store: later handshakes use it, open ones are untouched."""
         self.holder.current = store
+        if self._tls_ctx is not None:
+            set_acme_tls_hook(self._tls_ctx, bool(store.challenges))
 
     async def reconfigure(self, cfg: Config, store: CertStore) -> None:
         """Apply a reloaded config (SIGHUP) without touching listeners or open connections."""
@@ -142,6 +171,8 @@ class Worker:
     async def drain(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish for ``grace`` s, then close all."""
         grace = self.cfg.server.drain_grace if grace is None else grace
+        if self.gate is not None:
+            self.gate.close()
         if self.forwarder is not None:
             self.forwarder.draining = True
         for srv in self._servers:
@@ -194,6 +225,7 @@ def run_worker_process(
     # A SIGHUP relayed while this worker starts must not kill it (the default action): it
     # is ignored until the event loop installs the reload handler.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # ACME reload with acknowledgement
     _setup_logging(cfg.logging.level)
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
@@ -205,14 +237,21 @@ async def _worker_main(
 ) -> None:
     from proxy.certs import build_store, default_sealer  # noqa: PLC0415
 
-    sealer = default_sealer()
+    sealer = await asyncio.to_thread(default_sealer, cfg)
     store = await asyncio.to_thread(build_store, cfg, sealer)
     worker = Worker(cfg, store)
+    from proxy.wellknown import make_endpoint  # noqa: PLC0415 - issue 4
+
+    worker.attestation = await asyncio.to_thread(make_endpoint, cfg, worker.holder, sealer)
+    if cfg.governance.mode == "enforce":  # issue 5: serve only while the policy allows
+        from proxy.governance import WorkerGate  # noqa: PLC0415
+
+        worker.gate = WorkerGate(cfg)
     await worker.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
-    async def reload() -> None:
+    async def reload(ack: bool = False) -> None:
         try:
             new_cfg = await asyncio.to_thread(load, config_path) if config_path else worker.cfg
             # Like the supervisor, apply only what a reload may change: [server] (the listen
@@ -221,13 +260,18 @@ async def _worker_main(
             new_store = await asyncio.to_thread(build_store, new_cfg, sealer)
         except (ConfigError, OSError, ValueError) as e:
             log.error("reload failed, keeping the running config and certificates: %s", e)
+            if ack:
+                conn.send(("reload-failed", os.getpid()))
             return
         await worker.reconfigure(new_cfg, new_store)
         log.info("worker %d reloaded (%d certificates)", os.getpid(), len(new_store.entries))
+        if ack:  # SIGUSR1: the supervisor's ACME loop waits for this
+            conn.send(("reloaded", os.getpid()))
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: spawn(reload(), "reload"))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: spawn(reload(ack=True), "reload-ack"))
     conn.send(("ready", os.getpid(), worker.ports))
     await stop.wait()
     log.info("worker %d draining (grace %.0f s)", os.getpid(), cfg.server.drain_grace)
@@ -331,7 +375,14 @@ class Supervisor:
         from proxy.admin import AdminServer  # noqa: PLC0415
         from proxy.certs import default_sealer, prepare_certificates  # noqa: PLC0415
 
-        sealer = default_sealer()
+        sealer = await asyncio.to_thread(default_sealer, self.cfg)
+        from proxy.governance import GovernanceError, start_governor  # noqa: PLC0415
+
+        try:  # issue 5: in enforce mode, no certificate and no listener before "allowed"
+            self.governor = await start_governor(self.cfg)
+        except GovernanceError as e:
+            log.error("governance: %s", e)
+            return 3
         await asyncio.to_thread(prepare_certificates, self.cfg, sealer)
         await asyncio.to_thread(check_certificates, self.cfg, sealer)
         self.cfg = self._resolve_ports()
@@ -361,23 +412,33 @@ class Supervisor:
         )
         self.ready = True
         monitor = spawn(self._monitor(sealer), "supervisor-monitor")
+        acme = None
+        if self.cfg.acme.enabled:  # issue 3: certificates from an ACME CA
+            from proxy.acme_runtime import AcmeManager  # noqa: PLC0415
+
+            acme = spawn(AcmeManager(self.cfg, sealer, self.reload_workers).run(), "acme")
         await stop.wait()
         self._stopping = True
         monitor.cancel()
+        if acme is not None:
+            acme.cancel()
         log.info("draining workers (grace %.0f s)", self.cfg.server.drain_grace)
         await self._terminate_workers()
         await admin.stop()
         for sock in self._reserved:
             sock.close()
+        if self.governor is not None:
+            await self.governor.close()
         return 0
 
     ready = False
+    governor: Any = None  # proxy.governance.Governor unless [governance] mode = "off"
 
     async def reload(self) -> None:
         from proxy.certs import default_sealer, prepare_certificates  # noqa: PLC0415
 
         if self.config_path:
-            sealer = default_sealer()
+            sealer = await asyncio.to_thread(default_sealer, self.cfg)
             try:
                 new_cfg = await asyncio.to_thread(load, self.config_path)
                 candidate = reloadable(self.cfg, new_cfg)
@@ -396,9 +457,22 @@ class Supervisor:
                 log.warning("SIGHUP: [server], [admin] and state_dir take effect only on restart")
             self.cfg = candidate
         else:
-            await asyncio.to_thread(prepare_certificates, self.cfg, default_sealer())
+            sealer = await asyncio.to_thread(default_sealer, self.cfg)
+            await asyncio.to_thread(prepare_certificates, self.cfg, sealer)
         self._signal_workers(signal.SIGHUP)
         log.info("SIGHUP: reload sent to %d workers", len(self._workers))
+
+    async def reload_workers(self) -> None:
+        """SIGUSR1 every worker (a reload that is acknowledged over the worker's pipe) and
+        wait until each reports its store rebuilt (or failed)."""
+        from proxy.acme_runtime import wait_reloaded  # noqa: PLC0415
+
+        conns = [conn for proc, conn in self._workers if proc.is_alive()]
+        for conn in conns:  # drop reports of earlier reloads
+            while conn.poll():
+                conn.recv()
+        self._signal_workers(signal.SIGUSR1)
+        await asyncio.to_thread(wait_reloaded, conns, max(30.0, self.cfg.acme.request_timeout))
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         for proc, _ in self._workers:

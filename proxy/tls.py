@@ -19,7 +19,12 @@ from collections.abc import Callable
 
 from certmgr.store import StoreHolder
 
-__all__ = ["MOZILLA_INTERMEDIATE_TLS12_CIPHERS", "context_factory", "listener_context"]
+__all__ = [
+    "MOZILLA_INTERMEDIATE_TLS12_CIPHERS",
+    "context_factory",
+    "listener_context",
+    "set_acme_tls_hook",
+]
 
 log = logging.getLogger("teeproxy.tls")
 
@@ -74,7 +79,13 @@ def listener_context(
     def sni_callback(
         sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext
     ) -> int | None:
-        entry = holder.current.select(server_name)
+        store = holder.current
+        if store.challenges and server_name and getattr(sslobj, _ACME_TLS_ATTR, False):
+            challenge = store.challenges.get(server_name.rstrip(".").lower())
+            if challenge is not None:  # RFC 8737 3: only to hellos offering acme-tls/1
+                sslobj.context = challenge
+                return None
+        entry = store.select(server_name)
         if on_hello is not None:
             on_hello(entry is not None)
         if entry is None:
@@ -85,3 +96,30 @@ def listener_context(
 
     ctx.sni_callback = sni_callback
     return ctx
+
+
+# -- TLS-ALPN-01 (RFC 8737): who offered acme-tls/1 ----------------------------------------
+#
+# Python's sni_callback runs before ALPN selection and cannot see the client's ALPN list,
+# so OpenSSL's message callback (CPython's ``SSLContext._msg_callback``, called with the raw
+# ClientHello before the servername callback) marks the connection object when its hello
+# offers acme-tls/1. It is installed only while a challenge is pending
+# (:func:`set_acme_tls_hook`), so normal operation pays nothing for it.
+
+_ACME_TLS_ATTR = "_teeproxy_acme_tls"
+
+
+def _acme_msg_callback(
+    conn: object, direction: str, _version: object, content_type: object, msg_type: object,
+    data: bytes,
+) -> None:
+    if direction == "read" and msg_type == ssl._TLSMessageType.CLIENT_HELLO:  # type: ignore[attr-defined]
+        from certmgr.challenges.tlsalpn01 import offers_alpn  # noqa: PLC0415
+
+        if offers_alpn(data):
+            setattr(conn, _ACME_TLS_ATTR, True)
+
+
+def set_acme_tls_hook(ctx: ssl.SSLContext, enabled: bool) -> None:
+    """Install (or remove) the ClientHello inspection that TLS-ALPN-01 needs."""
+    ctx._msg_callback = _acme_msg_callback if enabled else None  # type: ignore[attr-defined]

@@ -6,10 +6,14 @@ import asyncio
 import itertools
 import ssl
 import time
+from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
+from aiohttp.http_writer import StreamWriter
 from aiohttp.pytest_plugin import AiohttpServer
+from aiohttp.web_protocol import RequestHandler
 
 from tests.conftest import ProxyFactory
 
@@ -50,3 +54,79 @@ async def test_sse_events_arrive_spaced_as_sent(
     # Sent 200 ms apart: each must arrive on its own, not coalesced with the next one.
     assert all(g > 0.1 for g in gaps), gaps
     assert arrivals[-1] - arrivals[0] > 0.8
+
+
+async def test_small_body_goes_out_with_the_headers_in_one_write(
+    aiohttp_server: AiohttpServer,
+    proxy_factory: ProxyFactory,
+    client_ssl: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A body the backend sent whole is written with the header block: one TLS record."""
+
+    async def small(_request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/small", small)
+    backend = await aiohttp_server(app)
+    proxy = await proxy_factory(f"http://127.0.0.1:{backend.port}")
+
+    proxy_writes: list[bytes] = []
+    real_write = StreamWriter._write
+    real_writelines = StreamWriter._writelines
+
+    def is_proxy_side(w: StreamWriter) -> bool:
+        # The proxy's responses to TLS clients: a server-side protocol on a TLS transport.
+        return (
+            isinstance(w.protocol, RequestHandler)
+            and w.transport is not None
+            and w.transport.get_extra_info("sslcontext") is not None
+        )
+
+    def counting_write(self: StreamWriter, chunk: bytes) -> None:
+        if is_proxy_side(self):
+            proxy_writes.append(bytes(chunk))
+        real_write(self, chunk)
+
+    def counting_writelines(self: StreamWriter, chunks: Any) -> None:
+        chunks = list(chunks)
+        if is_proxy_side(self):
+            proxy_writes.append(b"".join(chunks))
+        real_writelines(self, chunks)
+
+    monkeypatch.setattr(StreamWriter, "_write", counting_write)
+    monkeypatch.setattr(StreamWriter, "_writelines", counting_writelines)
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(f"{proxy.url}/small", ssl=client_ssl) as resp,
+    ):
+        assert await resp.text() == "hello"
+    assert len(proxy_writes) == 1, proxy_writes
+    assert proxy_writes[0].startswith(b"HTTP/1.1 200") and proxy_writes[0].endswith(b"hello")
+
+
+async def test_stream_headers_reach_the_client_before_the_first_event(
+    aiohttp_server: AiohttpServer, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    """Coalescing must not hold a stream's headers back until its first event."""
+    release = asyncio.Event()
+
+    async def slow_first_event(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await release.wait()
+        await resp.write(b"data: first\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/sse", slow_first_event)
+    backend = await aiohttp_server(app)
+    proxy = await proxy_factory(f"http://127.0.0.1:{backend.port}")
+    async with aiohttp.ClientSession() as s:
+        async with asyncio.timeout(5):
+            resp = await s.get(f"{proxy.url}/sse", ssl=client_ssl)
+        assert resp.status == 200
+        release.set()
+        assert await resp.content.readuntil(b"\n\n") == b"data: first\n\n"
+        resp.close()

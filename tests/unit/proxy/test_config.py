@@ -137,7 +137,7 @@ INVALID = [
     pytest.param(
         "[backend]\npool_idle_timeout = -1", "backend.pool_idle_timeout", id="negative-pool-idle"
     ),
-    pytest.param("[backend]\npool_size = 0", "backend.pool_size", id="pool-size-zero"),
+    pytest.param("[backend]\npool_size = -1", "backend.pool_size", id="pool-size-negative"),
     pytest.param(
         "[limits]\nheader_read_timeout = -1",
         "limits.header_read_timeout",

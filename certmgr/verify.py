@@ -1,0 +1,646 @@
+"""The verifier clients use: is this quote, certificate or evidence trustworthy, and why not.
+
+Importable without the server (no aiohttp, no proxy imports). Verification is a pure
+function of the bytes, the collateral, an explicit policy and the time; fetching collateral
+(file or PCCS, cached until its nextUpdate) is the only I/O and sits in
+:class:`CollateralCache`.
+
+Checks, each failing with its own reason code (:class:`Reason`):
+
+1. structure: the certificate (:mod:`certmgr.ratls`) and the quote (:mod:`certmgr.quote`)
+   parse strictly;
+2. the quote is genuine: Intel quotes with dcap-qvl against Intel's SGX root CA and the
+   collateral; simulated quotes only when the caller trusts that development key by name;
+3. TCB policy: ``UpToDate`` is accepted, any other status only when named in
+   :attr:`TcbPolicy.accept`, ``Revoked`` never; advisories on the deny list reject;
+4. binding: the claims' pubkey-hash is the certificate's SPKI hash, report_data[:32] is
+   SHA-256(claims) and report_data[32:] is all zero (DESIGN "Trust formats");
+5. the certificate's validity window contains ``now``; its self-signature verifies;
+6. the TEE is not in debug mode, and is of the expected type when one is required;
+7. the measurement id is allowed, by an allowlist file or a :class:`PolicyCheck` (the
+   on-chain policy, :mod:`certmgr.policy`, plugs in here).
+
+SEV-SNP reports parse and bind, but their VCEK signature chain is not verified here: such
+evidence is reported with status ``Unverified`` and is never trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import enum
+import hashlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import dcap_qvl  # type: ignore[import-untyped]  # ships .pyi but no py.typed
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certmgr.quote import Measurement, ParsedQuote, QuoteError, TeeType, measurement_id
+from certmgr.quote import parse_evidence as parse_quote_bytes
+from certmgr.ratls import (
+    RaTlsCert,
+    RaTlsError,
+    expected_report_data,
+    parse_certificate,
+    pubkey_hash_matches,
+)
+
+__all__ = [
+    "KNOWN_TCB_STATUSES",
+    "AllowlistPolicy",
+    "CollateralCache",
+    "PolicyCheck",
+    "PolicyDecision",
+    "Reason",
+    "TcbPolicy",
+    "Verdict",
+    "VerifyError",
+    "VerifyOptions",
+    "check_binding",
+    "collateral_next_update",
+    "load_allowlist",
+    "load_collateral",
+    "load_dev_key",
+    "verify_certificate",
+    "verify_evidence",
+    "verify_quote",
+    "verify_quote_verdict",
+]
+
+log = logging.getLogger("teeproxy.attest")
+
+KNOWN_TCB_STATUSES = frozenset(
+    {
+        "UpToDate",
+        "SWHardeningNeeded",
+        "ConfigurationNeeded",
+        "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate",
+        "OutOfDateConfigurationNeeded",
+    }
+)
+MAX_COLLATERAL_SIZE = 1024 * 1024
+MAX_ALLOWLIST_SIZE = 1024 * 1024
+
+
+class VerifyError(ValueError):
+    """Bad verifier input (unreadable collateral, allowlist or key), not a verdict."""
+
+
+class Reason(enum.StrEnum):
+    """Why evidence was rejected; one code per check."""
+
+    CERT_MALFORMED = "cert-malformed"
+    CBOR = "cbor"
+    DUPLICATE_EXTENSION = "duplicate-extension"
+    SELF_SIGNATURE = "self-signature"
+    VALIDITY = "validity"
+    QUOTE_MALFORMED = "quote-malformed"
+    QUOTE_SIGNATURE = "quote-signature"
+    QUOTE_VERIFICATION = "quote-verification"
+    COLLATERAL_MISSING = "collateral-missing"
+    COLLATERAL_EXPIRED = "collateral-expired"
+    TCB_STATUS = "tcb-status"
+    ADVISORY = "advisory"
+    SIMULATED_UNTRUSTED = "simulated-untrusted"
+    UNVERIFIED_TEE = "unverified-tee"
+    PUBKEY_HASH = "pubkey-hash"
+    REPORT_DATA = "report-data"
+    REPORT_DATA_PADDING = "report-data-padding"
+    TEE_TYPE = "tee-type"
+    DEBUG = "debug"
+    MEASUREMENT = "measurement-not-allowed"
+    NO_MEASUREMENT_POLICY = "no-measurement-policy"
+    NONCE = "nonce"
+    SPKI = "spki-mismatch"
+    EVIDENCE_MALFORMED = "evidence-malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class TcbPolicy:
+    """Which TCB statuses pass. ``accept`` names every status besides UpToDate explicitly."""
+
+    accept: frozenset[str] = frozenset()
+    deny_advisories: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = self.accept - KNOWN_TCB_STATUSES
+        if unknown:
+            raise VerifyError(f"unknown TCB status(es): {', '.join(sorted(unknown))}")
+
+    def allows(self, status: str) -> bool:
+        return status == "UpToDate" or status in self.accept
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDecision:
+    allowed: bool
+    reason: str = ""
+
+
+class PolicyCheck(Protocol):
+    """Decides whether a measurement may serve (allowlist file, on-chain contract, ...).
+
+    Called synchronously with the measurement id (bytes32, :func:`measurement_id`) and the
+    parsed measurement; an on-chain implementation answers from its current snapshot.
+    """
+
+    def __call__(self, mid: bytes, measurement: Measurement, /) -> PolicyDecision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AllowlistPolicy:
+    """Allows exactly the measurement ids listed (compared in constant time)."""
+
+    ids: frozenset[bytes]
+
+    def __call__(self, mid: bytes, measurement: Measurement) -> PolicyDecision:
+        hit = False
+        for allowed in self.ids:
+            hit |= hmac.compare_digest(allowed, mid)
+        if hit:
+            return PolicyDecision(True, "in allowlist")
+        return PolicyDecision(False, f"measurement id {mid.hex()} is not in the allowlist")
+
+
+def load_allowlist(path: str | Path) -> AllowlistPolicy:
+    """An allowlist file: one hex bytes32 per line (``0x`` optional), ``#`` comments."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VerifyError(f"allowlist {p}: {e}") from e
+    if len(text) > MAX_ALLOWLIST_SIZE:
+        raise VerifyError(f"allowlist {p}: too large")
+    ids: set[bytes] = set()
+    for n, line in enumerate(text.splitlines(), 1):
+        value = line.split("#", 1)[0].strip().removeprefix("0x")
+        if not value:
+            continue
+        try:
+            b = bytes.fromhex(value)
+        except ValueError:
+            b = b""
+        if len(b) != 32:
+            raise VerifyError(f"allowlist {p}:{n}: expected 64 hex digits")
+        ids.add(b)
+    return AllowlistPolicy(frozenset(ids))
+
+
+def load_dev_key(data: bytes) -> bytes:
+    """A trusted development attestation key (PEM public key or 64-byte hex x||y) as raw."""
+    text = data.strip()
+    if text.startswith(b"-----BEGIN"):
+        try:
+            pub = serialization.load_pem_public_key(text)
+        except ValueError as e:
+            raise VerifyError(f"development key: {e}") from e
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise VerifyError("development key must be an ECDSA P-256 public key")
+        nums = pub.public_numbers()
+        return nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")
+    try:
+        raw = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise VerifyError(f"development key: not PEM or hex: {e}") from e
+    if len(raw) != 64:
+        raise VerifyError("development key in hex must be 64 bytes (x || y)")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    tcb: TcbPolicy = field(default_factory=TcbPolicy)
+    trusted_dev_keys: tuple[bytes, ...] = ()
+    policy: PolicyCheck | None = None
+    any_measurement: bool = False  # inspect only: skip the measurement decision
+    expect_tee: TeeType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The result: ``trusted`` only when no check failed."""
+
+    tee: str = ""
+    status: str = ""
+    advisories: tuple[str, ...] = ()
+    binding: bool = False
+    measurement: Measurement | None = None
+    failures: tuple[Failure, ...] = ()
+    simulated: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def trusted(self) -> bool:
+        return not self.failures and self.measurement is not None
+
+    @property
+    def reasons(self) -> tuple[Reason, ...]:
+        return tuple(f.reason for f in self.failures)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "trusted": self.trusted,
+            "tee": self.tee,
+            "status": self.status,
+            "advisories": list(self.advisories),
+            "binding": self.binding,
+            "simulated": self.simulated,
+        }
+        if self.measurement is not None:
+            out["measurement_id"] = "0x" + measurement_id(self.measurement).hex()
+            out["debug"] = self.measurement.debug
+            out.update(self.measurement.registers())
+        out.update(self.details)
+        out["failures"] = [{"reason": f.reason.value, "message": f.message} for f in self.failures]
+        return out
+
+
+# -- collateral ----------------------------------------------------------------------------
+
+
+def load_collateral(text: str) -> Any:
+    """Collateral JSON (dcap-qvl's QuoteCollateralV3 shape) -> dcap-qvl object."""
+    if len(text) > MAX_COLLATERAL_SIZE:
+        raise VerifyError("collateral too large")
+    try:
+        return dcap_qvl.QuoteCollateralV3.from_json(text)
+    except ValueError as e:
+        raise VerifyError(f"collateral: {e}") from e
+
+
+def _iso(s: str) -> float:
+    return dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def collateral_next_update(text: str) -> float:
+    """The earliest nextUpdate of the TCB info, QE identity and CRLs (unix seconds)."""
+    try:
+        doc = json.loads(text)
+        times = [_iso(json.loads(doc[k])["nextUpdate"]) for k in ("tcb_info", "qe_identity")]
+        for k in ("pck_crl", "root_ca_crl"):
+            raw = bytes.fromhex(doc[k]) if isinstance(doc.get(k), str) else b""
+            if raw:
+                crl = x509.load_der_x509_crl(raw)
+                if crl.next_update_utc is not None:
+                    times.append(crl.next_update_utc.timestamp())
+    except (ValueError, KeyError, TypeError) as e:
+        raise VerifyError(f"collateral: cannot read nextUpdate: {e}") from e
+    return min(times)
+
+
+Fetch = Callable[[str, bytes], Awaitable[str]]
+
+
+async def _dcap_fetch(pccs_url: str, raw_quote: bytes) -> str:
+    coll = await dcap_qvl.get_collateral(pccs_url, raw_quote)
+    text: str = coll.to_json()
+    return text
+
+
+@dataclass
+class CollateralCache:
+    """Collateral from a file, or from a PCCS cached per (TEE, FMSPC) until its nextUpdate."""
+
+    pccs_url: str = ""
+    file: str = ""
+    cache_dir: str = ""
+    fetch: Fetch = _dcap_fetch
+    _mem: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+    async def get(self, quote: ParsedQuote, now: float | None = None) -> Any:
+        now = time.time() if now is None else now
+        if self.file:
+            text = await asyncio.to_thread(Path(self.file).read_text)
+            return load_collateral(text)
+        if not self.pccs_url:
+            raise VerifyError("no collateral: give a collateral file or a PCCS URL")
+        key = f"{quote.tee}-{hashlib.sha256(quote.cert_data).hexdigest()[:16]}"
+        cached = self._mem.get(key)
+        if cached is None and self.cache_dir:
+            cached = await asyncio.to_thread(self._read_disk, key)
+        if cached is not None and now < cached[0]:
+            return load_collateral(cached[1])
+        text = await self.fetch(self.pccs_url, quote.raw)
+        until = collateral_next_update(text)
+        self._mem[key] = (until, text)
+        if self.cache_dir:
+            await asyncio.to_thread(self._write_disk, key, until, text)
+        log.info("collateral fetched from %s, cached until %s", self.pccs_url, until)
+        return load_collateral(text)
+
+    def _read_disk(self, key: str) -> tuple[float, str] | None:
+        p = Path(self.cache_dir) / f"{key}.json"
+        try:
+            doc = json.loads(p.read_text())
+            return float(doc["until"]), str(doc["collateral"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("collateral cache %s unreadable, refetching: %s", p, e)
+            return None
+
+    def _write_disk(self, key: str, until: float, text: str) -> None:
+        from certmgr.keys import atomic_write  # noqa: PLC0415
+
+        doc = json.dumps({"until": until, "collateral": text}).encode()
+        atomic_write(Path(self.cache_dir) / f"{key}.json", doc, mode=0o644)
+
+
+# -- checks --------------------------------------------------------------------------------
+
+
+def _dcap_reason(message: str) -> Reason:
+    m = message.lower()
+    if "expired" in m:
+        return Reason.COLLATERAL_EXPIRED
+    if "no matching tcb level" in m or "revoked" in m:
+        return Reason.TCB_STATUS
+    if "signature" in m or "certificate" in m or "cert" in m:
+        return Reason.QUOTE_SIGNATURE
+    return Reason.QUOTE_VERIFICATION
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteResult:
+    parsed: ParsedQuote | None
+    status: str
+    advisories: tuple[str, ...]
+    failures: tuple[Failure, ...]
+
+
+def verify_quote(
+    raw: bytes, collateral: Any, now: int, opts: VerifyOptions, *, parsed: ParsedQuote | None = None
+) -> QuoteResult:
+    """Genuineness, TCB policy, TEE type and debug checks of one quote (no binding)."""
+    fails: list[Failure] = []
+    if parsed is None:
+        try:
+            parsed = parse_quote_bytes(raw)
+        except QuoteError as e:
+            return QuoteResult(None, "", (), (Failure(Reason.QUOTE_MALFORMED, str(e)),))
+    status, advisories = "", tuple[str, ...]()
+    if parsed.tee is TeeType.SEV_SNP:
+        status = "Unverified"
+        fails.append(
+            Failure(Reason.UNVERIFIED_TEE, "SEV-SNP report signatures are not verified yet")
+        )
+    elif parsed.simulated:
+        from certmgr.tee.simulated import verify_simulated_signature  # noqa: PLC0415
+
+        trusted = any(hmac.compare_digest(k, parsed.attestation_key) for k in opts.trusted_dev_keys)
+        if not trusted:
+            status = "Simulated"
+            fails.append(
+                Failure(
+                    Reason.SIMULATED_UNTRUSTED,
+                    "quote is SIMULATED (no TEE) and its development key is not trusted",
+                )
+            )
+        elif not verify_simulated_signature(parsed):
+            status = "Simulated"
+            fails.append(Failure(Reason.QUOTE_SIGNATURE, "simulated quote signature is invalid"))
+        else:
+            status = "SimulatedTrustedDevKey"
+    elif collateral is None:
+        fails.append(Failure(Reason.COLLATERAL_MISSING, "no collateral to verify the quote"))
+    else:
+        try:
+            report = dcap_qvl.verify(parsed.raw, collateral, int(now))
+        except ValueError as e:
+            msg = str(e).splitlines()[0]
+            fails.append(Failure(_dcap_reason(msg), msg))
+        else:
+            status = str(report.status)
+            advisories = tuple(str(a) for a in report.advisory_ids)
+            if status == "Revoked" or not opts.tcb.allows(status):
+                fails.append(
+                    Failure(Reason.TCB_STATUS, f"TCB status {status} is not accepted by policy")
+                )
+            denied: list[str] = sorted(set(advisories) & opts.tcb.deny_advisories)
+            if denied:
+                fails.append(Failure(Reason.ADVISORY, f"denied advisories: {', '.join(denied)}"))
+    if opts.expect_tee is not None and parsed.tee is not opts.expect_tee:
+        fails.append(Failure(Reason.TEE_TYPE, f"expected {opts.expect_tee}, got {parsed.tee}"))
+    if parsed.measurement.debug:
+        fails.append(Failure(Reason.DEBUG, "TEE runs in debug mode (host can read its memory)"))
+    return QuoteResult(parsed, status, advisories, tuple(fails))
+
+
+def check_binding(report_data: bytes, expected: bytes) -> list[Failure]:
+    """report_data[:32] must equal expected[:32] and report_data[32:] must be zero."""
+    fails: list[Failure] = []
+    if len(report_data) != 64 or len(expected) != 64:
+        return [Failure(Reason.REPORT_DATA, "report_data must be 64 bytes")]
+    if not hmac.compare_digest(report_data[:32], expected[:32]):
+        fails.append(Failure(Reason.REPORT_DATA, "report_data does not hash the claims"))
+    if report_data[32:] != bytes(32):
+        fails.append(Failure(Reason.REPORT_DATA_PADDING, "report_data[32:64] is not all zero"))
+    return fails
+
+
+def _measurement_decision(m: Measurement, opts: VerifyOptions) -> list[Failure]:
+    if opts.any_measurement:
+        return []
+    if opts.policy is None:
+        return [
+            Failure(Reason.NO_MEASUREMENT_POLICY, "no allowlist or policy to judge the measurement")
+        ]
+    decision = opts.policy(measurement_id(m), m)
+    return [] if decision.allowed else [Failure(Reason.MEASUREMENT, decision.reason)]
+
+
+def verify_certificate(
+    data: bytes,
+    collateral: Any,
+    opts: VerifyOptions,
+    *,
+    now: float | None = None,
+    parsed: RaTlsCert | None = None,
+) -> Verdict:
+    """Verify an RA-TLS certificate (PEM or DER) completely; see the module docstring."""
+    now = time.time() if now is None else now
+    if parsed is None:
+        try:
+            parsed = parse_certificate(data)
+        except RaTlsError as e:
+            return Verdict(failures=(Failure(_ratls_reason(e), str(e)),))
+    fails: list[Failure] = []
+    if not parsed.self_signature_ok:
+        fails.append(Failure(Reason.SELF_SIGNATURE, "certificate self-signature does not verify"))
+    when = dt.datetime.fromtimestamp(now, dt.UTC)
+    if not parsed.not_before <= when < parsed.not_after:
+        fails.append(
+            Failure(
+                Reason.VALIDITY,
+                f"certificate valid {parsed.not_before:%Y-%m-%dT%H:%M:%SZ} .. "
+                f"{parsed.not_after:%Y-%m-%dT%H:%M:%SZ}, not now",
+            )
+        )
+    q = verify_quote(parsed.quote, collateral, int(now), opts)
+    fails.extend(q.failures)
+    binding = False
+    if q.parsed is not None:
+        bind_fails = check_binding(q.parsed.report_data, expected_report_data(parsed))
+        if not pubkey_hash_matches(parsed):
+            bind_fails.insert(
+                0, Failure(Reason.PUBKEY_HASH, "claims pubkey-hash is not this certificate's key")
+            )
+        binding = not bind_fails
+        fails.extend(bind_fails)
+        if not q.failures:
+            fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    return Verdict(
+        tee=str(q.parsed.tee) if q.parsed else "",
+        status=q.status,
+        advisories=q.advisories,
+        binding=binding,
+        measurement=q.parsed.measurement if q.parsed else None,
+        failures=tuple(fails),
+        simulated=bool(q.parsed and q.parsed.simulated),
+        details={
+            "format": parsed.format,
+            "spki_sha256": parsed.spki_sha256.hex(),
+            "not_before": parsed.not_before.isoformat(),
+            "not_after": parsed.not_after.isoformat(),
+            "claims": _printable(parsed.claims),
+        },
+    )
+
+
+def verify_quote_verdict(
+    raw: bytes, collateral: Any, opts: VerifyOptions, *, now: int, report_data: bytes | None = None
+) -> Verdict:
+    """Verify a bare quote (``teeproxy verify-quote``); binding only if report_data is given."""
+    q = verify_quote(raw, collateral, now, opts)
+    fails = list(q.failures)
+    binding = False
+    if q.parsed is not None and report_data is not None:
+        b = check_binding(q.parsed.report_data, report_data)
+        binding = not b
+        fails.extend(b)
+    if q.parsed is not None and not q.failures:
+        fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    return Verdict(
+        tee=str(q.parsed.tee) if q.parsed else "",
+        status=q.status,
+        advisories=q.advisories,
+        binding=binding,
+        measurement=q.parsed.measurement if q.parsed else None,
+        failures=tuple(fails),
+        simulated=bool(q.parsed and q.parsed.simulated),
+        details={"report_data": q.parsed.report_data.hex()} if q.parsed else {},
+    )
+
+
+def _ratls_reason(e: RaTlsError) -> Reason:
+    msg = str(e)
+    if "duplicate extension" in msg:
+        return Reason.DUPLICATE_EXTENSION
+    if "CBOR" in msg or "claims" in msg or "extension" in msg:
+        return Reason.CBOR
+    return Reason.CERT_MALFORMED
+
+
+def _printable(claims: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in claims.items():
+        out[k] = _printable_value(v)
+    return out
+
+
+def _printable_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, list | tuple):
+        return [_printable_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _printable_value(x) for k, x in v.items()}
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    return repr(v)
+
+
+def merge_failures(v: Verdict, extra: Iterable[Failure], **details: Any) -> Verdict:
+    """A copy of ``v`` with more failures and details (used by the evidence check)."""
+    more = tuple(extra)
+    return Verdict(
+        tee=v.tee,
+        status=v.status,
+        advisories=v.advisories,
+        binding=v.binding and not more,
+        measurement=v.measurement,
+        failures=v.failures + more,
+        simulated=v.simulated,
+        details={**v.details, **details},
+    )
+
+
+def verify_evidence(
+    body: bytes,
+    nonce: bytes,
+    connection_spki_sha256: bytes,
+    collateral: Any,
+    opts: VerifyOptions,
+    *,
+    now: float | None = None,
+) -> Verdict:
+    """Verify a ``/.well-known/tee/attestation`` answer for the client's ``nonce``.
+
+    ``connection_spki_sha256`` is the SHA-256 of the SPKI of the certificate the client
+    received on the connection the evidence came over.
+    """
+    from certmgr.evidence import EvidenceError, parse_evidence_json  # noqa: PLC0415
+    from certmgr.ratls import report_data_for_claims  # noqa: PLC0415
+
+    now = time.time() if now is None else now
+    try:
+        ev = parse_evidence_json(body)
+    except EvidenceError as e:
+        return Verdict(failures=(Failure(Reason.EVIDENCE_MALFORMED, str(e)),))
+    q = verify_quote(ev.quote, collateral, int(now), opts)
+    fails = list(q.failures)
+    binding = False
+    if q.parsed is not None:
+        bind = check_binding(q.parsed.report_data, report_data_for_claims(ev.claims_bytes))
+        got_nonce = ev.claims.get("nonce")
+        if not isinstance(got_nonce, bytes) or not hmac.compare_digest(got_nonce, nonce):
+            bind.append(Failure(Reason.NONCE, "evidence does not echo the client's nonce"))
+        ph = ev.claims.get("pubkey-hash")
+        if not (
+            isinstance(ph, list)
+            and len(ph) == 2
+            and ph[0] == 1
+            and isinstance(ph[1], bytes)
+            and hmac.compare_digest(ph[1], connection_spki_sha256)
+        ):
+            bind.append(Failure(Reason.SPKI, "evidence names another key than this connection's"))
+        binding = not bind
+        fails.extend(bind)
+        if not q.failures:
+            fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    return Verdict(
+        tee=str(q.parsed.tee) if q.parsed else "",
+        status=q.status,
+        advisories=q.advisories,
+        binding=binding,
+        measurement=q.parsed.measurement if q.parsed else None,
+        failures=tuple(fails),
+        simulated=bool(q.parsed and q.parsed.simulated),
+        details={"claims": _printable(ev.claims), "provider": ev.provider, "gpu": ev.gpu},
+    )

@@ -1,0 +1,350 @@
+"""``teeproxy verify``, ``verify-cert``, ``verify-quote`` and ``measure``: the client side.
+
+Exit codes: 0 trusted (``measure``: parsed), 1 not trusted, 2 usage or input error.
+``--json`` prints one JSON object naming at least ``tee``, ``status``, ``binding`` and the
+measurement registers under their usual names (see docs/ATTESTATION.md).
+
+``verify https://HOST[:PORT]`` opens one TLS connection asking (by SNI) for the attestation
+name, takes the certificate presented, verifies it as an RA-TLS certificate, then asks for
+fresh evidence over the *same* connection with a random nonce and checks that the evidence
+echoes the nonce and names the key of that connection's certificate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import secrets
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["DEFAULT_ATTESTATION_NAME", "add_parsers", "demo_attestation_text"]
+
+DEFAULT_ATTESTATION_NAME = "attestation.teeproxy.invalid"
+MAX_RESPONSE = 512 * 1024
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from certmgr.quote import TeeType  # noqa: PLC0415
+    from certmgr.verify import (  # noqa: PLC0415
+        TcbPolicy,
+        VerifyOptions,
+        load_allowlist,
+        load_dev_key,
+    )
+
+    keys = tuple(load_dev_key(Path(p).read_bytes()) for p in args.trust_dev_key or ())
+    policy = load_allowlist(args.allowlist) if args.allowlist else None
+    return VerifyOptions(
+        tcb=TcbPolicy(
+            accept=frozenset(args.accept_status or ()),
+            deny_advisories=frozenset(args.deny_advisory or ()),
+        ),
+        trusted_dev_keys=keys,
+        policy=policy,
+        any_measurement=args.any_measurement,
+        expect_tee=TeeType(args.expect_tee) if args.expect_tee else None,
+    )
+
+
+def _collateral(args: argparse.Namespace, quote_bytes: bytes, now: float) -> Any:
+    """Collateral for an Intel quote, or None (simulated, SNP, or unparseable quotes)."""
+    from certmgr.quote import QuoteError, TeeType, parse_evidence  # noqa: PLC0415
+    from certmgr.verify import CollateralCache  # noqa: PLC0415
+
+    try:
+        q = parse_evidence(quote_bytes)
+    except QuoteError:
+        return None
+    if q.simulated or q.tee is TeeType.SEV_SNP:
+        return None
+    if not args.collateral and not args.pccs:
+        return None
+    cache = CollateralCache(
+        pccs_url=args.pccs or "", file=args.collateral or "", cache_dir=args.cache_dir or ""
+    )
+    return asyncio.run(cache.get(q, now))
+
+
+def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(verdict_json, indent=2, sort_keys=True))
+        return
+    trusted = verdict_json.get("trusted")
+    print(f"verdict:  {'TRUSTED' if trusted else 'NOT TRUSTED'}")
+    for key in ("tee", "status", "binding", "simulated", "measurement_id"):
+        if key in verdict_json:
+            print(f"{key + ':':<9} {verdict_json[key]}")
+    for f in verdict_json.get("failures", []):
+        print(f"  - {f['reason']}: {f['message']}")
+    ev = verdict_json.get("evidence")
+    if isinstance(ev, dict):
+        print(f"nonce evidence: {'ok' if ev.get('trusted') else 'FAILED'}")
+        for f in ev.get("failures", []):
+            print(f"  - {f['reason']}: {f['message']}")
+    if verdict_json.get("simulated"):
+        print("WARNING: SIMULATED attestation (no TEE): trusted only because you named the key")
+
+
+def _now(args: argparse.Namespace) -> float:
+    return float(args.at) if args.at is not None else time.time()
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    from certmgr.quote import QuoteError, measurement_id, parse_evidence  # noqa: PLC0415
+
+    try:
+        q = parse_evidence(Path(args.file).read_bytes())
+    except (OSError, QuoteError) as e:
+        print(f"teeproxy measure: {args.file}: {e}", file=sys.stderr)
+        return 2
+    mid = "0x" + measurement_id(q.measurement).hex()
+    if args.json:
+        out = {"tee": str(q.tee), "version": q.version, "measurement_id": mid}
+        out["debug"] = q.measurement.debug
+        out.update(q.measurement.registers())
+        print(json.dumps(out, indent=2, sort_keys=True))
+    else:
+        print(mid)
+    return 0
+
+
+def cmd_verify_quote(args: argparse.Namespace) -> int:
+    from certmgr.verify import VerifyError, verify_quote_verdict  # noqa: PLC0415
+
+    try:
+        raw = Path(args.file).read_bytes()
+        opts = _options(args)
+        now = _now(args)
+        coll = _collateral(args, raw, now)
+        rd = bytes.fromhex(args.report_data) if args.report_data else None
+    except (OSError, ValueError, VerifyError) as e:
+        print(f"teeproxy verify-quote: {e}", file=sys.stderr)
+        return 2
+    v = verify_quote_verdict(raw, coll, opts, now=int(now), report_data=rd)
+    out = v.to_json()
+    _print(out, args.json)
+    return 0 if v.trusted else 1
+
+
+def cmd_verify_cert(args: argparse.Namespace) -> int:
+    from certmgr.ratls import RaTlsError, parse_certificate  # noqa: PLC0415
+    from certmgr.verify import VerifyError, verify_certificate  # noqa: PLC0415
+
+    try:
+        data = Path(args.file).read_bytes()
+        opts = _options(args)
+        now = _now(args)
+    except (OSError, ValueError, VerifyError) as e:
+        print(f"teeproxy verify-cert: {e}", file=sys.stderr)
+        return 2
+    try:
+        parsed = parse_certificate(data)
+    except RaTlsError:
+        parsed = None  # verify_certificate reports the reason
+    try:
+        coll = _collateral(args, parsed.quote, now) if parsed else None
+    except (OSError, VerifyError) as e:
+        print(f"teeproxy verify-cert: {e}", file=sys.stderr)
+        return 2
+    v = verify_certificate(data, coll, opts, now=now, parsed=parsed)
+    _print(v.to_json(), args.json)
+    return 0 if v.trusted else 1
+
+
+def _http_get(sock: ssl.SSLSocket, host: str, target: str) -> tuple[int, bytes]:
+    req = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\n"
+    req += "Connection: close\r\n\r\n"
+    sock.sendall(req.encode())
+    buf = b""
+    while len(buf) <= MAX_RESPONSE:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        head, sep, body = buf.partition(b"\r\n\r\n")
+        if sep:
+            length = _content_length(head)
+            if length is not None and len(body) >= length:
+                break
+    head, sep, body = buf.partition(b"\r\n\r\n")
+    if not sep:
+        raise ValueError("no complete HTTP response")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[1].isdigit():
+        raise ValueError("malformed HTTP status line")
+    length = _content_length(head)
+    return int(status_line[1]), body[:length] if length is not None else body
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip())
+    return None
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from certmgr.ratls import RaTlsError, parse_certificate  # noqa: PLC0415
+    from certmgr.verify import (  # noqa: PLC0415
+        VerifyError,
+        verify_certificate,
+        verify_evidence,
+    )
+
+    url = urlsplit(args.url)
+    if url.scheme != "https" or not url.hostname:
+        print("teeproxy verify: expected https://HOST[:PORT]", file=sys.stderr)
+        return 2
+    port = url.port or 443
+    try:
+        opts = _options(args)
+    except (OSError, ValueError, VerifyError) as e:
+        print(f"teeproxy verify: {e}", file=sys.stderr)
+        return 2
+    # Certificate checking is ours (RA-TLS), not the WebPKI's: the handshake accepts any
+    # certificate and nothing is sent before the verdict on it.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["http/1.1"])
+    now = _now(args)
+    try:
+        with (
+            socket.create_connection((url.hostname, port), timeout=args.timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=args.sni) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            if not der:
+                raise ValueError("server presented no certificate")
+            try:
+                parsed = parse_certificate(der)
+            except RaTlsError:
+                parsed = None
+            coll = _collateral(args, parsed.quote, now) if parsed else None
+            verdict = verify_certificate(der, coll, opts, now=now, parsed=parsed)
+            out = verdict.to_json()
+            out["url"] = args.url
+            out["sni"] = args.sni
+            evidence_ok = True
+            if verdict.trusted and not args.no_nonce:
+                nonce = secrets.token_bytes(32)
+                status, body = _http_get(
+                    tls, url.netloc, f"/.well-known/tee/attestation?nonce={nonce.hex()}"
+                )
+                spki_hash = hashlib.sha256(parsed.spki_der).digest() if parsed else b""
+                if status != 200:
+                    ev_json: dict[str, Any] = {
+                        "trusted": False,
+                        "failures": [{"reason": "evidence-malformed", "message": f"HTTP {status}"}],
+                    }
+                else:
+                    ev_coll = coll
+                    ev = verify_evidence(body, nonce, spki_hash, ev_coll, opts, now=now)
+                    ev_json = ev.to_json()
+                    if ev.measurement != verdict.measurement:
+                        ev_json["trusted"] = False
+                        ev_json["failures"].append(
+                            {
+                                "reason": "measurement-mismatch",
+                                "message": "evidence measurement differs from the certificate's",
+                            }
+                        )
+                evidence_ok = bool(ev_json["trusted"])
+                out["evidence"] = ev_json
+                out["trusted"] = evidence_ok
+    except (OSError, ValueError, VerifyError) as e:
+        print(f"teeproxy verify: {args.url}: {e}", file=sys.stderr)
+        return 2
+    _print(out, args.json)
+    return 0 if verdict.trusted and evidence_ok else 1
+
+
+def _common(p: argparse.ArgumentParser, *, collateral: bool = True) -> None:
+    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    p.add_argument(
+        "--allowlist", help="file of allowed measurement ids (hex bytes32, one per line)"
+    )
+    p.add_argument(
+        "--any-measurement",
+        action="store_true",
+        help="do not judge the measurement (inspection only; never for trust decisions)",
+    )
+    p.add_argument(
+        "--trust-dev-key",
+        action="append",
+        metavar="PEM",
+        help="accept SIMULATED quotes signed by this development key (INSECURE)",
+    )
+    p.add_argument(
+        "--accept-status",
+        action="append",
+        metavar="STATUS",
+        help="accept this TCB status besides UpToDate (e.g. SWHardeningNeeded); repeatable",
+    )
+    p.add_argument(
+        "--deny-advisory", action="append", metavar="ID", help="reject this advisory (INTEL-SA-…)"
+    )
+    p.add_argument("--expect-tee", choices=("tdx", "sgx", "sev-snp"))
+    p.add_argument("--at", type=int, help="verify as of this UNIX time (default: now)")
+    if collateral:
+        p.add_argument("--collateral", help="collateral JSON file (dcap-qvl format)")
+        p.add_argument("--pccs", help="PCCS URL to fetch collateral from")
+        p.add_argument("--cache-dir", help="cache fetched collateral here until its nextUpdate")
+
+
+def add_parsers(sub: Any) -> None:
+    """Register the attestation subcommands on ``teeproxy``'s subparsers."""
+    v = sub.add_parser("verify", help="connect, verify the RA-TLS certificate and fresh evidence")
+    v.add_argument("url", help="https://HOST[:PORT]")
+    v.add_argument("--sni", default=DEFAULT_ATTESTATION_NAME, help="attestation server name")
+    v.add_argument("--timeout", type=float, default=10.0)
+    v.add_argument("--no-nonce", action="store_true", help="skip the fresh-evidence (nonce) check")
+    _common(v)
+    v.set_defaults(func=cmd_verify)
+
+    c = sub.add_parser("verify-cert", help="verify an RA-TLS certificate file (PEM or DER)")
+    c.add_argument("file")
+    _common(c)
+    c.set_defaults(func=cmd_verify_cert)
+
+    q = sub.add_parser("verify-quote", help="verify a quote file against collateral")
+    q.add_argument("file")
+    q.add_argument("--report-data", help="expected report_data (128 hex digits)")
+    _common(q)
+    q.set_defaults(func=cmd_verify_quote)
+
+    m = sub.add_parser("measure", help="print the measurement id (bytes32) of a quote")
+    m.add_argument("file")
+    m.add_argument("--json", action="store_true", help="also print the registers")
+    m.set_defaults(func=cmd_measure)
+
+
+def demo_attestation_text(cfg: Any, port: int) -> str:
+    """The demo banner's attestation paragraph (the simulated provider, loudly insecure)."""
+    a = cfg.attestation
+    if a.provider != "simulated":
+        return ""
+    key = a.simulated_key_file or str(
+        Path(cfg.state_dir) / "attestation" / "dev-attestation-key.sealed"
+    )
+    pub = key.removesuffix(".sealed") + ".pub.pem"
+    return f"""
+!!! ATTESTATION IS SIMULATED: INSECURE, NO TEE. Quotes are signed by a development key on
+!!! this machine; they prove nothing about the code that runs. Development only.
+RA-TLS certificate (SNI {a.server_name}) and fresh evidence, verified with that key trusted:
+  teeproxy verify https://127.0.0.1:{port} --trust-dev-key {pub} --any-measurement
+Print the measurement id, then allow exactly it:
+  teeproxy verify https://127.0.0.1:{port} --trust-dev-key {pub} --any-measurement --json
+  echo 0x<measurement_id> > allow.txt
+  teeproxy verify https://127.0.0.1:{port} --trust-dev-key {pub} --allowlist allow.txt
+"""

@@ -1,0 +1,373 @@
+"""``teeproxy policy ...``: the operator CLI for the MeasurementPolicy contract (issue 5).
+
+Subcommands: ``create-keystore``, ``deploy``, ``allow``, ``revoke``, ``replace``, ``list``,
+``status``, ``set-guardian``, ``transfer-ownership``, ``accept-ownership``.
+
+Signing keys live only in an encrypted JSON keystore (Web3 Secret Storage, as geth and
+eth-account write it). The password comes from an environment variable (default
+``TEEPROXY_POLICY_PASSWORD``, see ``--password-env``) or an interactive prompt; there is no
+option that takes a key or a password on the command line (it would land in shell history
+and in ``/proc/<pid>/cmdline``).
+
+Every transaction is first estimated (``eth_estimateGas``): a revert is reported with the
+contract's custom error decoded by name (``NotOwner(0x...)``) and nothing is signed.
+``--dry-run`` prints the unsigned transaction and stops. Otherwise the CLI signs, sends,
+waits for the receipt and prints the transaction hash, the block and the contract's new
+version. ``--embedded STATE_DIR`` targets the embedded development chain of a running
+``teeproxy demo`` (it reads ``STATE_DIR/governance/embedded-chain.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parsers", "run"]
+
+DEFAULT_PASSWORD_ENV = "TEEPROXY_POLICY_PASSWORD"  # noqa: S105 - a variable name
+_MAX_KEYSTORE = 64 * 1024
+
+
+class CliError(Exception):
+    """A user-facing failure: printed as ``teeproxy policy: <message>``, exit status 1."""
+
+
+@dataclass(frozen=True)
+class Target:
+    rpc: str
+    address: str
+    keystore: str
+    password_env: str
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``teeproxy policy`` on the top-level subparsers."""
+    p = sub.add_parser("policy", help="govern the on-chain measurement policy (operator)")
+    p.add_argument("--rpc", help="Ethereum JSON-RPC URL (default: $TEEPROXY_POLICY_RPC)")
+    p.add_argument("--address", help="policy contract (default: $TEEPROXY_POLICY_ADDRESS)")
+    p.add_argument("--keystore", help="encrypted JSON keystore that signs transactions")
+    p.add_argument(
+        "--password-env",
+        default=DEFAULT_PASSWORD_ENV,
+        help=f"variable holding the keystore password (default {DEFAULT_PASSWORD_ENV}); "
+        "unset: prompt",
+    )
+    p.add_argument(
+        "--embedded",
+        metavar="STATE_DIR",
+        help="target the embedded development chain of `teeproxy demo` using STATE_DIR",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the transaction, do not send")
+    p.add_argument("--timeout", type=float, default=120.0, help="receipt wait (seconds)")
+    ps = p.add_subparsers(dest="policy_command", required=True)
+
+    k = ps.add_parser("create-keystore", help="generate a key into a new encrypted keystore")
+    k.add_argument("file")
+    d = ps.add_parser("deploy", help="deploy a new policy contract")
+    d.add_argument("--owner", help="initial owner (default: the keystore's address)")
+    a = ps.add_parser("allow", help="allow a measurement id")
+    a.add_argument("measurement_id")
+    a.add_argument("--label", default="", help="short human label (<= 64 bytes)")
+    r = ps.add_parser("revoke", help="revoke a measurement id (owner or guardian)")
+    r.add_argument("measurement_id")
+    rp = ps.add_parser("replace", help="revoke OLD and allow NEW in one transaction")
+    rp.add_argument("old")
+    rp.add_argument("new")
+    rp.add_argument("--label", default="")
+    ps.add_parser("list", help="list allowed measurement ids")
+    st = ps.add_parser("status", help="owner, guardian, version; with an id: is it allowed")
+    st.add_argument("measurement_id", nargs="?")
+    g = ps.add_parser("set-guardian", help="set the revoke-only guardian (0x0 clears)")
+    g.add_argument("guardian")
+    t = ps.add_parser("transfer-ownership", help="start a two-step ownership transfer")
+    t.add_argument("new_owner")
+    ps.add_parser("accept-ownership", help="accept a pending transfer (as the new owner)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except CliError as e:
+        print(f"teeproxy policy: {e}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.policy_command == "create-keystore":
+        return _create_keystore(Path(args.file), args.password_env)
+    target = _target(args)
+    if args.policy_command in ("list", "status"):
+        return asyncio.run(_read(args, target))
+    if not target.keystore:
+        raise CliError("--keystore is required to sign a transaction")
+    key = _unlock(Path(target.keystore), target.password_env)
+    return asyncio.run(_transact(args, target, key))
+
+
+def _target(args: argparse.Namespace) -> Target:
+    rpc = args.rpc or os.environ.get("TEEPROXY_POLICY_RPC", "")
+    address = args.address or os.environ.get("TEEPROXY_POLICY_ADDRESS", "")
+    keystore = args.keystore or ""
+    if args.embedded:
+        info_path = Path(args.embedded) / "governance" / "embedded-chain.json"
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise CliError(f"cannot read {info_path} (is `teeproxy demo` running?): {e}") from e
+        rpc = rpc or str(info["rpc"])
+        address = address or str(info["contract"])
+        keystore = keystore or str(info["keystore"])
+    if not rpc:
+        raise CliError("no RPC endpoint: pass --rpc URL (or --embedded STATE_DIR)")
+    if not address and args.policy_command != "deploy":
+        raise CliError("no contract: pass --address 0x... (or --embedded STATE_DIR)")
+    return Target(rpc, address, keystore, args.password_env)
+
+
+# -- keystore -----------------------------------------------------------------------------------
+
+
+def _password(env: str, *, confirm: bool = False) -> str:
+    value = os.environ.get(env)
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise CliError(f"no password: set {env} or run in a terminal to be prompted")
+    first = getpass.getpass("keystore password: ")
+    if confirm and getpass.getpass("again: ") != first:
+        raise CliError("passwords differ")
+    return first
+
+
+def _create_keystore(path: Path, env: str) -> int:
+    from eth_account import Account  # noqa: PLC0415
+
+    if path.exists():
+        raise CliError(f"{path} exists: refusing to overwrite a keystore")
+    password = _password(env, confirm=True)
+    if len(password) < 8:
+        raise CliError("use a password of at least 8 characters")
+    acct = Account.create()
+    from certmgr.keys import atomic_write  # noqa: PLC0415
+
+    atomic_write(path, json.dumps(Account.encrypt(acct.key, password)).encode(), 0o600)
+    print(f"keystore {path}: address {acct.address}")
+    return 0
+
+
+def _unlock(path: Path, env: str) -> Any:
+    """Decrypt the keystore into a LocalAccount (in memory only)."""
+    from eth_account import Account  # noqa: PLC0415
+
+    try:
+        with path.open("rb") as f:
+            data = f.read(_MAX_KEYSTORE + 1)
+        if len(data) > _MAX_KEYSTORE:
+            raise CliError(f"{path} is too large for a keystore")
+        keyfile = json.loads(data)
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read keystore {path}: {e}") from e
+    password = _password(env)
+    try:
+        key = Account.decrypt(keyfile, password)
+    except ValueError as e:
+        raise CliError(f"cannot decrypt keystore {path}: {e}") from e
+    return Account.from_key(key)
+
+
+# -- reads -------------------------------------------------------------------------------------
+
+
+def _mid(text: str) -> bytes:
+    from certmgr.policy import PolicyError, parse_measurement_id  # noqa: PLC0415
+
+    try:
+        return parse_measurement_id(text)
+    except PolicyError as e:
+        raise CliError(str(e)) from e
+
+
+async def _read(args: argparse.Namespace, target: Target) -> int:
+    from web3.exceptions import Web3Exception  # noqa: PLC0415
+
+    from certmgr.policy_contract import ABI  # noqa: PLC0415
+    from certmgr.policy_rpc import make_web3  # noqa: PLC0415
+
+    w3 = make_web3(target.rpc, args.timeout)
+    try:
+        c = w3.eth.contract(address=w3.to_checksum_address(target.address), abi=ABI)
+        block = await w3.eth.block_number
+        version, ids, labels = await c.functions.snapshot().call(block_identifier=block)
+        if args.policy_command == "list":
+            print(f"policy {target.address} version {version} at block {block}:")
+            for mid, label in zip(ids, labels, strict=True):
+                print(f"  0x{bytes(mid).hex()}  {label}")
+            if not ids:
+                print("  (no measurement allowed)")
+            return 0
+        owner = await c.functions.owner().call(block_identifier=block)
+        pending = await c.functions.pendingOwner().call(block_identifier=block)
+        guardian = await c.functions.guardian().call(block_identifier=block)
+        print(f"contract:      {target.address} (chain {await w3.eth.chain_id}, block {block})")
+        print(f"version:       {version}")
+        print(f"measurements:  {len(ids)}")
+        print(f"owner:         {owner}")
+        print(f"pending owner: {pending if int(pending, 16) else '-'}")
+        print(f"guardian:      {guardian if int(guardian, 16) else '-'}")
+        if args.measurement_id:
+            mid = _mid(args.measurement_id)
+            allowed, label = await c.functions.measurement(mid).call(block_identifier=block)
+            state = f"ALLOWED ({label})" if allowed else "NOT ALLOWED"
+            print(f"0x{mid.hex()}: {state}")
+            return 0 if allowed else 3
+        return 0
+    except (Web3Exception, OSError, ValueError) as e:
+        raise CliError(f"{target.rpc}: {type(e).__name__}: {e}") from e
+    finally:
+        await w3.provider.disconnect()
+
+
+# -- transactions ------------------------------------------------------------------------------
+
+
+def _call_for(args: argparse.Namespace, c: Any, sender: str) -> tuple[str, Any]:
+    cmd = args.policy_command
+    zero = "0x" + "00" * 20
+    if cmd == "allow":
+        return "allow", c.functions.allow(_mid(args.measurement_id), args.label)
+    if cmd == "revoke":
+        return "revoke", c.functions.revoke(_mid(args.measurement_id))
+    if cmd == "replace":
+        return "replace", c.functions.replace(_mid(args.old), _mid(args.new), args.label)
+    if cmd == "set-guardian":
+        guardian = zero if args.guardian in ("0", "0x0", "none") else args.guardian
+        return "setGuardian", c.functions.setGuardian(_address(guardian))
+    if cmd == "transfer-ownership":
+        return "transferOwnership", c.functions.transferOwnership(_address(args.new_owner))
+    if cmd == "accept-ownership":
+        return "acceptOwnership", c.functions.acceptOwnership()
+    raise CliError(f"unknown command {cmd} for {sender}")
+
+
+def _address(text: str) -> str:
+    from eth_utils.address import is_hex_address, to_checksum_address  # noqa: PLC0415
+
+    if not is_hex_address(text):
+        raise CliError(f"not an address: {text!r}")
+    return str(to_checksum_address(text))
+
+
+def _revert_text(e: Exception) -> str:
+    from certmgr.policy import decode_revert  # noqa: PLC0415
+
+    data = getattr(e, "data", None)
+    if isinstance(data, str) and data.startswith("0x"):
+        try:
+            return decode_revert(bytes.fromhex(data[2:]))
+        except ValueError:
+            pass
+    return str(e)
+
+
+async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
+    from web3.exceptions import ContractLogicError, Web3Exception  # noqa: PLC0415
+
+    from certmgr.policy_contract import ABI, BYTECODE  # noqa: PLC0415
+    from certmgr.policy_rpc import make_web3  # noqa: PLC0415
+
+    w3 = make_web3(target.rpc, args.timeout)
+    try:
+        chain_id = await w3.eth.chain_id
+        sender = acct.address
+        if args.policy_command == "deploy":
+            owner = _address(args.owner) if args.owner else sender
+            name = "deploy"
+            fn = w3.eth.contract(abi=ABI, bytecode=BYTECODE).constructor(owner)
+        else:
+            c = w3.eth.contract(address=w3.to_checksum_address(target.address), abi=ABI)
+            name, fn = _call_for(args, c, sender)
+        try:
+            gas = await fn.estimate_gas({"from": sender})
+        except ContractLogicError as e:
+            print(f"teeproxy policy: {name} would revert: {_revert_text(e)}", file=sys.stderr)
+            return 1
+        latest = await w3.eth.get_block("latest")
+        base = int(latest.get("baseFeePerGas", 0) or 0)
+        tip = int(await w3.eth.max_priority_fee)
+        tx = await fn.build_transaction(
+            {
+                "from": sender,
+                "chainId": chain_id,
+                "nonce": await w3.eth.get_transaction_count(sender, "pending"),
+                "gas": gas * 6 // 5,  # 20 % headroom over the estimate
+                "maxPriorityFeePerGas": tip,
+                "maxFeePerGas": 2 * base + tip,
+            }
+        )
+        if args.dry_run:
+            shown = {k: (v if isinstance(v, int | str) else str(v)) for k, v in tx.items()}
+            print(json.dumps({"function": name, "transaction": shown}, indent=2, sort_keys=True))
+            return 0
+        signed = acct.sign_transaction(tx)
+        tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
+        print(f"sent {name}: 0x{bytes(tx_hash).hex()}", flush=True)
+        receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=args.timeout)
+        if receipt["status"] != 1:
+            # Reverted after a successful estimate (someone changed the state in between):
+            # replay the call at the block to get the custom error.
+            reason = "reverted"
+            try:
+                await w3.eth.call(
+                    {"from": sender, "to": tx.get("to"), "data": tx["data"]},
+                    receipt["blockNumber"] - 1,
+                )
+            except ContractLogicError as e:
+                reason = _revert_text(e)
+            print(f"teeproxy policy: {name} reverted on chain: {reason}", file=sys.stderr)
+            return 1
+        address = receipt.get("contractAddress") or target.address
+        c = w3.eth.contract(address=w3.to_checksum_address(address), abi=ABI)
+        version = await c.functions.version().call(block_identifier=receipt["blockNumber"])
+        print(f"transaction: 0x{bytes(tx_hash).hex()}")
+        print(f"block:       {receipt['blockNumber']}")
+        if args.policy_command == "deploy":
+            print(f"contract:    {address}")
+        print(f"version:     {version}")
+        return 0
+    except TimeoutError as e:
+        raise CliError(f"no receipt within {args.timeout:g} s") from e
+    except (Web3Exception, OSError, ValueError) as e:
+        raise CliError(f"{target.rpc}: {type(e).__name__}: {e}") from e
+    finally:
+        await w3.provider.disconnect()
+
+
+def demo_banner(cfg: Any) -> str:
+    """The governance part of the ``teeproxy demo`` banner ("" when governance is off)."""
+    g = cfg.governance
+    if g.mode == "off" or not g.embedded_chain:
+        return ""
+    from certmgr.chain import DEV_KEYSTORE_PASSWORD  # noqa: PLC0415
+    from proxy.governance import DEV_MEASUREMENT_ID  # noqa: PLC0415
+
+    state = cfg.state_dir
+    mid = "0x" + DEV_MEASUREMENT_ID.hex()
+    env = f"{DEFAULT_PASSWORD_ENV}={DEV_KEYSTORE_PASSWORD}"
+    bound = 2 * g.refresh_period
+    return f"""
+Governance ({g.mode}): an in-process EVM (development only, NOT a real chain) runs the
+MeasurementPolicy contract; this demo's measurement id (a fixed development id) is allowed:
+  teeproxy policy --embedded {state} list
+Revoke it; within {bound:g} s the proxy answers 503 and then stops listening:
+  {env} teeproxy policy --embedded {state} revoke {mid}
+Allow it again:
+  {env} teeproxy policy --embedded {state} allow {mid} --label demo
+"""

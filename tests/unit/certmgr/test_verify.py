@@ -1,0 +1,412 @@
+"""certmgr.verify: real vectors at their pinned times, and the negative matrix.
+
+Each negative case breaks exactly one property of otherwise valid evidence and must be
+rejected with its own reason code.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certmgr.evidence import (
+    EvidenceError,
+    build_evidence,
+    encode_evidence_claims,
+    parse_evidence_json,
+)
+from certmgr.quote import Measurement, TeeType, measurement_id, parse_quote
+from certmgr.ratls import GRAMINE_LEGACY_OID, RATLS_OID, report_data_for_claims
+from certmgr.tee.simulated import build_simulated_quote
+from certmgr.verify import (
+    AllowlistPolicy,
+    CollateralCache,
+    PolicyCheck,
+    PolicyDecision,
+    Reason,
+    TcbPolicy,
+    VerifyError,
+    VerifyOptions,
+    collateral_next_update,
+    load_allowlist,
+    load_collateral,
+    load_dev_key,
+    verify_certificate,
+    verify_evidence,
+    verify_quote_verdict,
+)
+from tests.unit.certmgr.attest_helpers import (
+    DEV_KEY,
+    DEV_KEY_RAW,
+    NOW,
+    T_SGX,
+    T_TDX,
+    T_TDX_OUTDATED,
+    cmw,
+    collateral_text,
+    der,
+    legacy_quote_for,
+    make_ratls,
+    oid_der,
+    spki,
+    tbs_with_extensions,
+    vector,
+)
+
+ANY = VerifyOptions(any_measurement=True)
+DEV = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), any_measurement=True)
+
+
+def _coll(name: str) -> object:
+    return load_collateral(collateral_text(name))
+
+
+# -- real vectors --------------------------------------------------------------------------
+
+
+def test_tdx_vector_up_to_date() -> None:
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), ANY, now=T_TDX)
+    assert v.trusted, v.failures
+    assert (v.tee, v.status, v.advisories) == ("tdx", "UpToDate", ())
+
+
+def test_sgx_vector_needs_named_status() -> None:
+    raw, coll = vector("sgx_quote"), _coll("sgx_quote")
+    strict = verify_quote_verdict(raw, coll, ANY, now=T_SGX)
+    assert strict.status == "ConfigurationAndSWHardeningNeeded"
+    assert strict.advisories == ("INTEL-SA-00289", "INTEL-SA-00615")
+    assert strict.reasons == (Reason.TCB_STATUS,)
+    relaxed = VerifyOptions(
+        tcb=TcbPolicy(accept=frozenset({"ConfigurationAndSWHardeningNeeded"})),
+        any_measurement=True,
+    )
+    assert verify_quote_verdict(raw, coll, relaxed, now=T_SGX).trusted
+
+
+def test_advisory_deny_list() -> None:
+    opts = VerifyOptions(
+        tcb=TcbPolicy(
+            accept=frozenset({"ConfigurationAndSWHardeningNeeded"}),
+            deny_advisories=frozenset({"INTEL-SA-00615"}),
+        ),
+        any_measurement=True,
+    )
+    v = verify_quote_verdict(vector("sgx_quote"), _coll("sgx_quote"), opts, now=T_SGX)
+    assert v.reasons == (Reason.ADVISORY,)
+
+
+def test_tdx_v5_outdated_vector_has_no_tcb_level() -> None:
+    v = verify_quote_verdict(
+        vector("tdx_quote_outdated"), _coll("tdx_quote_outdated"), ANY, now=T_TDX_OUTDATED
+    )
+    assert v.reasons == (Reason.TCB_STATUS,)
+    assert "No matching TCB level found" in v.failures[0].message
+
+
+def test_unknown_status_name_is_a_usage_error() -> None:
+    with pytest.raises(VerifyError):
+        TcbPolicy(accept=frozenset({"UpToDat"}))
+
+
+# -- negative matrix on quotes -------------------------------------------------------------
+
+
+def test_tampered_quote() -> None:
+    raw = bytearray(vector("tdx_quote"))
+    raw[300] ^= 1  # inside MRTD: still parses, signature no longer verifies
+    v = verify_quote_verdict(bytes(raw), _coll("tdx_quote"), ANY, now=T_TDX)
+    assert v.reasons == (Reason.QUOTE_SIGNATURE,)
+
+
+def test_expired_collateral() -> None:
+    later = T_TDX + 60 * 86400
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), ANY, now=later)
+    assert v.reasons == (Reason.COLLATERAL_EXPIRED,)
+
+
+def test_wrong_tee_type() -> None:
+    opts = VerifyOptions(any_measurement=True, expect_tee=TeeType.SGX)
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), opts, now=T_TDX)
+    assert v.reasons == (Reason.TEE_TYPE,)
+
+
+def test_missing_collateral() -> None:
+    v = verify_quote_verdict(vector("tdx_quote"), None, ANY, now=T_TDX)
+    assert v.reasons == (Reason.COLLATERAL_MISSING,)
+
+
+def test_simulated_quote_needs_trusted_dev_key() -> None:
+    q = build_simulated_quote(DEV_KEY, bytes(64))
+    assert verify_quote_verdict(q, None, ANY, now=T_TDX).reasons == (Reason.SIMULATED_UNTRUSTED,)
+    other = ec.generate_private_key(ec.SECP256R1())
+    from certmgr.tee.simulated import raw_public_key
+
+    wrong = VerifyOptions(
+        trusted_dev_keys=(raw_public_key(other.public_key()),), any_measurement=True
+    )
+    assert verify_quote_verdict(q, None, wrong, now=T_TDX).reasons == (Reason.SIMULATED_UNTRUSTED,)
+    ok = verify_quote_verdict(q, None, DEV, now=T_TDX)
+    assert ok.trusted and ok.status == "SimulatedTrustedDevKey" and ok.simulated
+
+
+def test_simulated_quote_tampered() -> None:
+    q = bytearray(build_simulated_quote(DEV_KEY, bytes(64)))
+    q[200] ^= 1
+    assert verify_quote_verdict(bytes(q), None, DEV, now=T_TDX).reasons == (Reason.QUOTE_SIGNATURE,)
+
+
+def test_debug_rejected() -> None:
+    q = build_simulated_quote(DEV_KEY, bytes(64), debug=True)
+    assert verify_quote_verdict(q, None, DEV, now=T_TDX).reasons == (Reason.DEBUG,)
+
+
+def test_binding_of_bare_quote() -> None:
+    rd = bytes(range(64))
+    q = build_simulated_quote(DEV_KEY, rd[:32] + bytes(32))
+    good = verify_quote_verdict(q, None, DEV, now=T_TDX, report_data=rd[:32] + bytes(32))
+    assert good.trusted and good.binding
+    bad = verify_quote_verdict(q, None, DEV, now=T_TDX, report_data=bytes(64))
+    assert bad.reasons == (Reason.REPORT_DATA,) and not bad.binding
+
+
+# -- negative matrix on RA-TLS certificates ------------------------------------------------
+
+
+def _cert_verdict(cert: bytes, opts: VerifyOptions = DEV) -> tuple[Reason, ...]:
+    return verify_certificate(cert, None, opts).reasons
+
+
+def test_good_certificate() -> None:
+    cert, key = make_ratls()
+    v = verify_certificate(cert, None, DEV)
+    assert v.trusted and v.binding, v.failures
+    assert v.to_json()["spki_sha256"] == hashlib.sha256(spki(key)).hexdigest()
+
+
+def test_cert_wrong_pubkey_hash() -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    cert, _ = make_ratls(claims_spki=spki(other))
+    assert _cert_verdict(cert) == (Reason.PUBKEY_HASH,)
+
+
+def test_cert_report_data_mismatch() -> None:
+    cert, _ = make_ratls(report_data=b"\x01" * 32 + bytes(32))
+    assert _cert_verdict(cert) == (Reason.REPORT_DATA,)
+
+
+def test_cert_nonzero_padding() -> None:
+    _, key = make_ratls()
+    from certmgr.ratls import encode_claims
+
+    claims = encode_claims(spki(key))
+    rd = hashlib.sha256(claims).digest() + b"\x00" * 31 + b"\x01"
+    cert2, _ = make_ratls(key=key, report_data=rd)
+    assert _cert_verdict(cert2) == (Reason.REPORT_DATA_PADDING,)
+
+
+def test_cert_debug() -> None:
+    cert, _ = make_ratls(debug=True)
+    assert _cert_verdict(cert) == (Reason.DEBUG,)
+
+
+def test_cert_tcb_status_not_accepted() -> None:
+    # A real SGX quote at its pinned time: genuine, but its TCB status is not UpToDate.
+    cert, _ = make_ratls(quote=vector("sgx_quote"))
+    v = verify_certificate(cert, _coll("sgx_quote"), ANY, now=T_SGX)
+    assert Reason.TCB_STATUS in v.reasons
+
+
+def test_cert_expired_and_not_yet_valid() -> None:
+    old, _ = make_ratls(not_before=NOW - dt.timedelta(days=3))
+    assert _cert_verdict(old) == (Reason.VALIDITY,)
+    future, _ = make_ratls(not_before=NOW + dt.timedelta(hours=2))
+    assert _cert_verdict(future) == (Reason.VALIDITY,)
+
+
+def test_cert_oversized_and_malformed_cbor() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    huge = cmw(b"q" * 100_000, b"")
+    malformed = b"\xd9\xea\x60\x82\x41"  # tag 60000, array, truncated bstr
+    for value in (huge, malformed):
+        cert = _sign(tbs_with_extensions(key, [(RATLS_OID, False, value)]), key)
+        assert _cert_verdict(cert) == (Reason.CBOR,)
+
+
+def test_cert_duplicate_extensions() -> None:
+    from tests.unit.certmgr.attest_helpers import good_extension
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    ext = good_extension(key)
+    cert = _sign(tbs_with_extensions(key, [(RATLS_OID, False, ext)] * 2), key)
+    assert _cert_verdict(cert) == (Reason.DUPLICATE_EXTENSION,)
+
+
+def test_cert_bad_self_signature() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    from tests.unit.certmgr.attest_helpers import good_extension
+
+    tbs = tbs_with_extensions(key, [(RATLS_OID, False, good_extension(key))])
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert _cert_verdict(_sign(tbs, other)) == (Reason.SELF_SIGNATURE,)
+
+
+def test_gramine_legacy_cert_verifies() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _sign(
+        tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(key))]), key
+    )
+    v = verify_certificate(cert, None, DEV)
+    assert v.trusted and v.binding and v.to_json()["format"] == "gramine-legacy"
+    other = ec.generate_private_key(ec.SECP256R1())
+    bad = _sign(
+        tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(other))]), key
+    )
+    assert _cert_verdict(bad) == (Reason.REPORT_DATA,)
+
+
+def _sign(tbs: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+
+    sig = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return der(0x30, tbs + der(0x30, oid_der("1.2.840.10045.4.3.2")) + der(0x03, b"\x00" + sig))
+
+
+# -- measurement policy --------------------------------------------------------------------
+
+
+def test_allowlist_and_policy_hook(tmp_path: Path) -> None:
+    cert, _ = make_ratls()
+    v = verify_certificate(cert, None, DEV)
+    mid = measurement_id(v.measurement)  # type: ignore[arg-type]
+    f = tmp_path / "allow.txt"
+    f.write_text(f"# allowed builds\n0x{mid.hex()}  # simulated\n")
+    allowed = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), policy=load_allowlist(f))
+    assert verify_certificate(cert, None, allowed).trusted
+    f.write_text("11" * 32 + "\n")
+    denied = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), policy=load_allowlist(f))
+    assert verify_certificate(cert, None, denied).reasons == (Reason.MEASUREMENT,)
+    none = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,))
+    assert verify_certificate(cert, None, none).reasons == (Reason.NO_MEASUREMENT_POLICY,)
+
+    seen: list[bytes] = []
+
+    def onchain(m_id: bytes, m: Measurement) -> PolicyDecision:
+        seen.append(m_id)
+        return PolicyDecision(False, "revoked on chain")
+
+    check: PolicyCheck = onchain
+    hooked = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), policy=check)
+    v2 = verify_certificate(cert, None, hooked)
+    assert v2.reasons == (Reason.MEASUREMENT,) and seen == [mid]
+    assert v2.failures[0].message == "revoked on chain"
+    f.write_text("abc\n")
+    with pytest.raises(VerifyError, match=r"allow\.txt:1"):
+        load_allowlist(f)
+    assert AllowlistPolicy(frozenset({mid}))(mid, v.measurement).allowed  # type: ignore[arg-type]
+
+
+def test_json_names_registers() -> None:
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), ANY, now=T_TDX)
+    out = v.to_json()
+    for key in ("tee", "status", "binding", "mr_td", "rt_mr0", "rt_mr3", "measurement_id"):
+        assert key in out
+    assert out["mr_td"] == parse_quote(vector("tdx_quote")).measurement.mr_td.hex()
+    sgx = verify_quote_verdict(vector("sgx_quote"), _coll("sgx_quote"), ANY, now=T_SGX).to_json()
+    assert {"mr_enclave", "mr_signer"} <= set(sgx)
+    json.dumps(out)
+
+
+def test_dev_key_formats() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    pem = DEV_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert load_dev_key(pem) == DEV_KEY_RAW
+    assert load_dev_key(DEV_KEY_RAW.hex().encode()) == DEV_KEY_RAW
+    with pytest.raises(VerifyError):
+        load_dev_key(b"00")
+
+
+# -- fresh evidence ------------------------------------------------------------------------
+
+
+def _evidence(nonce: bytes, spki_hash: bytes, rd_override: bytes | None = None) -> bytes:
+    claims = encode_evidence_claims(nonce, spki_hash, 1700000000, acme_account="https://ca/acct/1")
+    rd = rd_override or report_data_for_claims(claims)
+    q = build_simulated_quote(DEV_KEY, rd)
+    return json.dumps(build_evidence(q, claims, tee="tdx", provider="simulated")).encode()
+
+
+def test_evidence_checks() -> None:
+    nonce, h = b"n" * 16, b"\x07" * 32
+    ok = verify_evidence(_evidence(nonce, h), nonce, h, None, DEV)
+    assert ok.trusted and ok.binding, ok.failures
+    assert ok.to_json()["claims"]["acme-account"] == "https://ca/acct/1"
+    assert verify_evidence(_evidence(nonce, h), b"m" * 16, h, None, DEV).reasons == (Reason.NONCE,)
+    assert verify_evidence(_evidence(nonce, h), nonce, b"\x08" * 32, None, DEV).reasons == (
+        Reason.SPKI,
+    )
+    rebound = _evidence(nonce, h, rd_override=bytes(64))
+    assert verify_evidence(rebound, nonce, h, None, DEV).reasons == (Reason.REPORT_DATA,)
+    assert verify_evidence(b"{", nonce, h, None, DEV).reasons == (Reason.EVIDENCE_MALFORMED,)
+
+
+# -- collateral ----------------------------------------------------------------------------
+
+
+_TDX_COLLATERAL = collateral_text("tdx_quote")
+_TDX_PARSED = parse_quote(vector("tdx_quote"))
+
+
+async def test_collateral_cache_until_next_update(tmp_path: Path) -> None:
+    text = _TDX_COLLATERAL
+    calls: list[str] = []
+
+    async def fetch(url: str, raw: bytes) -> str:
+        calls.append(url)
+        return text
+
+    q = _TDX_PARSED
+    until = collateral_next_update(text)
+    cache = CollateralCache(pccs_url="https://pccs.test", cache_dir=str(tmp_path), fetch=fetch)
+    await cache.get(q, now=until - 100)
+    await cache.get(q, now=until - 50)
+    assert calls == ["https://pccs.test"]
+    fresh = CollateralCache(pccs_url="https://pccs.test", cache_dir=str(tmp_path), fetch=fetch)
+    await fresh.get(q, now=until - 10)  # served from the disk cache
+    assert len(calls) == 1
+    await cache.get(q, now=until + 1)
+    assert len(calls) == 2
+    with pytest.raises(VerifyError):
+        await CollateralCache().get(q)
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda q, c, v: json.dumps({"version": v, "quote": q, "claims": c}).encode(),
+            st.text(max_size=40),
+            st.one_of(st.text(max_size=40), st.binary(max_size=60).map(_b64)),
+            st.one_of(st.just(1), st.integers(), st.text(max_size=3)),
+        ),
+    )
+)
+def test_fuzz_evidence_parser(body: bytes) -> None:
+    with contextlib.suppress(EvidenceError):
+        parse_evidence_json(body)
