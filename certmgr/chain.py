@@ -36,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from certmgr.keys import atomic_write
+from certmgr.policy import eth_import_guard
 from certmgr.policy_contract import ABI, BYTECODE
 
 __all__ = ["DEV_KEYSTORE_PASSWORD", "EmbeddedChain", "to_wire"]
@@ -63,10 +64,11 @@ def to_wire(value: Any) -> Any:
 
 def _setup(allow: tuple[tuple[bytes, str], ...], keystore: Path) -> tuple[Any, str, str]:
     """Build the chain, the owner keystore, the contract (blocking: runs in a thread)."""
-    from eth_account import Account  # noqa: PLC0415
-    from eth_tester import EthereumTester, PyEVMBackend  # type: ignore[import-untyped]  # noqa: PLC0415
-    from web3 import Web3  # noqa: PLC0415
-    from web3.providers.eth_tester import EthereumTesterProvider  # noqa: PLC0415
+    with eth_import_guard():
+        from eth_account import Account  # noqa: PLC0415
+        from eth_tester import EthereumTester, PyEVMBackend  # type: ignore[import-untyped]  # noqa: PLC0415
+        from web3 import Web3  # noqa: PLC0415
+        from web3.providers.eth_tester import EthereumTesterProvider  # noqa: PLC0415
 
     tester = EthereumTester(PyEVMBackend())
     w3 = Web3(EthereumTesterProvider(tester))

@@ -21,8 +21,10 @@ measurements) is defined by the attestation code (``certmgr.quote.measurement_id
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +47,7 @@ __all__ = [
     "check_measurement",
     "decide",
     "decode_revert",
+    "eth_import_guard",
     "parse_measurement_id",
     "policy_from_chain",
     "read_snapshot",
@@ -59,6 +62,23 @@ MAX_LABEL_BYTES = 64
 # Computed at import: it also loads eth-hash's keccak backend (an import, i.e. file I/O) now
 # rather than lazily on the first hash inside the event loop.
 _ERROR_STRING = keccak(text="Error(string)")[:4]
+
+
+@contextlib.contextmanager
+def eth_import_guard() -> Iterator[None]:
+    """Import the Ethereum stack (web3, eth-account, eth-tester) inside this.
+
+    py_ecc and py-evm raise ``sys.setrecursionlimit`` to 100000 when first imported. That is
+    process-wide: deep recursion anywhere (``json.loads`` of deeply nested input, say) then
+    overflows the C stack and kills the process with SIGSEGV instead of raising
+    RecursionError. The previous limit is put back; their code paths we use do not recurse
+    deeply (our contract makes no external calls).
+    """
+    limit = sys.getrecursionlimit()
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 class PolicyError(ValueError):

@@ -26,17 +26,20 @@ from typing import Any
 
 import aiohttp
 from eth_utils.address import to_checksum_address
-from web3 import AsyncHTTPProvider, AsyncWeb3
-from web3.exceptions import Web3Exception
 
 from certmgr.policy import (
     EndpointResult,
     PolicyError,
     PolicySnapshot,
     VoteOutcome,
+    eth_import_guard,
     target_block,
     vote,
 )
+
+with eth_import_guard():
+    from web3 import AsyncHTTPProvider, AsyncWeb3
+    from web3.exceptions import Web3Exception
 from certmgr.policy_contract import ABI
 
 __all__ = ["PolicyReader", "make_web3"]

@@ -38,6 +38,7 @@ __all__ = [
     "parse_evidence",
     "parse_quote",
     "parse_snp_report",
+    "self_measurement_id",
 ]
 
 MAX_QUOTE_SIZE = 64 * 1024
@@ -339,3 +340,16 @@ def parse_evidence(raw: bytes) -> ParsedQuote:
     if len(raw) == SNP_REPORT_SIZE and raw[2:4] == b"\x00\x00":
         return parse_snp_report(raw)
     return parse_quote(raw)
+
+
+def self_measurement_id() -> bytes:
+    """This TEE's own measurement id, auto-detecting the quote provider (blocking I/O).
+
+    The one function here that is not pure: a convenience for the governance self-check
+    (``[governance] self_measurement = "auto"``), delegating to
+    :func:`certmgr.tee.self_measurement_id`. Raises an ``OSError`` subclass when this is not
+    running in a supported TEE. Call it off the event loop.
+    """
+    from certmgr.tee import self_measurement_id as from_provider  # noqa: PLC0415
+
+    return from_provider("auto")

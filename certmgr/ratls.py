@@ -287,6 +287,8 @@ def _time(tlv: _TLV) -> dt.datetime:
         s = tlv.value.decode("ascii")
         if tlv.tag == 0x17:  # UTCTime YYMMDDHHMMSSZ (RFC 5280 4.1.2.5.1)
             t = dt.datetime.strptime(s, "%y%m%d%H%M%SZ")
+            if t.year >= 2050:  # RFC 5280: YY >= 50 is 19YY (strptime pivots at 69)
+                t = t.replace(year=t.year - 100)
         elif tlv.tag == 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
             t = dt.datetime.strptime(s, "%Y%m%d%H%M%SZ")
         else:

@@ -108,7 +108,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if args.governance != "off":  # issue 5: an in-process EVM with the policy contract
         text += (
-            f"[governance]\nmode = {_toml_str(args.governance)}\nself_measurement = 'dev'\n"
+            f"[governance]\nmode = {_toml_str(args.governance)}\nself_measurement = 'auto'\n"
             f"embedded_chain = true\nembedded_chain_listen = {_toml_str(args.chain_listen)}\n"
             "refresh_period = 2.0\nmax_staleness = 30.0\nrpc_timeout = 2.0\n"
         )

@@ -41,7 +41,13 @@ def _options(args: argparse.Namespace) -> Any:
     )
 
     keys = tuple(load_dev_key(Path(p).read_bytes()) for p in args.trust_dev_key or ())
-    policy = load_allowlist(args.allowlist) if args.allowlist else None
+    policy: Any = load_allowlist(args.allowlist) if args.allowlist else None
+    if getattr(args, "policy_rpc", None):  # issue 5: the on-chain policy, k-of-n RPC quorum
+        from certmgr.policy import policy_from_chain  # noqa: PLC0415
+
+        if not args.policy_address:
+            raise ValueError("--policy-rpc needs --policy-address")
+        policy = policy_from_chain(args.policy_rpc, args.policy_address, args.policy_quorum)
     return VerifyOptions(
         tcb=TcbPolicy(
             accept=frozenset(args.accept_status or ()),
@@ -273,6 +279,17 @@ def _common(p: argparse.ArgumentParser, *, collateral: bool = True) -> None:
     p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument(
         "--allowlist", help="file of allowed measurement ids (hex bytes32, one per line)"
+    )
+    p.add_argument(
+        "--policy-rpc",
+        action="append",
+        metavar="URL",
+        help="judge the measurement by the on-chain policy read from this JSON-RPC endpoint; "
+        "repeat for a quorum (docs/GOVERNANCE.md)",
+    )
+    p.add_argument("--policy-address", metavar="ADDR", help="the MeasurementPolicy contract")
+    p.add_argument(
+        "--policy-quorum", type=int, default=1, help="endpoints that must agree (default 1)"
     )
     p.add_argument(
         "--any-measurement",

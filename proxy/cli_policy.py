@@ -93,6 +93,11 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from certmgr.policy import eth_import_guard  # noqa: PLC0415
+
+    with eth_import_guard():  # web3 and eth-account raise the recursion limit on import
+        import eth_account  # noqa: F401, PLC0415
+        import web3  # noqa: F401, PLC0415
     try:
         return _run(args)
     except CliError as e:
@@ -108,6 +113,14 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_read(args, target))
     if not target.keystore:
         raise CliError("--keystore is required to sign a transaction")
+    # Bad arguments fail before the password is asked for.
+    for name in ("measurement_id", "old", "new"):
+        if getattr(args, name, None):
+            _mid(getattr(args, name))
+    for name in ("guardian", "new_owner", "owner"):
+        value = getattr(args, name, None)
+        if value and value not in ("0", "0x0", "none"):
+            _address(value)
     key = _unlock(Path(target.keystore), target.password_env)
     return asyncio.run(_transact(args, target, key))
 

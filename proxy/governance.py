@@ -132,28 +132,44 @@ def validate_governance(g: GovernanceConfig) -> None:
             raise ConfigError("governance.self_measurement", str(e)) from None
 
 
-def self_measurement_id(g: GovernanceConfig) -> bytes:
-    """This build's measurement id (32 bytes) as the [governance] section says to find it."""
+def self_measurement_id(g: GovernanceConfig, cfg: Config | None = None) -> bytes:
+    """This build's measurement id (32 bytes) as the [governance] section says to find it.
+
+    "auto" asks the TEE for a fresh quote: blocking I/O, call it in a thread. With the full
+    ``cfg`` it uses the provider ``[attestation]`` configures (so governance and the RA-TLS
+    evidence always name the same measurement, the simulated one in the demo included);
+    without it, the auto-detected hardware provider.
+    """
     if g.self_measurement == "dev":
         log.warning("governance uses the development measurement id: NOT a TEE measurement")
         return DEV_MEASUREMENT_ID
     if g.self_measurement == "auto":
-        # The attestation provider (issue 4) computes it from this TEE's own quote.
         try:
-            from certmgr import quote  # noqa: PLC0415
-        except ImportError as e:
-            raise GovernanceError(f"no attestation provider: {e}") from e
-        provider: Callable[[], bytes] | None = getattr(quote, "self_measurement_id", None)
-        if provider is None:
-            raise GovernanceError(
-                "governance.self_measurement = 'auto' needs a TEE attestation provider; set "
-                "it to the build's measurement id (0x + 64 hex digits) instead"
-            )
-        mid = provider()
+            mid = _attested_measurement_id(cfg)
+        except (OSError, ValueError) as e:
+            raise GovernanceError(f"cannot compute this TEE's measurement id: {e}") from e
         if len(mid) != 32:
             raise GovernanceError(f"attestation provider gave a {len(mid)}-byte id")
         return mid
     return parse_measurement_id(g.self_measurement)
+
+
+def _attested_measurement_id(cfg: Config | None) -> bytes:
+    from certmgr import quote  # noqa: PLC0415
+
+    if cfg is None:
+        return quote.self_measurement_id()
+    from certmgr.tee.base import self_measurement  # noqa: PLC0415
+    from proxy.certs import default_sealer  # noqa: PLC0415
+    from proxy.wellknown import attestation_provider  # noqa: PLC0415
+
+    provider = attestation_provider(cfg, default_sealer(cfg))
+    if provider is None:
+        raise GovernanceError(
+            "governance.self_measurement = 'auto' needs an attestation provider "
+            "([attestation] provider is 'none'); or set the build's id (0x + 64 hex digits)"
+        )
+    return quote.measurement_id(self_measurement(provider))
 
 
 # -- what is published ---------------------------------------------------------------------
@@ -233,10 +249,12 @@ def state_path(cfg: Config) -> Path:
 class Governor:
     """Reads the policy, decides, publishes. One per supervisor."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, measurement_id: bytes | None = None) -> None:
         self.cfg = cfg
         self.g = cfg.governance
-        self.measurement_id = self_measurement_id(self.g)
+        self.measurement_id = (
+            self_measurement_id(self.g, cfg) if measurement_id is None else measurement_id
+        )
         self.snapshot: PolicySnapshot | None = None
         self.outcome: VoteOutcome | None = None
         self.state: GateState | None = None
@@ -418,7 +436,8 @@ async def start_governor(cfg: Config) -> Governor | None:
     """
     if cfg.governance.mode == "off":
         return None
-    gov = Governor(cfg)
+    mid = await asyncio.to_thread(self_measurement_id, cfg.governance, cfg)
+    gov = Governor(cfg, mid)
     try:
         await gov.start()
         if cfg.governance.mode == "enforce":

@@ -110,7 +110,11 @@ _ACME_TLS_ATTR = "_teeproxy_acme_tls"
 
 
 def _acme_msg_callback(
-    conn: object, direction: str, _version: object, content_type: object, msg_type: object,
+    conn: object,
+    direction: str,
+    _version: object,
+    content_type: object,
+    msg_type: object,
     data: bytes,
 ) -> None:
     if direction == "read" and msg_type == ssl._TLSMessageType.CLIENT_HELLO:  # type: ignore[attr-defined]

@@ -32,4 +32,16 @@ fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes -r "$lock"
 # The project itself: its dependencies all come from the lock above.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$here"
-"$venv/bin/python" -c 'import proxy, certmgr; print("installed teeproxy", proxy.__version__, "into '"$venv"'")'
+# Smoke check of the installed (not the source) tree: every module imports, data files ship.
+(cd / && "$venv/bin/python" - "$venv" <<'PY'
+import importlib, pkgutil, sys
+import proxy, certmgr
+names = [m.name for pkg in (proxy, certmgr)
+         for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+for name in names:
+    importlib.import_module(name)
+from proxy.config import default_toml
+assert "[server]" in default_toml()
+print(f"installed teeproxy {proxy.__version__} into {sys.argv[1]} ({len(names)} modules import)")
+PY
+)

@@ -19,6 +19,7 @@ from certmgr.tee.base import (
     detect_provider,
     make_provider,
     self_measurement,
+    self_measurement_id,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "detect_provider",
     "make_provider",
     "self_measurement",
+    "self_measurement_id",
 ]

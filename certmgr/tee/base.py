@@ -27,6 +27,7 @@ __all__ = [
     "detect_provider",
     "make_provider",
     "self_measurement",
+    "self_measurement_id",
 ]
 
 log = logging.getLogger("teeproxy.attest")
@@ -176,3 +177,16 @@ def self_measurement(provider: QuoteProvider) -> Measurement:
         return parse_evidence(provider.get_quote(rd)).measurement
     except QuoteError as e:
         raise QuoteProviderError(f"{provider.name}: unparseable quote: {e}") from e
+
+
+def self_measurement_id(kind: str = "auto", settings: ProviderSettings | None = None) -> bytes:
+    """This TEE's measurement id (bytes32) from a fresh quote of provider ``kind``. Blocking.
+
+    Raises :class:`QuoteProviderError` when no provider is available (fail closed).
+    """
+    from certmgr.quote import measurement_id  # noqa: PLC0415
+
+    provider = make_provider(kind, settings)
+    if provider is None:
+        raise QuoteProviderError("no TEE attestation provider detected")
+    return measurement_id(self_measurement(provider))

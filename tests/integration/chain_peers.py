@@ -27,11 +27,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 from eth_abi import encode as abi_encode
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
-from web3 import AsyncHTTPProvider, AsyncWeb3
 
+# Importing certmgr.policy also loads eth-hash's keccak backend (file I/O) now, not in a test.
+from certmgr.policy import eth_import_guard
 from certmgr.policy_contract import ABI, BYTECODE
+
+with eth_import_guard():  # keep the test process's recursion limit (see eth_import_guard)
+    from eth_account import Account
+    from eth_account.signers.local import LocalAccount
+    from web3 import AsyncHTTPProvider, AsyncWeb3
+    from web3.exceptions import ContractLogicError
+
+__all__ = ["AsyncWeb3", "ContractLogicError"]  # re-exported: import them from here
 
 ROOT = Path(__file__).resolve().parents[2]
 # `node_modules/.bin/anvil` is a node wrapper that spawns the platform binary shipped in the

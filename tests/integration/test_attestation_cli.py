@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -18,7 +19,7 @@ from proxy.cli import main
 from tests.unit.certmgr.attest_helpers import DATA, DEV_KEY, T_SGX, T_TDX, make_ratls
 
 
-def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, object]]:
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
     rc = main(list(args))
     out = capsys.readouterr().out
     return rc, json.loads(out) if out.strip().startswith("{") else {"text": out}
@@ -53,7 +54,7 @@ def test_verify_quote_vectors(capsys: pytest.CaptureFixture[str]) -> None:
     rc, doc = _run(capsys, *tdx, "--at", str(T_TDX), "--any-measurement", "--json")
     assert rc == 0 and doc["status"] == "UpToDate" and doc["tee"] == "tdx"
     rc, doc = _run(capsys, *tdx, "--json", "--any-measurement")  # today: collateral expired
-    assert rc == 1 and [f["reason"] for f in doc["failures"]] == ["collateral-expired"]  # type: ignore[union-attr, index]
+    assert rc == 1 and [f["reason"] for f in doc["failures"]] == ["collateral-expired"]
     sgx = [
         "verify-quote",
         str(DATA / "sgx_quote"),
@@ -98,4 +99,4 @@ def test_verify_cert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     garbage = tmp_path / "g.pem"
     garbage.write_bytes(b"not a certificate")
     rc, doc = _run(capsys, "verify-cert", str(garbage), "--json", "--any-measurement")
-    assert rc == 1 and doc["failures"][0]["reason"] == "cert-malformed"  # type: ignore[index]
+    assert rc == 1 and doc["failures"][0]["reason"] == "cert-malformed"

@@ -16,14 +16,14 @@ from typing import Any
 
 import aiohttp
 import pytest
-from web3 import AsyncWeb3
-from web3.exceptions import ContractLogicError
 
 from certmgr.policy import decode_revert
 from certmgr.policy_contract import ABI
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     ROOT,
     AnvilFactory,
+    AsyncWeb3,
+    ContractLogicError,
     anvil,
     deploy_policy,
     rpc,

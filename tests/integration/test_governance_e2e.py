@@ -1,6 +1,8 @@
 """Governance end to end: a real ``teeproxy serve`` in enforce mode against anvil, governed
 with the ``teeproxy policy`` CLI and an encrypted keystore; and the worker gate in process.
 
+- three RPC endpoints, quorum 2: anvil, an honest relay and a lying relay; the liar is
+  outvoted and reported on /ready and in /metrics;
 - the proxy serves while its measurement is allowed;
 - the operator revokes it (CLI): the proxy stops serving within two refresh periods, and
   /ready and /metrics say why;
@@ -34,8 +36,10 @@ from tests.conftest import make_config, store_from_leaf
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     Anvil,
     AnvilFactory,
+    LyingFactory,
     anvil,
     fund,
+    lying_rpc,
 )
 from tests.integration.test_serve import (  # noqa: F401 - fixtures
     REPO,
@@ -119,6 +123,7 @@ async def backend(aiohttp_server: AiohttpServer) -> str:
 async def test_revoke_reallow_and_outage_on_anvil(
     *,
     anvil: AnvilFactory,  # noqa: F811
+    lying_rpc: LyingFactory,  # noqa: F811
     launch: Launch,  # noqa: F811
     tls_files: TLSFiles,  # noqa: F811
     backend: str,
@@ -137,10 +142,14 @@ async def test_revoke_reallow_and_outage_on_anvil(
     out = await policy_cli(*target, "allow", MID, "--label", "e2e build", keystore=keystore)
     assert "version:     1" in out
 
+    # Three endpoints, quorum 2: anvil, an honest relay, and a relay that lies about eth_call.
+    honest = await lying_rpc(node.url, lie=False)
+    liar = await lying_rpc(node.url)
     admin = f"127.0.0.1:{free_port()}"
     extra = (
-        "[governance]\nmode = 'enforce'\n"
-        f"rpc_urls = ['{node.url}']\ncontract = '{contract}'\nself_measurement = '{MID}'\n"
+        "[governance]\nmode = 'enforce'\nquorum = 2\n"
+        f"rpc_urls = ['{node.url}', '{liar.url}', '{honest.url}']\n"
+        f"contract = '{contract}'\nself_measurement = '{MID}'\n"
         f"refresh_period = {REFRESH}\nmax_staleness = {STALENESS}\nrpc_timeout = 0.5\n"
     )
     config = await asyncio.to_thread(
@@ -154,6 +163,9 @@ async def test_revoke_reallow_and_outage_on_anvil(
         assert r.status == 200, ready
     assert ready["policy"]["verdict"] == "allowed"
     assert ready["policy"]["version"] == 1
+    # The liar is outvoted and reported (admin and metrics: endpoint index 1).
+    assert ready["policy"]["endpoints"]["dissenting"] == [liar.url]
+    assert liar.lies >= 1
 
     # The operator revokes this build: stopped within two refresh periods (+ scheduling).
     out = await policy_cli(*target, "revoke", MID, keystore=keystore)
@@ -168,13 +180,15 @@ async def test_revoke_reallow_and_outage_on_anvil(
         async with s.get(f"http://{admin}/metrics") as r:
             metrics = await r.text()
     assert "teeproxy_policy_serving 0.0" in metrics
+    assert 'teeproxy_policy_endpoint_faults_total{endpoint="1",kind="dissent"}' in metrics
     assert "teeproxy_policy_version 2.0" in metrics
 
     # Allowed again: serves again (resume_when_allowed = true).
     await policy_cli(*target, "allow", MID, "--label", "e2e build", keystore=keystore)
     assert await wait_for(url, client_ssl, "200", 2 * REFRESH + SLACK) == "200"
 
-    # The only RPC endpoint goes silent for longer than max_staleness: fail closed.
+    # The chain behind every endpoint goes silent for longer than max_staleness (the liar
+    # still answers eth_call, but alone it is no quorum): fail closed.
     node.pause()
     try:
         await wait_for(url, client_ssl, "stopped", STALENESS + 2 * REFRESH + SLACK)
@@ -194,10 +208,17 @@ async def slow_backend(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[str
     arrived = asyncio.Event()
     release = asyncio.Event()
 
-    async def handler(request: web.Request) -> web.Response:
+    async def handler(request: web.Request) -> web.StreamResponse:
         if request.path == "/slow":
             arrived.set()
             await release.wait()
+        if request.path == "/stream":  # headers and a first chunk, then silence
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            await resp.write(b"data: first\n\n")
+            arrived.set()
+            await release.wait()
+            return resp
         return web.Response(text="hello")
 
     app = web.Application()
@@ -216,7 +237,7 @@ def _publish(path: Path, allowed: bool) -> None:
     path.write_bytes(state.to_json())
 
 
-async def test_in_flight_request_gets_503_and_listener_closes_then_reopens(
+async def test_in_flight_request_gets_503_listener_closes_reopens_streams_cut(
     slow_backend: tuple[str, asyncio.Event],
     leaf: trustme.LeafCert,
     client_ssl: ssl.SSLContext,
@@ -252,6 +273,18 @@ async def test_in_flight_request_gets_503_and_listener_closes_then_reopens(
         await asyncio.to_thread(_publish, path, True)
         assert await wait_for(f"{url}/fast", client_ssl, "200", 5) == "200"
         assert worker.ports == [int(url.rsplit(":", 1)[1])]
+
+        # A stream already under way when the revocation lands is cut, not ended cleanly:
+        # a truncated body must not look complete.
+        arrived.clear()
+        async with aiohttp.ClientSession() as s, s.get(f"{url}/stream", ssl=client_ssl) as r:
+            assert r.status == 200
+            await asyncio.wait_for(arrived.wait(), 5)
+            assert await r.content.readuntil(b"\n\n") == b"data: first\n\n"
+            await asyncio.to_thread(_publish, path, False)
+            with pytest.raises(aiohttp.ClientPayloadError):
+                async with asyncio.timeout(5):
+                    await r.content.read()
     finally:
         await worker.drain(grace=1.0)
 

@@ -73,3 +73,16 @@ def test_default_config_is_shipped_as_package_data() -> None:
     project = _pyproject()["tool"]
     assert isinstance(project, dict)
     assert "default.toml" in project["setuptools"]["package-data"]["proxy"]
+
+
+def test_every_subpackage_is_included_in_the_distribution() -> None:
+    """A subpackage left out of the wheel imports fine from a checkout but not installed."""
+    import fnmatch
+
+    tool = _pyproject()["tool"]
+    assert isinstance(tool, dict)
+    include = tool["setuptools"]["packages"]["find"]["include"]
+    for top in ("proxy", "certmgr"):
+        for init in (ROOT / top).rglob("__init__.py"):
+            name = ".".join(init.parent.relative_to(ROOT).parts)
+            assert any(fnmatch.fnmatch(name, pat) for pat in include), f"{name} not packaged"

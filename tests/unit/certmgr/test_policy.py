@@ -159,3 +159,21 @@ def test_decode_revert_names_custom_errors() -> None:
     assert decode_revert(b"\xde\xad\xbe\xef").startswith("unknown error 0xdeadbeef")
     truncated = keccak(text="NotOwner(address)")[:4] + b"\x00" * 5
     assert decode_revert(truncated).startswith("NotOwner(<undecodable")
+
+
+def test_importing_the_ethereum_stack_keeps_the_recursion_limit() -> None:
+    """py_ecc / py-evm raise it to 100000 on import (then deep json.loads -> SIGSEGV)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; before = sys.getrecursionlimit()\n"
+        "import certmgr.policy_rpc, certmgr.chain, proxy.governance, proxy.cli_policy\n"
+        "import argparse; ns = argparse.Namespace(policy_command='create-keystore')\n"
+        "import eth_account, web3\n"
+        "print(before, sys.getrecursionlimit())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()
+    assert out[0] == out[1] == "1000"

@@ -263,3 +263,26 @@ def test_configfs_tsm_detects_a_racing_writer(tmp_path: Path) -> None:
     assert parse_quote(ConfigfsTsmProvider(str(root), timeout=5).get_quote(rd)).report_data == rd
     assert rounds == [rd, rd]
     t.join(timeout=1)
+
+
+def test_self_measurement_id(tmp_path: Path) -> None:
+    from certmgr.quote import measurement_id, self_measurement_id
+    from certmgr.tee import self_measurement_id as with_settings
+
+    sim = ProviderSettings(
+        simulated_key_file=str(tmp_path / "k.sealed"), simulated_sealer=InsecureDevSealer()
+    )
+    mid = with_settings("simulated", sim)
+    p = make_provider("simulated", sim)
+    assert p is not None
+    assert mid == measurement_id(self_measurement(p))
+    nothing = ProviderSettings(
+        configfs_root=str(tmp_path / "a"),
+        gramine_dir=str(tmp_path / "b"),
+        dstack_socket=str(tmp_path / "c"),
+    )
+    with pytest.raises(QuoteProviderError):
+        with_settings("auto", nothing)
+    if detect_provider() == "none":  # this machine has no TEE: the convenience fails closed
+        with pytest.raises(OSError):
+            self_measurement_id()

@@ -14,6 +14,7 @@ from proxy.errors import ConfigError
 from proxy.governance import (
     DEV_MEASUREMENT_ID,
     GateState,
+    GovernanceError,
     WorkerGate,
     next_gate,
     self_measurement_id,
@@ -84,6 +85,18 @@ def test_self_measurement_sources() -> None:
     )
     hexed = dataclasses.replace(OK, self_measurement="0x" + "cd" * 32)
     assert self_measurement_id(hexed) == b"\xcd" * 32
+
+
+def test_auto_outside_a_tee_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No attestation provider -> GovernanceError (the supervisor exits 3), never a default."""
+    import certmgr.quote
+
+    def no_tee() -> bytes:
+        raise FileNotFoundError("/sys/kernel/config/tsm/report")
+
+    monkeypatch.setattr(certmgr.quote, "self_measurement_id", no_tee, raising=False)
+    with pytest.raises(GovernanceError, match="measurement id"):
+        self_measurement_id(dataclasses.replace(OK, self_measurement="auto"))
 
 
 def decision(verdict: Verdict, version: int = 3) -> Decision:
@@ -159,3 +172,26 @@ def test_worker_gate_fails_closed_on_missing_bad_or_old_state(tmp_path: Path) ->
 def test_worker_gate_is_only_for_enforce(tmp_path: Path) -> None:
     cfg = loads(f"state_dir = '{tmp_path}'")
     assert WorkerGate.for_config(cfg) is None
+
+
+def test_auto_names_the_same_measurement_as_the_served_ratls_certificate(
+    tmp_path: Path,
+) -> None:
+    """Governance's own id and the id a verifier derives from the RA-TLS cert must agree."""
+    from certmgr.quote import measurement_id, parse_evidence
+    from certmgr.ratls import parse_certificate
+    from certmgr.tee.runtime import ratls_dir
+    from proxy.certs import default_sealer
+    from proxy.config import loads
+    from proxy.wellknown import prepare_attestation
+
+    cfg = loads(
+        f'state_dir = "{tmp_path}"\n[attestation]\nprovider = "simulated"\n'
+        '[governance]\nmode = "monitor"\nself_measurement = "auto"\nembedded_chain = true\n'
+    )
+    governed = self_measurement_id(cfg.governance, cfg)
+    prepare_attestation(cfg, default_sealer(cfg))
+    pem = ratls_dir(tmp_path) / "ratls.pem"
+    served = parse_certificate(pem.read_bytes())
+    assert governed == measurement_id(parse_evidence(served.quote).measurement)
+    assert governed != DEV_MEASUREMENT_ID

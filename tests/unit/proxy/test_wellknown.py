@@ -78,8 +78,8 @@ async def _get(port: int, sni: str, target: str, method: str = "GET") -> tuple[i
     )
     sslobj = writer.get_extra_info("ssl_object")
     der = sslobj.getpeercert(binary_form=True)
-    head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
-    writer.write((head + "Connection: close\r\n\r\n").encode())
+    request = f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+    writer.write((request + "Connection: close\r\n\r\n").encode())
     raw = await reader.read(-1)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
@@ -236,3 +236,29 @@ def test_default_config_has_attestation_section() -> None:
 
 
 _ = trustme, store_from_leaf
+
+
+async def test_evidence_attests_acme_account_and_keys(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import proxy.acme_runtime
+    from proxy.config import AcmeConfig
+
+    doc = {
+        "account_uri": "https://ca.test/acct/7",
+        "certificate_keys": [{"spki_sha256": "11" * 32}, {"spki_sha256": "22" * 32}],
+        "format": "teeproxy-acme-evidence/1",
+    }
+    monkeypatch.setattr(proxy.acme_runtime, "read_evidence", lambda _s: json.dumps(doc).encode())
+    endpoint = worker.attestation
+    endpoint.cfg = endpoint.cfg.replace(acme=AcmeConfig(enabled=True))
+    status, body, der = await _get(
+        worker.ports[0], NAME, "/.well-known/tee/attestation?nonce=" + "05" * 8
+    )
+    assert status == 200
+    opts = await asyncio.to_thread(_dev_opts, Path(worker.cfg.state_dir))
+    v = verify_evidence(body, b"\x05" * 8, parse_certificate(der).spki_sha256, None, opts)
+    assert v.trusted, v.failures
+    claims = v.to_json()["claims"]
+    assert claims["acme-account"] == "https://ca.test/acct/7"
+    assert claims["acme-keys"] == [[1, "11" * 32], [1, "22" * 32]]
