@@ -145,20 +145,21 @@ async def _demo(cfg: Config, sock: Path, rate: float) -> int:
     while not sup.ready and not task.done():  # noqa: ASYNC110 - polls a flag set by run()
         await asyncio.sleep(0.05)
     if sup.ready:
-        _print_demo_banner(cfg, sup.ports[0])
+        governor = sup.governor
+        _print_demo_banner(cfg, sup.ports[0], governor.measurement_id if governor else None)
     try:
         return await task
     finally:
         await runner.cleanup()
 
 
-def demo_governance_text(cfg: Config) -> str:
+def demo_governance_text(cfg: Config, measurement_id: bytes | None) -> str:
     from proxy.cli_policy import demo_banner  # noqa: PLC0415 - issue 5
 
-    return demo_banner(cfg)
+    return demo_banner(cfg, measurement_id)
 
 
-def _print_demo_banner(cfg: Config, port: int) -> None:
+def _print_demo_banner(cfg: Config, port: int, measurement_id: bytes | None = None) -> None:
     from proxy.cli_attest import demo_attestation_text  # noqa: PLC0415 - issue 4
 
     root = Path(cfg.state_dir) / "dev-ca" / "root.pem"
@@ -177,7 +178,7 @@ Stream a chat completion:
     -H 'Content-Type: application/json' \\
     -d '{{"model":"teeproxy-demo","stream":true,"messages":[{{"role":"user","content":"hello"}}]}}'
 Python clients: SSL_CERT_FILE={root} (or pass the file as the CA bundle).
-{demo_governance_text(cfg)}{demo_attestation_text(cfg, port)}
+{demo_governance_text(cfg, measurement_id)}{demo_attestation_text(cfg, port)}
 Press Ctrl-C to stop.
 """,
         flush=True,

@@ -363,8 +363,11 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
         await w3.provider.disconnect()
 
 
-def demo_banner(cfg: Any) -> str:
-    """The governance part of the ``teeproxy demo`` banner ("" when governance is off)."""
+def demo_banner(cfg: Any, measurement_id: bytes | None = None) -> str:
+    """The governance part of the ``teeproxy demo`` banner ("" when governance is off).
+
+    ``measurement_id``: the id the running proxy governs itself by (the simulated quote's).
+    """
     g = cfg.governance
     if g.mode == "off" or not g.embedded_chain:
         return ""
@@ -372,12 +375,17 @@ def demo_banner(cfg: Any) -> str:
     from proxy.governance import DEV_MEASUREMENT_ID  # noqa: PLC0415
 
     state = cfg.state_dir
-    mid = "0x" + DEV_MEASUREMENT_ID.hex()
+    mid = "0x" + (measurement_id or DEV_MEASUREMENT_ID).hex()
+    what = (
+        "the simulated quote's measurement, the id `teeproxy verify` reports"
+        if measurement_id is not None and measurement_id != DEV_MEASUREMENT_ID
+        else "a fixed development id"
+    )
     env = f"{DEFAULT_PASSWORD_ENV}={DEV_KEYSTORE_PASSWORD}"
     bound = 2 * g.refresh_period
     return f"""
 Governance ({g.mode}): an in-process EVM (development only, NOT a real chain) runs the
-MeasurementPolicy contract; this demo's measurement id (a fixed development id) is allowed:
+MeasurementPolicy contract; this demo's measurement id ({what}) is allowed:
   teeproxy policy --embedded {state} list
 Revoke it; within {bound:g} s the proxy answers 503 and then stops listening:
   {env} teeproxy policy --embedded {state} revoke {mid}
