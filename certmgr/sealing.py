@@ -21,13 +21,13 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import socket
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from certmgr.keys import InsecureDevSealer, Sealer, SealError, _AESGCMSealer
+from certmgr.unixhttp import UnixHTTPConnection
 
 __all__ = ["DstackSealer", "GramineSealer", "SealingUnavailable", "make_sealer"]
 
@@ -61,22 +61,6 @@ class GramineSealer(_AESGCMSealer):
         super().__init__(_derive(raw, provider), provider)
 
 
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 class DstackSealer(_AESGCMSealer):
     """Sealing key from the dstack guest agent's ``GetKey`` (deterministic per app and path)."""
 
@@ -89,7 +73,7 @@ class DstackSealer(_AESGCMSealer):
         timeout: float = 10.0,
     ) -> None:
         body = json.dumps({"path": key_path, "purpose": "seal"}).encode()
-        conn = _UnixHTTP(socket_path, timeout)
+        conn = UnixHTTPConnection(socket_path, timeout)
         try:
             conn.request("POST", "/GetKey", body=body, headers={"Content-Type": "application/json"})
             resp = conn.getresponse()

@@ -201,8 +201,11 @@ class AcmeManager:
         *,
         clock: Callable[[], dt.datetime] | None = None,
         rng: random.Random | None = None,
+        may_order: Callable[[], bool] | None = None,
     ) -> None:
+        """``may_order``: governance's verdict (enforce mode: only an allowed build orders)."""
         self.cfg = cfg
+        self._may_order = may_order
         self.sealer = sealer
         self._reload = reload
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -286,6 +289,12 @@ class AcmeManager:
         )
         if not decision.renew:
             return decision.at
+        if self._may_order is not None and not self._may_order():
+            # Issue 5: a build the policy does not allow requests no certificate.
+            log.warning(
+                "ACME: not ordering (%s): governance does not allow this build", decision.reason
+            )
+            return now + dt.timedelta(seconds=min(60.0, self.cfg.acme.check_interval))
         log.info("ACME: ordering a certificate (%s)", decision.reason)
         a = self.cfg.acme
         try:

@@ -416,7 +416,9 @@ class Supervisor:
         if self.cfg.acme.enabled:  # issue 3: certificates from an ACME CA
             from proxy.acme_runtime import AcmeManager  # noqa: PLC0415
 
-            acme = spawn(AcmeManager(self.cfg, sealer, self.reload_workers).run(), "acme")
+            may_order = self.governor.may_request_certificates if self.governor else None
+            manager = AcmeManager(self.cfg, sealer, self.reload_workers, may_order=may_order)
+            acme = spawn(manager.run(), "acme")
         await stop.wait()
         self._stopping = True
         monitor.cancel()

@@ -10,29 +10,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 
 from certmgr.tee.base import QuoteProviderError, check_report_data
+from certmgr.unixhttp import UnixHTTPConnection
 
 __all__ = ["DstackProvider"]
 
 MAX_RESPONSE = 1024 * 1024
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class DstackProvider:
@@ -48,7 +32,7 @@ class DstackProvider:
     def get_quote(self, report_data: bytes) -> bytes:
         check_report_data(report_data)
         body = json.dumps({"report_data": report_data.hex()}).encode()
-        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
         try:
             conn.request(
                 "POST", "/GetQuote", body=body, headers={"Content-Type": "application/json"}
