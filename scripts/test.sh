@@ -27,9 +27,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 "$here/scripts/install.sh" "$here/.venv" --test
-# Ethereum tooling from the npm registry (anvil node, solc compiler), pinned by the lock file.
+# Ethereum tooling from the npm registry (anvil node, solc compiler): exact versions in
+# package.json, integrity hashes in package-lock.json. Not `npm ci`: npm 11 cannot record
+# @foundry-rs/anvil's per-platform optional packages in a lock, so `npm ci` always refuses
+# it as out of sync; `npm install --no-save` installs from the lock and leaves it untouched.
 if [ -f "$here/contracts_abi/package-lock.json" ]; then
-    npm ci --prefix "$here/contracts_abi" --no-audit --no-fund --loglevel=error
+    npm install --prefix "$here/contracts_abi" --no-save --no-audit --no-fund --loglevel=error
 fi
 # Tests import the working tree; make sure an editable install points at it.
 "$here/.venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -e "$here"
