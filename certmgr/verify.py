@@ -384,6 +384,22 @@ class QuoteResult:
     failures: tuple[Failure, ...]
 
 
+def _verdict(
+    q: QuoteResult, fails: list[Failure], binding: bool, details: dict[str, Any]
+) -> Verdict:
+    """The verdict on a verified quote together with the checks made around it."""
+    return Verdict(
+        tee=str(q.parsed.tee) if q.parsed else "",
+        status=q.status,
+        advisories=q.advisories,
+        binding=binding,
+        measurement=q.parsed.measurement if q.parsed else None,
+        failures=tuple(fails),
+        simulated=bool(q.parsed and q.parsed.simulated),
+        details=details,
+    )
+
+
 def verify_quote(
     raw: bytes, collateral: Any, now: int, opts: VerifyOptions, *, parsed: ParsedQuote | None = None
 ) -> QuoteResult:
@@ -505,15 +521,11 @@ def verify_certificate(
         fails.extend(bind_fails)
         if not q.failures:
             fails.extend(_measurement_decision(q.parsed.measurement, opts))
-    return Verdict(
-        tee=str(q.parsed.tee) if q.parsed else "",
-        status=q.status,
-        advisories=q.advisories,
-        binding=binding,
-        measurement=q.parsed.measurement if q.parsed else None,
-        failures=tuple(fails),
-        simulated=bool(q.parsed and q.parsed.simulated),
-        details={
+    return _verdict(
+        q,
+        fails,
+        binding,
+        {
             "format": parsed.format,
             "spki_sha256": parsed.spki_sha256.hex(),
             "not_before": parsed.not_before.isoformat(),
@@ -536,15 +548,8 @@ def verify_quote_verdict(
         fails.extend(b)
     if q.parsed is not None and not q.failures:
         fails.extend(_measurement_decision(q.parsed.measurement, opts))
-    return Verdict(
-        tee=str(q.parsed.tee) if q.parsed else "",
-        status=q.status,
-        advisories=q.advisories,
-        binding=binding,
-        measurement=q.parsed.measurement if q.parsed else None,
-        failures=tuple(fails),
-        simulated=bool(q.parsed and q.parsed.simulated),
-        details={"report_data": q.parsed.report_data.hex()} if q.parsed else {},
+    return _verdict(
+        q, fails, binding, {"report_data": q.parsed.report_data.hex()} if q.parsed else {}
     )
 
 
@@ -634,13 +639,6 @@ def verify_evidence(
         fails.extend(bind)
         if not q.failures:
             fails.extend(_measurement_decision(q.parsed.measurement, opts))
-    return Verdict(
-        tee=str(q.parsed.tee) if q.parsed else "",
-        status=q.status,
-        advisories=q.advisories,
-        binding=binding,
-        measurement=q.parsed.measurement if q.parsed else None,
-        failures=tuple(fails),
-        simulated=bool(q.parsed and q.parsed.simulated),
-        details={"claims": _printable(ev.claims), "provider": ev.provider, "gpu": ev.gpu},
+    return _verdict(
+        q, fails, binding, {"claims": _printable(ev.claims), "provider": ev.provider, "gpu": ev.gpu}
     )

@@ -14,6 +14,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+import aiohttp.abc
+import pytest
+from aiohttp import web
+from aiohttp.pytest_plugin import AiohttpServer
 from cryptography import x509
 
 import certmgr.acme
@@ -114,3 +119,29 @@ async def start_harness(
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+class LoopbackResolver(aiohttp.abc.AbstractResolver):
+    """Resolve every name to 127.0.0.1 (the client side of the ACME tests)."""
+
+    async def resolve(  # type: ignore[override]
+        self, host: str, port: int = 0, family: int = 0
+    ) -> list[dict[str, object]]:
+        del family
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": 2, "proto": 0}]
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def backend(aiohttp_server: AiohttpServer) -> str:
+    """A backend answering "backend ok" on every path (import into the test module)."""
+
+    async def ok(_r: web.Request) -> web.Response:
+        return web.Response(text="backend ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    srv = await aiohttp_server(app)
+    return f"http://127.0.0.1:{srv.port}"

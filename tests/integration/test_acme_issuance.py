@@ -18,13 +18,11 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from aiohttp import web
-from aiohttp.pytest_plugin import AiohttpServer
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certmgr.challenges.tlsalpn01 import acme_identifier_digest
-from tests.integration import acme_peers
+from tests.integration import acme_harness, acme_peers
 from tests.integration.acme_harness import Harness, start_harness
 from tests.integration.acme_peers import Knot, PebbleFactory
 
@@ -34,15 +32,7 @@ knot = acme_peers.knot  # fixtures of the real peers
 pebble_factory = acme_peers.pebble_factory
 
 
-@pytest.fixture
-async def backend(aiohttp_server: AiohttpServer) -> str:
-    async def ok(_r: web.Request) -> web.Response:
-        return web.Response(text="backend ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    srv = await aiohttp_server(app)
-    return f"http://127.0.0.1:{srv.port}"
+backend = acme_harness.backend
 
 
 async def _get(h: Harness, name: str, path: str = "/") -> tuple[int, str]:
@@ -55,17 +45,7 @@ async def _get(h: Harness, name: str, path: str = "/") -> tuple[int, str]:
         return r.status, await r.text()
 
 
-class _Static(aiohttp.abc.AbstractResolver):
-    """Resolve every name to 127.0.0.1 (the client side of the test)."""
-
-    async def resolve(  # type: ignore[override]
-        self, host: str, port: int = 0, family: int = 0
-    ) -> list[dict[str, object]]:
-        del family
-        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": 2, "proto": 0}]
-
-    async def close(self) -> None:
-        return None
+_Static = acme_harness.LoopbackResolver
 
 
 def _sans(cert: x509.Certificate) -> set[str]:
