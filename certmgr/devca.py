@@ -52,7 +52,7 @@ class Leaf:
     cert: x509.Certificate
 
 
-def renewal_due(cert: x509.Certificate, now: dt.datetime) -> dt.datetime:
+def renewal_due(cert: x509.Certificate) -> dt.datetime:
     """When a certificate should be replaced: at two thirds of its lifetime."""
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     return cert.not_valid_before_utc + life * 2 / 3
@@ -192,7 +192,7 @@ class DevCA:
             leaf = load_stored_leaf(self.directory.parent, self._sealer)
             if (
                 _cert_names(leaf.cert) == {str(n) for n in _normalise(names)}
-                and now < renewal_due(leaf.cert, now)
+                and now < renewal_due(leaf.cert)
                 and self._issued_by_root(leaf.cert)
             ):
                 return leaf

@@ -85,7 +85,7 @@ def next_renewal(cfg: Config, sealer: Sealer) -> dt.datetime | None:
         return ratls
     # The public certificate is enough: no need to unseal the key on every check.
     pem = (Path(cfg.state_dir) / "dev-ca" / "leaf.pem").read_bytes()
-    dev = renewal_due(x509.load_pem_x509_certificate(pem), dt.datetime.now(dt.UTC))
+    dev = renewal_due(x509.load_pem_x509_certificate(pem))
     return min(dev, ratls) if ratls is not None else dev
 
 

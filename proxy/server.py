@@ -37,7 +37,7 @@ from aiohttp import web
 from certmgr.store import CertStore, StoreHolder
 from proxy import metrics
 from proxy.acme_runtime import HTTP01_PREFIX, http01_response
-from proxy.config import Config, ListenAddress, load
+from proxy.config import Config, ListenAddress, load, parse_listen
 from proxy.errors import ConfigError
 from proxy.forward import Forwarder, make_session
 from proxy.protocol import ProxyHTTPServer
@@ -141,7 +141,7 @@ class Worker:
         runner = self._redirect_runner = web.ServerRunner(web.Server(redirect, access_log=None))
         await runner.setup()
         for value in cfg.server.http_redirect_listen:
-            addr = _addr(value)
+            addr = parse_listen(value, "server.http_redirect_listen")
             site = web.TCPSite(runner, addr.host, addr.port, reuse_port=self.reuse_port)
             await site.start()
 
@@ -199,12 +199,6 @@ def host_without_port(host: str) -> str:
 async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
     await asyncio.sleep(delay)
     await session.close()
-
-
-def _addr(value: str) -> ListenAddress:
-    from proxy.config import parse_listen  # noqa: PLC0415
-
-    return parse_listen(value, "server.listen")
 
 
 # -- worker process -------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def _matches(cert: x509.Certificate, m: RaTlsMaterial) -> bool:
 def ratls_renewal_due(state_dir: str | Path) -> dt.datetime | None:
     """When the stored RA-TLS certificate is due (None when there is none)."""
     cert = _read_cert(ratls_dir(state_dir))
-    return renewal_due(cert, dt.datetime.now(dt.UTC)) if cert is not None else None
+    return renewal_due(cert) if cert is not None else None
 
 
 def prepare_ratls(
@@ -123,7 +123,7 @@ def prepare_ratls(
     if (
         cert is not None
         and _matches(cert, material)
-        and now < renewal_due(cert, now)
+        and now < renewal_due(cert)
         and (d / "ratls.key.sealed").exists()
     ):
         return False

@@ -111,7 +111,7 @@ def test_leaf_lifetime_and_renewal_time(tmp_path: Path, sealer: InsecureDevSeale
     assert leaf.cert.not_valid_after_utc == T0 + WEEK
     assert leaf.cert.not_valid_before_utc <= T0
     life = leaf.cert.not_valid_after_utc - leaf.cert.not_valid_before_utc
-    assert renewal_due(leaf.cert, T0) == leaf.cert.not_valid_before_utc + life * 2 / 3
+    assert renewal_due(leaf.cert) == leaf.cert.not_valid_before_utc + life * 2 / 3
 
 
 def test_leaf_reused_while_fresh_reissued_past_two_thirds(
@@ -119,7 +119,7 @@ def test_leaf_reused_while_fresh_reissued_past_two_thirds(
 ) -> None:
     ca = DevCA.load_or_create(tmp_path, sealer, now=T0)
     first = ca.current_leaf(NAMES, WEEK, now=T0)
-    due = renewal_due(first.cert, T0)
+    due = renewal_due(first.cert)
     for later in (T0 + dt.timedelta(days=1), due - dt.timedelta(seconds=1)):
         same = ca.current_leaf(NAMES, WEEK, now=later)
         assert same.cert.serial_number == first.cert.serial_number
