@@ -36,6 +36,8 @@ __all__ = [
     "LimitsConfig",
     "ListenAddress",
     "LoggingConfig",
+    "RECEIPTS_PATH",
+    "ReceiptsConfig",
     "SealingConfig",
     "ServerConfig",
     "TLSConfig",
@@ -43,6 +45,9 @@ __all__ = [
     "load",
     "loads",
 ]
+
+# GET /v1/receipts/{id}: signed receipts of streamed responses, answered by the proxy.
+RECEIPTS_PATH = "/v1/receipts/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +280,18 @@ class AttestationConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiptsConfig:
+    """[receipts]: responses signed inside the TEE (issue 6, docs/RECEIPTS.md)."""
+
+    enabled: bool = True
+    routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+    ttl: float = 600.0
+    max_entries: int = 10000
+    max_buffered_body: int = 8 * 1024 * 1024
+    max_parse_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: str = "/var/lib/teeproxy"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -288,6 +305,7 @@ class Config:
     sealing: SealingConfig = field(default_factory=SealingConfig)
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
+    receipts: ReceiptsConfig = field(default_factory=ReceiptsConfig)
 
     def validate(self) -> Config:
         """Check cross-field rules; raise ConfigError naming the field. Returns self."""
@@ -405,6 +423,7 @@ _NESTED: dict[str, type] = {
     "SealingConfig": SealingConfig,
     "GovernanceConfig": GovernanceConfig,
     "AttestationConfig": AttestationConfig,
+    "ReceiptsConfig": ReceiptsConfig,
 }
 
 
@@ -523,6 +542,21 @@ def _validate(cfg: Config) -> None:
     _positive(at.quote_timeout, "attestation.quote_timeout")
     if not 1 <= at.quote_burst <= 1000:
         raise ConfigError("attestation.quote_burst", "must be 1-1000")
+
+    rc = cfg.receipts
+    for i, route in enumerate(rc.routes):
+        if not route.startswith("/") or "?" in route or "#" in route or " " in route:
+            raise ConfigError(f"receipts.routes[{i}]", "must be a path starting with /")
+        if route.startswith(RECEIPTS_PATH):
+            raise ConfigError(f"receipts.routes[{i}]", f"{RECEIPTS_PATH} is served by the proxy")
+    if not 1 <= rc.ttl <= 7 * 86400:
+        raise ConfigError("receipts.ttl", "must be between 1 s and 7 days")
+    if not 1 <= rc.max_entries <= 10_000_000:
+        raise ConfigError("receipts.max_entries", "must be 1-10000000")
+    if not 0 <= rc.max_buffered_body <= 1024**3:
+        raise ConfigError("receipts.max_buffered_body", "must be 0-1 GiB")
+    if not 0 <= rc.max_parse_bytes <= 64 * 1024**2:
+        raise ConfigError("receipts.max_parse_bytes", "must be 0-64 MiB")
 
     if cfg.governance.mode != "off":
         from proxy.governance import validate_governance  # noqa: PLC0415 - issue 5 owns the rules
