@@ -316,3 +316,125 @@ def run_async(coro: Awaitable[T]) -> T:
         return asyncio.run(wrapper())
     result: T = uvloop.run(wrapper())
     return result
+
+
+# --------------------------------------------------------------------------- test (f)
+
+RECEIPT_HEADER = "Teeproxy-Receipt"  # proxy.receipts.RECEIPT_HEADER
+RECEIPT_ID_HEADER = "Teeproxy-Receipt-Id"  # proxy.receipts.ID_HEADER
+JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+class KeepAlive:
+    """One keep-alive HTTP(S) connection for sequential requests (http.client: blocking,
+    little per-request overhead, the same for every target). http.client sends a bytes body
+    in the same send() as the headers."""
+
+    def __init__(self, port: int, ctx: ssl.SSLContext | None, timeout: float = 30.0) -> None:
+        self.conn: http.client.HTTPConnection
+        if ctx is None:
+            self.conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+        else:
+            self.conn = http.client.HTTPSConnection(HOST, port, timeout=timeout, context=ctx)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        self.conn.request("GET", path)
+        resp = self.conn.getresponse()
+        return resp.status, resp.read()
+
+
+@dataclass
+class PostResult:
+    """Sequential POSTs: per-request latency and what the receipt headers said."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    with_receipt: int = 0
+    receipt: str | None = None  # the first Teeproxy-Receipt value seen
+    response: bytes = b""  # the body that receipt is about
+
+    def extend(self, other: PostResult) -> None:
+        self.latency_ms += other.latency_ms
+        self.with_receipt += other.with_receipt
+        if self.receipt is None:
+            self.receipt, self.response = other.receipt, other.response
+
+
+def timed_posts(conn: KeepAlive, path: str, body: bytes, count: int) -> PostResult:
+    """count POSTs one after the other on one connection, each timed from the request's
+    first byte written to the response's last byte read; any status but 200 fails."""
+    result = PostResult()
+    request = conn.conn.request
+    clock = time.perf_counter
+    for _ in range(count):
+        t0 = clock()
+        request("POST", path, body=body, headers=JSON_HEADERS)
+        resp = conn.conn.getresponse()
+        data = resp.read()
+        result.latency_ms.append((clock() - t0) * 1000)
+        if resp.status != 200:
+            raise RuntimeError(f"POST {path}: HTTP {resp.status}: {data[:200]!r}")
+        receipt = resp.getheader(RECEIPT_HEADER)
+        if receipt is not None:
+            result.with_receipt += 1
+            if result.receipt is None:
+                result.receipt, result.response = receipt, data
+    return result
+
+
+@dataclass
+class StreamSample:
+    total_ms: float  # request written -> end of the response read
+    tail_ms: float  # last data event read -> end of the response read
+    after_sent_ms: float  # the backend wrote the last data event -> end of the response read
+    events: int
+    receipt_id: str | None
+    body: bytes  # the exact body bytes (de-chunked), for checking the receipt
+
+
+@dataclass
+class StreamResult:
+    samples: list[StreamSample] = field(default_factory=list)
+
+    def values(self, attr: str) -> list[float]:
+        return [getattr(s, attr) for s in self.samples]
+
+
+def timed_stream(conn: KeepAlive, path: str, body: bytes, max_lines: int = 100_000) -> StreamSample:
+    """One streamed completion (sse_server.py's POST route, whose data events carry the
+    time they were written as ``"t":<float>`` at the end of their JSON), read line by line."""
+    clock = time.perf_counter
+    t0 = clock()
+    conn.conn.request("POST", path, body=body, headers=JSON_HEADERS)
+    resp = conn.conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"POST {path}: HTTP {resp.status}: {resp.read()[:200]!r}")
+    rid = resp.getheader(RECEIPT_ID_HEADER)
+    raw = bytearray()
+    events = 0
+    last_read = t0
+    last_sent = 0.0
+    for _ in range(max_lines):
+        line = resp.readline()
+        if not line:
+            break
+        raw += line
+        if line.startswith(b'data: {"id"'):
+            last_read = clock()
+            events += 1
+            last_sent = float(line[line.rindex(b'"t":') + 4 : line.rindex(b"}")])
+    else:
+        raise RuntimeError(f"POST {path}: more than {max_lines} lines")
+    end, end_wall = clock(), time.time()
+    if events == 0:
+        raise RuntimeError(f"POST {path}: no data events in {bytes(raw[:200])!r}")
+    return StreamSample(
+        total_ms=(end - t0) * 1000,
+        tail_ms=(end - last_read) * 1000,
+        after_sent_ms=(end_wall - last_sent) * 1000,
+        events=events,
+        receipt_id=rid,
+        body=bytes(raw),
+    )

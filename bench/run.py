@@ -7,11 +7,13 @@ TLS-terminating reverse proxy and teeproxy in front of it, measures
   (c) 1 MiB responses                            wrk /1m                 MiB/s
   (d) SSE delivery delay at 50 events/s          asyncio client          added p50/p99
   (e) memory per open idle stream                2,000 streams           KiB/stream
+  (f) latency signing adds per request           sequential POSTs, wrk POST, SSE streams
+      (teeproxy with signed receipts on vs off, nginx as the peer)  ms added, req/s
 
 and writes a Markdown report to bench/RESULTS.md. See bench/README.md.
 
-    /tmp/venv/bin/python bench/run.py            # full run, ~4 minutes
-    /tmp/venv/bin/python bench/run.py --quick    # smoke run, ~1 minute
+    /tmp/venv/bin/python bench/run.py            # full run, ~5 minutes
+    /tmp/venv/bin/python bench/run.py --quick    # smoke run, ~1.5-2 minutes
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ REPO = BENCH_DIR.parent
 NGINX = "nginx"
 WRK = "wrk"
 PROXIES = ("nginx", "teeproxy")
+# Test (f): nginx, and teeproxy with the simulated attestation provider, receipts off / on.
+RX_OFF, RX_ON = "teeproxy-off", "teeproxy-on"
+RX_TARGETS = ("nginx", RX_OFF, RX_ON)
+ALL_TESTS = "abcdef"
 T = TypeVar("T")
 
 TARGETS = {
@@ -64,6 +70,7 @@ TARGETS = {
     "c": ("MiB/s ratio", ">= 0.8 of nginx"),
     "d": ("added p99 delay", "<= 2 ms"),
     "e": ("KiB per idle stream", "<= 40 KiB"),
+    "f": ("latency signing adds per request", "reported, no target"),
 }
 
 
@@ -84,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend-workers", type=int, default=1, help="backend nginx workers")
     p.add_argument("--connections", type=int, default=50, help="wrk connections")
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
-    p.add_argument("--quick", action="store_true", help="short smoke run (~1 minute)")
+    p.add_argument("--quick", action="store_true", help="short smoke run (~1.5-2 minutes)")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -96,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(PROXIES),
         help="comma-separated subset of nginx,teeproxy to run",
     )
-    p.add_argument("--tests", default="abcde", help="subset of tests to run, e.g. 'ade'")
+    p.add_argument("--tests", default=ALL_TESTS, help="subset of tests to run, e.g. 'ade'")
     p.add_argument("--idle-streams", type=int, default=2000, help="streams for test (e)")
     p.add_argument("--sse-streams", type=int, default=20, help="concurrent streams for (d)")
     p.add_argument("--sse-events", type=int, default=50, help="events per stream per round")
@@ -104,6 +111,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sse-rounds", type=int, default=None, help="rounds of (d) over all paths [10; quick 1]"
     )
     p.add_argument("--sse-rate", type=float, default=50.0, help="events per second per stream")
+    p.add_argument(
+        "--rx-requests",
+        type=int,
+        default=None,
+        help="(f1) sequential POSTs per target, after --rx-warmup more [2000; quick 500]",
+    )
+    p.add_argument("--rx-warmup", type=int, default=200, help="(f1) unmeasured POSTs first")
+    p.add_argument(
+        "--rx-streams", type=int, default=None, help="(f2) streams per target [300; quick 60]"
+    )
+    p.add_argument("--rx-events", type=int, default=20, help="(f2) data events per stream")
+    p.add_argument("--rx-interval", type=float, default=0.002, help="(f2) seconds between events")
+    p.add_argument(
+        "--rx-rounds",
+        type=int,
+        default=None,
+        help="(f) rounds over the targets (rotating order, samples pooled) [5; quick 2]",
+    )
     p.add_argument(
         "--teeproxy-cmd",
         default=None,
@@ -140,13 +165,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.duration = 3.0 if args.quick else 15.0
     if args.sse_rounds is None:
         args.sse_rounds = 1 if args.quick else 10
+    if args.rx_requests is None:
+        args.rx_requests = 500 if args.quick else 2000
+    if args.rx_streams is None:
+        args.rx_streams = 60 if args.quick else 300
+    if args.rx_rounds is None:
+        args.rx_rounds = 2 if args.quick else 5
     args.warmup = 1.0 if args.quick else 2.0
     args.proxies = [x.strip() for x in args.proxies.split(",") if x.strip()]
     unknown = set(args.proxies) - set(PROXIES)
     if unknown:
         p.error(f"unknown proxies: {', '.join(sorted(unknown))}")
-    if set(args.tests) - set("abcde"):
-        p.error("--tests takes letters from 'abcde'")
+    if set(args.tests) - set(ALL_TESTS):
+        p.error(f"--tests takes letters from '{ALL_TESTS}'")
+    if min(args.rx_requests, args.rx_streams, args.rx_rounds, args.rx_events) < 1:
+        p.error("--rx-requests, --rx-streams, --rx-rounds and --rx-events must be >= 1")
+    if args.rx_warmup < 0 or args.rx_interval < 0:
+        p.error("--rx-warmup and --rx-interval must be >= 0")
     if args.profile and args.workers != 1:
         log("--profile: using workers=1 for both proxies")
         args.workers = 1
@@ -192,6 +227,12 @@ class Results:
     sse_rounds: dict[str, list[clients.SSEResult]] = field(default_factory=dict)  # target
     mem: dict[str, MemResult] = field(default_factory=dict)
     resumption: dict[str, tuple[int, int]] = field(default_factory=dict)
+    rx_posts: dict[str, clients.PostResult] = field(default_factory=dict)  # (f1) target
+    rx_streams: dict[str, clients.StreamResult] = field(default_factory=dict)  # (f2) target
+    rx_checks: list[str] = field(default_factory=list)  # (f) what was checked, and how it went
+    # (f) per round: ("f1", target) -> p50 latency; ("f2", target) -> p50 end after last event
+    rx_round_p50: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    rx_sign_ms: float | None = None  # (f) one signature + header encoding, in this process
     errors: dict[str, list[str]] = field(default_factory=dict)  # target -> messages
     notes: list[str] = field(default_factory=list)
     profile_file: Path | None = None
@@ -211,6 +252,13 @@ class Results:
             for m, b in zip(mine, base, strict=True)
         ]
 
+    def rx_round_added(self, test: str) -> list[float]:
+        """Per round of (f1)/(f2): p50 with receipts on - p50 with receipts off."""
+        on, off = self.rx_round_p50.get((test, RX_ON)), self.rx_round_p50.get((test, RX_OFF))
+        if not on or not off or len(on) != len(off):
+            return []
+        return [a - b for a, b in zip(on, off, strict=True)]
+
     def error(self, target: str, msg: str) -> None:
         log(f"ERROR [{target}] {msg}")
         self.errors.setdefault(target, []).append(msg)
@@ -225,6 +273,7 @@ class Target:
     port: int
     ctx: ssl.SSLContext | None
     proc: procs.Proc | None  # the process whose tree is measured (None: not measured)
+    state_dir: Path | None = None  # teeproxy's
 
     @property
     def url(self) -> str:
@@ -296,6 +345,52 @@ def start_nginx(name: str, prefix: Path, conf: Path, logs: Path) -> procs.Proc:
     )
 
 
+def start_teeproxy(
+    name: str,
+    receipts: bool | None,
+    args: argparse.Namespace,
+    *,
+    tmp: Path,
+    backend_port: int,
+    max_connections: int,
+    certs: configs.Certs,
+    ctx: ssl.SSLContext,
+    running: list[procs.Proc],
+    results: Results,
+) -> Target | None:
+    """Start one teeproxy (receipts: see configs.teeproxy_toml) and wait until it answers;
+    a failure is recorded in results and gives None."""
+    port, admin = procs.free_port(), procs.free_port()
+    state = tmp / f"{name}-state"
+    state.mkdir()
+    toml = configs.teeproxy_toml(
+        tmp / f"{name}.toml",
+        state_dir=state,
+        port=port,
+        admin_port=admin,
+        backend_port=backend_port,
+        workers=args.workers,
+        max_connections=max_connections,
+        cert_file=certs.cert_file,
+        key_file=certs.key_file,
+        receipts=receipts,
+    )
+    cmd = [*teeproxy_command(args), "serve", "--config", str(toml)]
+    try:
+        tee = procs.Proc(name, cmd, tmp / "logs" / f"{name}.log", cwd=REPO)
+    except OSError as exc:
+        results.error(name, f"cannot start {shlex.join(cmd)}: {exc}")
+        return None
+    running.append(tee)
+    try:
+        clients.wait_ready(port, ctx, args.ready_timeout, tee.alive)
+    except (RuntimeError, TimeoutError) as exc:
+        results.error(name, f"{shlex.join(cmd)}: {exc}\n{describe_failure(tee)}")
+        return None
+    log(f"{name} on :{port} (pid {tee.pid})")
+    return Target(name, port, ctx, tee, state_dir=state)
+
+
 def describe_failure(proc: procs.Proc, extra_log: Path | None = None) -> str:
     text = proc.log_tail()
     if extra_log is not None and extra_log.exists():
@@ -319,7 +414,11 @@ def ensure_alive(target: Target) -> None:
 
 
 def run_wrk(
-    target: Target, path: str, args: argparse.Namespace, headers: tuple[str, ...] = ()
+    target: Target,
+    path: str,
+    args: argparse.Namespace,
+    headers: tuple[str, ...] = (),
+    script: Path | None = None,
 ) -> wrk.WrkResult:
     ensure_alive(target)
     cpu0 = proxy_cpu(target)
@@ -330,6 +429,7 @@ def run_wrk(
         connections=args.connections,
         headers=headers,
         wrk=WRK,
+        script=str(script) if script is not None else None,
     )
     result.cpu_s = proxy_cpu(target) - cpu0
     ensure_alive(target)
@@ -390,6 +490,240 @@ def test_sse(target: Target, args: argparse.Namespace) -> clients.SSEResult:
     if result.events_received != result.events_expected:
         raise RuntimeError(f"received {result.events_received}/{result.events_expected} events")
     return result
+
+
+def _expects_receipt(target: Target) -> bool:
+    return target.name == RX_ON
+
+
+def f1_posts(target: Target, conn: clients.KeepAlive, count: int) -> clients.PostResult:
+    """count sequential signed-route POSTs; the receipt header must be there on every
+    response of teeproxy-on and on none of the others (else nothing was measured)."""
+    ensure_alive(target)
+    res = clients.timed_posts(conn, configs.CHAT_PATH, configs.CHAT_REQUEST.encode(), count)
+    expected = count if _expects_receipt(target) else 0
+    if res.with_receipt != expected:
+        raise RuntimeError(
+            f"{res.with_receipt} of {count} responses carried a {clients.RECEIPT_HEADER} "
+            f"header, expected {expected}"
+        )
+    return res
+
+
+def f2_streams(
+    target: Target, conn: clients.KeepAlive, count: int, path: str
+) -> list[clients.StreamSample]:
+    """count sequential streamed completions; Teeproxy-Receipt-Id on every one of
+    teeproxy-on, on none of the others."""
+    ensure_alive(target)
+    body = configs.STREAM_REQUEST.encode()
+    samples = [clients.timed_stream(conn, path, body) for _ in range(count)]
+    with_id = sum(s.receipt_id is not None for s in samples)
+    expected = count if _expects_receipt(target) else 0
+    if with_id != expected:
+        raise RuntimeError(
+            f"{with_id} of {count} streams carried a {clients.RECEIPT_ID_HEADER} header, "
+            f"expected {expected}"
+        )
+    return samples
+
+
+def signer_address(target: Target) -> bytes | None:
+    """The receipt signer's address teeproxy wrote to STATE_DIR/signing/address."""
+    if target.state_dir is None:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        text = (target.state_dir / "signing" / "address").read_text().strip()
+        return bytes.fromhex(text.removeprefix("0x"))
+    return None
+
+
+def check_receipt(
+    target: Target, what: str, blob: str | bytes, request: bytes, response: bytes
+) -> str:
+    """Verify a receipt (header or JSON form) against the exact bodies sent and received,
+    and its signer against the address teeproxy published; raises if it does not verify."""
+    from certmgr.receipt import Receipt, ReceiptError, verify_receipt  # noqa: PLC0415
+
+    signer = signer_address(target)
+    if signer is None:
+        raise RuntimeError(f"{target.name}: no receipt signer address in its state dir")
+    try:
+        receipt = Receipt.from_header(blob) if isinstance(blob, str) else Receipt.from_json(blob)
+        verify_receipt(
+            receipt, request, response, expected_signer=signer, expected_measurement=None
+        )
+    except ReceiptError as exc:
+        msg = f"{what} does NOT verify against the bytes sent and received: {exc}"
+        raise RuntimeError(msg) from exc
+    return (
+        f"{what}: verifies against the exact request and response bytes, signed by "
+        f"0x{receipt.signer.hex()} (STATE_DIR/signing/address), model {receipt.model!r}, "
+        f"responseId {receipt.response_id!r}"
+    )
+
+
+def signing_cost_ms(rounds: int = 5, count: int = 400) -> float:
+    """What one receipt costs in isolation (this Python, no proxy, no I/O): sign_receipt
+    over (f1)'s bodies plus the Teeproxy-Receipt encoding; median over rounds of the mean."""
+    import hashlib  # noqa: PLC0415
+
+    from certmgr.receipt import sign_receipt  # noqa: PLC0415
+    from certmgr.signing import SigningKey  # noqa: PLC0415
+
+    key = SigningKey.from_private_bytes(hashlib.sha256(b"teeproxy bench key").digest())
+    req = hashlib.sha256(configs.CHAT_REQUEST.encode()).digest()
+    resp = hashlib.sha256(configs.CHAT_RESPONSE.encode()).digest()
+    per_round = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(count):
+            sign_receipt(
+                key,
+                request_sha256=req,
+                response_sha256=resp,
+                model="bench-model",
+                response_id="chatcmpl-bench0001",
+                timestamp=int(time.time()),
+                measurement_id=bytes(32),
+            ).to_header()
+        per_round.append((time.perf_counter() - t0) * 1000 / count)
+    return statistics.median(per_round)
+
+
+def test_receipts_f1(rx: list[Target], args: argparse.Namespace, results: Results) -> None:
+    """(f1) sequential keep-alive POSTs, rounds over the targets in rotating order."""
+    conns = {t.name: clients.KeepAlive(t.port, t.ctx) for t in rx}
+    try:
+        active = [
+            t
+            for t in rx
+            if guarded(
+                results, t.name, "(f1) warm-up", partial(f1_posts, t, conns[t.name], args.rx_warmup)
+            )
+            is not None
+        ]
+        per_round = math.ceil(args.rx_requests / args.rx_rounds)
+        failed: set[str] = set()
+        for rnd in range(args.rx_rounds):
+            k = rnd % len(active) if active else 0
+            for t in active[k:] + active[:k]:
+                if t.name in failed:
+                    continue
+                r = guarded(
+                    results, t.name, "(f1) POST", partial(f1_posts, t, conns[t.name], per_round)
+                )
+                if r is None:
+                    failed.add(t.name)
+                    results.rx_posts.pop(t.name, None)
+                    results.rx_round_p50.pop(("f1", t.name), None)
+                    continue
+                results.rx_posts.setdefault(t.name, clients.PostResult()).extend(r)
+                results.rx_round_p50.setdefault(("f1", t.name), []).append(
+                    clients.percentile(r.latency_ms, 50)
+                )
+    finally:
+        for conn in conns.values():
+            conn.close()
+    on = results.rx_posts.get(RX_ON)
+    target_on = next((t for t in rx if t.name == RX_ON), None)
+    if on is not None and target_on is not None and on.receipt is not None:
+        note = guarded(
+            results,
+            RX_ON,
+            "(f1) receipt check",
+            partial(
+                check_receipt,
+                target_on,
+                f"(f1) {clients.RECEIPT_HEADER} header",
+                on.receipt,
+                configs.CHAT_REQUEST.encode(),
+                on.response,
+            ),
+        )
+        if note is not None:
+            results.rx_checks.append(note)
+    for name, res in results.rx_posts.items():
+        results.rx_checks.append(
+            f"(f1) {name}: {res.with_receipt} of {len(res.latency_ms):,} measured responses "
+            f"carried {clients.RECEIPT_HEADER}"
+        )
+
+
+def test_receipts_f2(rx: list[Target], args: argparse.Namespace, results: Results) -> None:
+    """(f2) sequential streamed completions, rounds over the targets in rotating order;
+    then the receipts of the first and the last stream fetched from teeproxy-on."""
+    path = f"{configs.STREAM_PATH}?events={args.rx_events}&interval={args.rx_interval:g}"
+    conns = {t.name: clients.KeepAlive(t.port, t.ctx) for t in rx}
+    try:
+        active = [
+            t
+            for t in rx
+            if guarded(
+                results, t.name, "(f2) warm-up", partial(f2_streams, t, conns[t.name], 3, path)
+            )
+            is not None
+        ]
+        per_round = math.ceil(args.rx_streams / args.rx_rounds)
+        failed: set[str] = set()
+        for rnd in range(args.rx_rounds):
+            k = rnd % len(active) if active else 0
+            for t in active[k:] + active[:k]:
+                if t.name in failed:
+                    continue
+                samples = guarded(
+                    results,
+                    t.name,
+                    "(f2) streams",
+                    partial(f2_streams, t, conns[t.name], per_round, path),
+                )
+                if samples is None:
+                    failed.add(t.name)
+                    results.rx_streams.pop(t.name, None)
+                    results.rx_round_p50.pop(("f2", t.name), None)
+                    continue
+                results.rx_streams.setdefault(t.name, clients.StreamResult()).samples += samples
+                results.rx_round_p50.setdefault(("f2", t.name), []).append(
+                    clients.percentile([x.after_sent_ms for x in samples], 50)
+                )
+        on = results.rx_streams.get(RX_ON)
+        target_on = next((t for t in rx if t.name == RX_ON), None)
+        if on is not None and target_on is not None and on.samples:
+            for label, sample in (("first", on.samples[0]), ("last", on.samples[-1])):
+                note = guarded(
+                    results,
+                    RX_ON,
+                    "(f2) receipt fetch",
+                    partial(fetch_stream_receipt, target_on, conns[RX_ON], label, sample),
+                )
+                if note is not None:
+                    results.rx_checks.append(note)
+    finally:
+        for conn in conns.values():
+            conn.close()
+    for name, res in results.rx_streams.items():
+        with_id = sum(s.receipt_id is not None for s in res.samples)
+        results.rx_checks.append(
+            f"(f2) {name}: {with_id} of {len(res.samples):,} measured streams carried "
+            f"{clients.RECEIPT_ID_HEADER}"
+        )
+
+
+def fetch_stream_receipt(
+    target: Target, conn: clients.KeepAlive, label: str, sample: clients.StreamSample
+) -> str:
+    assert sample.receipt_id is not None  # noqa: S101 - f2_streams checked
+    path = f"/v1/receipts/{sample.receipt_id}"
+    status, blob = conn.get(path)
+    if status != 200:
+        raise RuntimeError(f"GET {path}: HTTP {status}: {blob[:200]!r}")
+    return check_receipt(
+        target,
+        f"(f2) GET /v1/receipts/{{id}} of the {label} stream: HTTP 200, the receipt",
+        blob,
+        configs.STREAM_REQUEST.encode(),
+        sample.body,
+    )
 
 
 def profile_a(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path) -> Path:
@@ -554,6 +888,182 @@ def environment(args: argparse.Namespace) -> list[tuple[str, str]]:
     ]
 
 
+def _rx_value(results: Results, name: str, metric: str) -> float | None:
+    """One (f) number of one target; None when it was not measured."""
+    kind, _, stat = metric.partition(":")
+    if kind == "seq":
+        post = results.rx_posts.get(name)
+        if post is None or not post.latency_ms:
+            return None
+        if stat == "mean":
+            return statistics.fmean(post.latency_ms)
+        return clients.percentile(post.latency_ms, float(stat))
+    if kind == "wrk":
+        r = results.wrk.get(("f", name))
+        return None if r is None else float(getattr(r, stat))
+    attr, _, pct = stat.partition("@")
+    stream = results.rx_streams.get(name)
+    if stream is None or not stream.samples:
+        return None
+    return clients.percentile(stream.values(attr), float(pct))
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _round_cell(added: list[float], digits: int = 3) -> str:
+    if not added:
+        return "n/a"
+    return (
+        f"{statistics.median(added):.{digits}f} ({min(added):.{digits}f} to "
+        f"{max(added):.{digits}f})"
+    )
+
+
+def _receipt_summary_rows(results: Results) -> list[str]:
+    rows = [
+        f"| (f) one receipt signature, in process | ms | | {_fmt(results.rx_sign_ms, 3)} | | | |"
+    ]
+    seq = "(f1) signed JSON POST, 1 connection"
+    n, on = _rx_value(results, "nginx", "seq:50"), _rx_value(results, RX_ON, "seq:50")
+    off = _rx_value(results, RX_OFF, "seq:50")
+    rows.append(
+        f"| {seq} | p50 latency ms (teeproxy: receipts on) | {_fmt(n, 3)} | {_fmt(on, 3)} | "
+        f"{_fmt(_ratio(on, n), 2)} | | |"
+    )
+    rows.append(
+        f"| {seq} | **p50 latency signing adds ms** (receipts on - off) | | "
+        f"{_fmt(_diff(on, off), 3)} | | reported | |"
+    )
+    on99, off99 = _rx_value(results, RX_ON, "seq:99"), _rx_value(results, RX_OFF, "seq:99")
+    rows.append(
+        f"| {seq} | p99 latency signing adds ms (receipts on - off) | | "
+        f"{_fmt(_diff(on99, off99), 3)} | | | |"
+    )
+    n, on = (
+        _rx_value(results, "nginx", "wrk:requests_per_s"),
+        _rx_value(results, RX_ON, "wrk:requests_per_s"),
+    )
+    off = _rx_value(results, RX_OFF, "wrk:requests_per_s")
+    rows.append(
+        f"| (f1) signed JSON POST, wrk | req/s (teeproxy: receipts on; off: {_fmt(off, 0)}) | "
+        f"{_fmt(n, 0)} | {_fmt(on, 0)} | {_fmt(_ratio(on, n), 2)} | | |"
+    )
+    on, off = (
+        _rx_value(results, RX_ON, "wrk:cpu_ms_per_request"),
+        _rx_value(results, RX_OFF, "wrk:cpu_ms_per_request"),
+    )
+    rows.append(
+        f"| (f1) signed JSON POST, wrk | CPU ms per request signing adds (on - off) | | "
+        f"{_fmt(_diff(on, off), 3)} | | | |"
+    )
+    on, off = (
+        _rx_value(results, RX_ON, "stream:after_sent_ms@50"),
+        _rx_value(results, RX_OFF, "stream:after_sent_ms@50"),
+    )
+    rows.append(
+        f"| (f2) signed SSE stream | **p50 delay signing adds at the end of a stream ms** "
+        f"(on - off) | | {_fmt(_diff(on, off), 3)} | | reported | |"
+    )
+    return rows
+
+
+def _receipt_section(results: Results, args: argparse.Namespace) -> list[str]:
+    names = list(RX_TARGETS)
+    out = [
+        "",
+        "### Signed receipts (f)",
+        "",
+        f"Three targets on the same backend and certificate, {args.workers} worker(s) each: "
+        f"`nginx` (cannot sign), `{RX_OFF}` and `{RX_ON}`: teeproxy with "
+        '`[attestation] provider = "simulated"` (development quotes: no TEE here) and '
+        "`[receipts] enabled = false` / `true`, so only signing differs. "
+        f"(f1) `POST {configs.CHAT_PATH}` with a {len(configs.CHAT_REQUEST)}-byte JSON body; "
+        f"the backend nginx answers a {len(configs.CHAT_RESPONSE)}-byte JSON completion "
+        f"(with Content-Length, so `{RX_ON}` holds it back, hashes and signs it and sends "
+        f"`{clients.RECEIPT_HEADER}`). Sequential = one keep-alive TLS connection, one "
+        "request at a time, latency from the request's first byte written to the response's "
+        "last byte read (Python http.client); wrk = the same POST (Lua script), "
+        f"-t{args.threads} -c{args.connections}. (f2) `POST {configs.STREAM_PATH}`: an "
+        f"SSE completion of {args.rx_events} data events every {args.rx_interval:g} s plus "
+        "`data: [DONE]` from sse_server.py (through the backend nginx), read line by line "
+        f"on one keep-alive connection; `{RX_ON}` signs and stores the receipt before "
+        "it writes the end of the response. Rounds rotate the order of the targets; "
+        "samples are pooled.",
+        "",
+        f"| metric | nginx | {RX_OFF} | {RX_ON} | on - off | on / off | on / nginx |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows: list[tuple[str, str, int]] = [
+        ("(f1) sequential p50 ms", "seq:50", 3),
+        ("(f1) sequential p90 ms", "seq:90", 3),
+        ("(f1) sequential p99 ms", "seq:99", 3),
+        ("(f1) sequential mean ms", "seq:mean", 3),
+        ("(f1) wrk req/s", "wrk:requests_per_s", 0),
+        ("(f1) wrk p50 ms", "wrk:p50_ms", 2),
+        ("(f1) wrk p99 ms", "wrk:p99_ms", 2),
+        ("(f1) wrk proxy CPU ms/request", "wrk:cpu_ms_per_request", 3),
+        ("(f1) wrk proxy CPU (cores)", "wrk:cpu_utilisation", 2),
+        (
+            "(f2) end of response after the backend wrote the last event, p50 ms",
+            "stream:after_sent_ms@50",
+            3,
+        ),
+        (
+            "(f2) end of response after the backend wrote the last event, p99 ms",
+            "stream:after_sent_ms@99",
+            3,
+        ),
+        ("(f2) end of response after the last event was read, p50 ms", "stream:tail_ms@50", 3),
+        ("(f2) end of response after the last event was read, p99 ms", "stream:tail_ms@99", 3),
+        ("(f2) whole stream (request to end), p50 ms", "stream:total_ms@50", 2),
+        ("(f2) whole stream (request to end), p99 ms", "stream:total_ms@99", 2),
+    ]
+    for label, metric, digits in rows:
+        n, off, on = (_rx_value(results, name, metric) for name in names)
+        out.append(
+            f"| {label} | {_fmt(n, digits)} | {_fmt(off, digits)} | {_fmt(on, digits)} | "
+            f"{_fmt(_diff(on, off), max(digits, 2))} | {_fmt(_ratio(on, off), 2)} | "
+            f"{_fmt(_ratio(on, n), 2)} |"
+        )
+    out += [
+        "",
+        "One receipt in isolation (this Python process, no proxy, no I/O: `sign_receipt` over "
+        "the (f1) body hashes + the `Teeproxy-Receipt` encoding, median of 5 x 400): "
+        f"**{_fmt(results.rx_sign_ms, 3)} ms**. The on - off differences above should be "
+        "close to it (plus hashing and parsing the body); much more means scheduling noise.",
+    ]
+    counts = {name: len(results.rx_posts[name].latency_ms) for name in results.rx_posts}
+    streams = {name: len(results.rx_streams[name].samples) for name in results.rx_streams}
+    out += [
+        "",
+        f"Samples: (f1) {', '.join(f'{k} {v:,}' for k, v in counts.items()) or 'none'}; "
+        f"(f2) {', '.join(f'{k} {v:,}' for k, v in streams.items()) or 'none'}.",
+    ]
+    if args.rx_rounds > 1:
+        out += [
+            "",
+            f"Per round (median and range over {args.rx_rounds} rounds, robust against one "
+            "disturbed round): p50 latency signing adds (f1) "
+            f"{_round_cell(results.rx_round_added('f1'))} ms; p50 delay at the end of a "
+            f"stream signing adds (f2) {_round_cell(results.rx_round_added('f2'))} ms.",
+        ]
+    out += [
+        "",
+        "(f2) columns: *after the backend wrote the last event* = the client's clock at the "
+        "end of the response - the time sse_server.py put into the last data event just "
+        "before writing it (same machine, same clock): what the proxies add between the "
+        "last token and the end of the stream, independent of how the last chunks were "
+        "coalesced on the way; *after the last event was read* = the client's own gap "
+        "between reading the last data event and the end of the response.",
+    ]
+    if results.rx_checks:
+        out += ["", "Checks (a bench that measured no signing fails instead):", ""]
+        out += [f"- {c}" for c in results.rx_checks]
+    return out
+
+
 def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]]) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     cmd = " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv])
@@ -569,7 +1079,14 @@ def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]
         f"-d{round(args.duration)}s, SSE {args.sse_rounds} rounds x "
         f"{args.sse_streams} streams x {args.sse_events} events at {args.sse_rate:g}/s, "
         f"{args.idle_streams} idle streams, nginx TLS session tickets {args.nginx_resumption}, "
-        f"niceness {os.getpriority(os.PRIO_PROCESS, 0)}",
+        f"niceness {os.getpriority(os.PRIO_PROCESS, 0)}"
+        + (
+            f"; (f) {args.rx_requests} sequential POSTs (+{args.rx_warmup} warm-up) and "
+            f"{args.rx_streams} streams x {args.rx_events} events every {args.rx_interval:g} s "
+            f"per target, in {args.rx_rounds} rounds"
+            if "f" in args.tests
+            else ""
+        ),
         "",
         "## Summary",
         "",
@@ -660,9 +1177,11 @@ def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]
         f"{_fmt(_ratio(t_k, n_k), 2)} | <= 40 KiB | "
         f"{_status(None if t_k is None else t_k <= 40.0)} |"
     )
+    if "f" in args.tests:
+        out += _receipt_summary_rows(results)
 
     # Raw numbers.
-    out += ["", "## Raw numbers", "", "### wrk (a) (b) (c)", ""]
+    out += ["", "## Raw numbers", "", "### wrk (a) (b) (c) (f)", ""]
     out += [
         "| test | target | req/s | MiB/s | p50 ms | p99 ms | requests | errors "
         "| proxy CPU (cores) | proxy CPU ms/request |",
@@ -717,6 +1236,8 @@ def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]
             f"{m.before.pss_kib:,} | {m.after.pss_kib:,} | {_fmt(m.kib_per_stream_pss)} | "
             f"{_fmt(m.kib_per_stream_rss)} |"
         )
+    if "f" in args.tests:
+        out += _receipt_section(results, args)
     if results.profile_file is not None:
         out += ["", f"Profile of test (a): `{results.profile_file.relative_to(REPO)}`"]
     if results.errors:
@@ -857,36 +1378,33 @@ def main(argv: list[str] | None = None) -> int:
                 targets["nginx"] = Target("nginx", port, ctx, proxy)
                 log(f"nginx proxy on :{port} (pid {proxy.pid})")
         if "teeproxy" in args.proxies:
-            port, admin = procs.free_port(), procs.free_port()
-            state = tmp / "teeproxy-state"
-            state.mkdir()
-            toml = configs.teeproxy_toml(
-                tmp / "teeproxy.toml",
-                state_dir=state,
-                port=port,
-                admin_port=admin,
-                backend_port=backend_port,
-                workers=args.workers,
-                max_connections=conns * 2,
-                cert_file=certs.cert_file,
-                key_file=certs.key_file,
-            )
-            cmd = [*teeproxy_command(args), "serve", "--config", str(toml)]
-            try:
-                tee = procs.Proc("teeproxy", cmd, logs / "teeproxy.log", cwd=REPO)
-            except OSError as exc:
-                results.error("teeproxy", f"cannot start {shlex.join(cmd)}: {exc}")
-            else:
-                running.append(tee)
-                try:
-                    clients.wait_ready(port, ctx, args.ready_timeout, tee.alive)
-                except (RuntimeError, TimeoutError) as exc:
-                    results.error("teeproxy", f"{shlex.join(cmd)}: {exc}\n{describe_failure(tee)}")
-                else:
-                    targets["teeproxy"] = Target("teeproxy", port, ctx, tee)
-                    log(f"teeproxy on :{port} (pid {tee.pid})")
+            # (f) adds two more teeproxy processes (simulated attestation, receipts off/on).
+            variants: list[tuple[str, bool | None]] = []
+            if set(args.tests) - {"f"}:  # tests a-e use the default configuration
+                variants.append(("teeproxy", None))
+            if "f" in args.tests:
+                variants += [(RX_OFF, False), (RX_ON, True)]
+            for name, receipts in variants:
+                tee_target = start_teeproxy(
+                    name,
+                    receipts,
+                    args,
+                    tmp=tmp,
+                    backend_port=backend_port,
+                    max_connections=conns * 2,
+                    certs=certs,
+                    ctx=ctx,
+                    running=running,
+                    results=results,
+                )
+                if tee_target is not None:
+                    targets[name] = tee_target
         proxies = [targets[n] for n in PROXIES if n in targets]
+        rx = [targets[n] for n in RX_TARGETS if n in targets] if "f" in args.tests else []
+        rx_only = [t for t in rx if t not in proxies]
 
+        for t in rx_only:
+            guarded(results, t.name, "warm-up", partial(warm_up, t, args))
         for t in proxies:
             guarded(results, t.name, "warm-up", partial(warm_up, t, args))
             res = guarded(
@@ -949,6 +1467,45 @@ def main(argv: list[str] | None = None) -> int:
                         f"    {r.requests_per_s:,.0f} req/s, {r.transfer_mib_s:,.1f} MiB/s, "
                         f"p50 {r.p50_ms:.2f} ms, p99 {r.p99_ms:.2f} ms, errors {r.error_count}"
                     )
+        if rx:
+            log(f"(f1) {args.rx_requests} sequential POST {configs.CHAT_PATH} per target")
+            results.rx_sign_ms = guarded(results, "setup", "(f) signing cost", signing_cost_ms)
+            log(f"(f) one receipt signature in process: {_fmt(results.rx_sign_ms, 3)} ms")
+            test_receipts_f1(rx, args, results)
+            for name, post in results.rx_posts.items():
+                log(
+                    f"    {name}: p50 {clients.percentile(post.latency_ms, 50):.3f} ms, "
+                    f"p99 {clients.percentile(post.latency_ms, 99):.3f} ms"
+                )
+            script = tmp / "post.lua"
+            script.write_text(wrk.post_script(configs.CHAT_REQUEST))
+            # Only targets that passed the header checks above (a teeproxy-on that did not
+            # sign would be measured as if it did).
+            for t in (t for t in rx if t.name in results.rx_posts):
+                log(f"(f1) wrk POST {configs.CHAT_PATH} -> {t.name}")
+                r = guarded(
+                    results,
+                    t.name,
+                    "(f1) wrk",
+                    partial(run_wrk, t, configs.CHAT_PATH, args, (), script),
+                )
+                if r is not None:
+                    results.wrk[("f", t.name)] = r
+                    log(
+                        f"    {r.requests_per_s:,.0f} req/s, p50 {r.p50_ms:.2f} ms, "
+                        f"p99 {r.p99_ms:.2f} ms, CPU {r.cpu_ms_per_request:.3f} ms/request, "
+                        f"errors {r.error_count}"
+                    )
+            log(
+                f"(f2) {args.rx_streams} streams x {args.rx_events} events per target "
+                f"({configs.STREAM_PATH})"
+            )
+            test_receipts_f2(rx, args, results)
+            for name, st in results.rx_streams.items():
+                log(
+                    f"    {name}: end after last event sent p50 "
+                    f"{clients.percentile(st.values('after_sent_ms'), 50):.3f} ms"
+                )
         if args.profile and "teeproxy" in targets:
             if pyspy is None:
                 results.notes.append("--profile skipped: py-spy not installed")

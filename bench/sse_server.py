@@ -10,6 +10,11 @@ chunked responses:
 * ``GET /idle`` -- headers and one event, then silence until the client goes away
   (used to measure a proxy's memory per open stream).
 * ``GET /small`` -- ``hello, world\\n`` (for checking this server directly).
+* ``POST /v1/completions?events=N&interval=S`` -- an OpenAI-style streamed completion
+  (request body read whole, at most 1 MiB, Content-Length only): N events
+  ``data: {"id":...,"model":...,"choices":[...],"t":<unix_time_float>}``, each its own chunk
+  on the same schedule as ``/sse`` (``t`` taken right before the write), then
+  ``data: [DONE]`` and the end of the body (test (f) of the benchmark).
 
 Run: ``python bench/sse_server.py --host 127.0.0.1 --port 0`` -- prints
 ``LISTENING <port>`` on stdout once bound.
@@ -28,6 +33,8 @@ from urllib.parse import parse_qs, urlsplit
 
 MAX_EVENTS = 1_000_000
 MAX_HEADER_BYTES = 16384
+MAX_BODY_BYTES = 1024 * 1024
+STREAM_PATH = "/v1/completions"
 
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\n"
@@ -85,6 +92,51 @@ async def _sse(writer: asyncio.StreamWriter, events: int, interval: float) -> No
     await writer.drain()
 
 
+def _completion_event(seq: int) -> bytes:
+    return _chunk(
+        b'data: {"id":"cmpl-bench0001","object":"text_completion","created":1700000000,'
+        b'"model":"bench-model","choices":[{"index":0,"text":" %d","logprobs":null,'
+        b'"finish_reason":null}],"t":%.6f}\n\n' % (seq, time.time())
+    )
+
+
+async def _completion_stream(writer: asyncio.StreamWriter, events: int, interval: float) -> None:
+    writer.write(SSE_HEAD)
+    start = time.monotonic()
+    for seq in range(events):
+        delay = start + seq * interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        writer.write(_completion_event(seq))
+        await writer.drain()
+    writer.write(_chunk(b"data: [DONE]\n\n"))
+    await writer.drain()
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
+async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes | None:
+    """The request body by Content-Length (None: missing, chunked, invalid or too large)."""
+    if "transfer-encoding" in headers:
+        return None
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        return None
+    if not 0 <= length <= MAX_BODY_BYTES:
+        return None
+    return await reader.readexactly(length) if length else b""
+
+
+def _stream_query(query: dict[str, list[str]]) -> tuple[int, float] | None:
+    try:
+        events = min(int(query.get("events", ["10"])[0]), MAX_EVENTS)
+        interval = max(0.0, float(query.get("interval", ["0.02"])[0]))
+    except ValueError:
+        return None
+    return events, interval
+
+
 async def _idle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     writer.write(SSE_HEAD + _event(0))
     await writer.drain()
@@ -103,16 +155,24 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             keep_alive = headers.get("connection", "").lower() != "close"
             url = urlsplit(target)
             query = parse_qs(url.query)
-            if method != "GET":
-                writer.write(_simple("405 Method Not Allowed", b"GET only\n", keep_alive))
-            elif url.path == "/sse":
-                try:
-                    events = min(int(query.get("events", ["10"])[0]), MAX_EVENTS)
-                    interval = max(0.0, float(query.get("interval", ["0.02"])[0]))
-                except ValueError:
+            if method == "POST" and url.path == STREAM_PATH:
+                body = await _read_body(reader, headers)
+                shape = _stream_query(query)
+                if body is None:
+                    writer.write(_simple("411 Length Required", b"bad body\n", False))
+                    keep_alive = False
+                elif shape is None:
                     writer.write(_simple("400 Bad Request", b"bad query\n", keep_alive))
                 else:
-                    await _sse(writer, events, interval)
+                    await _completion_stream(writer, *shape)
+            elif method != "GET":
+                writer.write(_simple("405 Method Not Allowed", b"GET only\n", keep_alive))
+            elif url.path == "/sse":
+                shape = _stream_query(query)
+                if shape is None:
+                    writer.write(_simple("400 Bad Request", b"bad query\n", keep_alive))
+                else:
+                    await _sse(writer, *shape)
             elif url.path == "/idle":
                 await _idle(reader, writer)
                 return
@@ -123,7 +183,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             await writer.drain()
             if not keep_alive:
                 return
-    except (ConnectionError, asyncio.CancelledError):
+    except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
         pass
     finally:
         writer.close()

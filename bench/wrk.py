@@ -90,12 +90,26 @@ def run(
     connections: int = 50,
     headers: tuple[str, ...] = (),
     wrk: str = "wrk",
+    script: str | None = None,
 ) -> WrkResult:
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
     for header in headers:
         cmd += ["-H", header]
+    if script is not None:
+        cmd += ["-s", script]
     cmd.append(url)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=False)
     if proc.returncode != 0:
         raise WrkError(f"{' '.join(cmd)} exited {proc.returncode}: {proc.stderr.strip()}")
     return parse(proc.stdout, url)
+
+
+def post_script(body: str, content_type: str = "application/json") -> str:
+    """A wrk Lua script that makes every request (to the URL's path) a POST with body."""
+    if "]==]" in body:
+        raise ValueError("body contains the Lua long-string terminator")
+    return (
+        f'wrk.method = "POST"\n'
+        f"wrk.body = [==[{body}]==]\n"
+        f'wrk.headers["Content-Type"] = "{content_type}"\n'
+    )

@@ -8,8 +8,11 @@ work with no chain at all. :meth:`EmbeddedChain.start`
    (Web3 Secret Storage, eth-account) to ``<dir>/dev-owner.keystore.json``; its password is
    :data:`DEV_KEYSTORE_PASSWORD`, a published development constant, so this key protects
    nothing and exists only to show the operator CLI on the embedded chain;
-3. deploys ``MeasurementPolicy`` (the committed bytecode) owned by that key and allows the
-   given measurement ids;
+3. deploys ``MeasurementPolicy`` (the committed bytecode) owned by that key, allows the
+   given measurement ids and registers the given receipt signers (``registerSigner``), so
+   the demo's own receipts verify on chain (``verifyReceipt``). The demo registers its own
+   signing address directly: it is the same process, so there is no attestation to check
+   first, unlike ``teeproxy policy register-signer https://HOST`` against a real proxy;
 4. serves the chain as Ethereum JSON-RPC over HTTP on a loopback address, so the proxy's
    policy reader and ``teeproxy policy --rpc URL`` use exactly the code paths they use
    against a real node. The connection details go to ``<dir>/embedded-chain.json``.
@@ -62,7 +65,11 @@ def to_wire(value: Any) -> Any:
     return str(value)
 
 
-def _setup(allow: tuple[tuple[bytes, str], ...], keystore: Path) -> tuple[Any, str, str]:
+def _setup(
+    allow: tuple[tuple[bytes, str], ...],
+    keystore: Path,
+    signers: tuple[tuple[bytes, bytes], ...] = (),
+) -> tuple[Any, str, str]:
     """Build the chain, the owner keystore, the contract (blocking: runs in a thread)."""
     with eth_import_guard():
         from eth_account import Account  # noqa: PLC0415
@@ -87,8 +94,13 @@ def _setup(allow: tuple[tuple[bytes, str], ...], keystore: Path) -> tuple[Any, s
     )
     address = receipt["contractAddress"]
     contract = w3.eth.contract(address=address, abi=ABI)
-    for mid, label in allow:
-        tx = contract.functions.allow(mid, label).build_transaction(
+    calls = [contract.functions.allow(mid, label) for mid, label in allow]
+    calls += [
+        contract.functions.registerSigner(Web3.to_checksum_address(signer), mid)
+        for signer, mid in signers
+    ]
+    for fn in calls:
+        tx = fn.build_transaction(
             {"from": owner.address, "nonce": w3.eth.get_transaction_count(owner.address)}
         )
         signed = owner.sign_transaction(tx)
@@ -116,9 +128,12 @@ class EmbeddedChain:
         host: str = "127.0.0.1",
         port: int = 0,
         allow: tuple[tuple[bytes, str], ...] = (),
+        signers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> EmbeddedChain:
+        """``allow``: (measurement id, label) pairs; ``signers``: (20-byte address,
+        measurement id) pairs registered after them (each id must be among ``allow``)."""
         keystore = directory / "dev-owner.keystore.json"
-        w3, address, owner = await asyncio.to_thread(_setup, allow, keystore)
+        w3, address, owner = await asyncio.to_thread(_setup, allow, keystore, signers)
         chain = cls(w3, address, owner, keystore)
         await chain._serve(host, port)
         info = {
@@ -127,6 +142,7 @@ class EmbeddedChain:
             "owner": owner,
             "keystore": str(keystore),
             "keystore_password": f"{DEV_KEYSTORE_PASSWORD} (development constant)",
+            "signers": ["0x" + signer.hex() for signer, _ in signers],
         }
         await asyncio.to_thread(
             atomic_write, directory / "embedded-chain.json", json.dumps(info, indent=2).encode()

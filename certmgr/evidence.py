@@ -9,7 +9,9 @@ The quote's report_data is ``SHA-256(claims) || 0^32`` (DESIGN "Trust formats"),
   certificate it actually received;
 - ``"iat"``: issue time, unix seconds;
 - optionally ``"acme-account"`` (the ACME account URI), ``"acme-keys"`` (``[[1, hash], ...]``
-  of every ACME certificate key the TEE generated), ``"signing-address"``.
+  of every ACME certificate key the TEE generated), ``"signing-address"`` (the receipt
+  signing key's Ethereum address, text ``0x`` + 40 lowercase hex, the same value as in the
+  RA-TLS certificate's claims; :mod:`certmgr.signing`).
 
 JSON shape (``application/json``)::
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +53,7 @@ EVIDENCE_VERSION = 1
 MAX_EVIDENCE_SIZE = 256 * 1024
 MIN_NONCE = 8
 MAX_NONCE = 64
+_ADDRESS = re.compile(r"0x[0-9a-f]{40}", re.ASCII)
 
 
 class EvidenceError(ValueError):
@@ -88,6 +92,8 @@ def encode_evidence_claims(
     if acme_keys:
         claims["acme-keys"] = [[1, k] for k in acme_keys]
     if signing_address:
+        if _ADDRESS.fullmatch(signing_address) is None:
+            raise EvidenceError("signing_address must be 0x + 40 lowercase hex digits")
         claims["signing-address"] = signing_address
     return cbor2.dumps(claims, canonical=True)
 

@@ -18,7 +18,11 @@ Checks, each failing with its own reason code (:class:`Reason`):
 5. the certificate's validity window contains ``now``; its self-signature verifies;
 6. the TEE is not in debug mode, and is of the expected type when one is required;
 7. the measurement id is allowed, by an allowlist file or a :class:`PolicyCheck` (the
-   on-chain policy, :mod:`certmgr.policy`, plugs in here).
+   on-chain policy, :mod:`certmgr.policy`, plugs in here);
+8. the ``"signing-address"`` claim (the receipt signing key, :mod:`certmgr.signing`), when
+   present, is ``0x`` + 40 lowercase hex: :attr:`Verdict.signing_address` (20 bytes). A
+   client that checks a certificate and fresh evidence together also requires both to name
+   the same address (:func:`signing_address_agreement`).
 
 SEV-SNP reports parse and bind, but their VCEK signature chain is not verified here: such
 evidence is reported with status ``Unverified`` and is never trusted.
@@ -33,6 +37,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +75,8 @@ __all__ = [
     "load_allowlist",
     "load_collateral",
     "load_dev_key",
+    "parse_signing_address",
+    "signing_address_agreement",
     "verify_certificate",
     "verify_evidence",
     "verify_quote",
@@ -90,6 +97,7 @@ KNOWN_TCB_STATUSES = frozenset(
 )
 MAX_COLLATERAL_SIZE = 1024 * 1024
 MAX_ALLOWLIST_SIZE = 1024 * 1024
+_ADDRESS = re.compile(r"0x[0-9a-f]{40}", re.ASCII)
 
 
 class VerifyError(ValueError):
@@ -123,6 +131,8 @@ class Reason(enum.StrEnum):
     NONCE = "nonce"
     SPKI = "spki-mismatch"
     EVIDENCE_MALFORMED = "evidence-malformed"
+    SIGNING_ADDRESS = "signing-address"  # the "signing-address" claim is malformed
+    SIGNING_ADDRESS_MISMATCH = "signing-address-mismatch"  # certificate and evidence differ
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +254,10 @@ class Verdict:
     failures: tuple[Failure, ...] = ()
     simulated: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+    # The receipt signing key's 20-byte Ethereum address from the "signing-address" claim
+    # (None when there is no such claim, or it is malformed: then a failure says so). Only
+    # as trustworthy as the verdict: use it when ``trusted``.
+    signing_address: bytes | None = None
 
     @property
     def trusted(self) -> bool:
@@ -261,6 +275,9 @@ class Verdict:
             "advisories": list(self.advisories),
             "binding": self.binding,
             "simulated": self.simulated,
+            "signing_address": (
+                "0x" + self.signing_address.hex() if self.signing_address is not None else None
+            ),
         }
         if self.measurement is not None:
             out["measurement_id"] = "0x" + measurement_id(self.measurement).hex()
@@ -385,10 +402,15 @@ class QuoteResult:
 
 
 def _verdict(
-    q: QuoteResult, fails: list[Failure], binding: bool, details: dict[str, Any]
+    q: QuoteResult,
+    fails: list[Failure],
+    binding: bool,
+    details: dict[str, Any],
+    signing_address: bytes | None = None,
 ) -> Verdict:
     """The verdict on a verified quote together with the checks made around it."""
     return Verdict(
+        signing_address=signing_address,
         tee=str(q.parsed.tee) if q.parsed else "",
         status=q.status,
         advisories=q.advisories,
@@ -481,6 +503,50 @@ def _measurement_decision(m: Measurement, opts: VerifyOptions) -> list[Failure]:
     return [] if decision.allowed else [Failure(Reason.MEASUREMENT, decision.reason)]
 
 
+def parse_signing_address(claims: Mapping[str, Any]) -> tuple[bytes | None, list[Failure]]:
+    """The ``"signing-address"`` claim as 20 bytes: (None, []) when absent.
+
+    Strict: a CBOR text string ``0x`` followed by exactly 40 lowercase hex digits, the one
+    form teeproxy emits (no EIP-55 mixed case, no bytes, no whitespace); anything else is a
+    :attr:`Reason.SIGNING_ADDRESS` failure and no address.
+    """
+    if "signing-address" not in claims:
+        return None, []
+    value = claims["signing-address"]
+    if type(value) is str and _ADDRESS.fullmatch(value) is not None:
+        return bytes.fromhex(value[2:]), []
+    shown = repr(value)[:60]
+    return None, [
+        Failure(
+            Reason.SIGNING_ADDRESS,
+            f"claim signing-address must be 0x + 40 lowercase hex digits, got {shown}",
+        )
+    ]
+
+
+def signing_address_agreement(certificate: Verdict, evidence: Verdict) -> list[Failure]:
+    """The certificate and the fresh evidence must name the same signing address (or none).
+
+    Both come from the same TEE at about the same time; a difference means one of them is
+    not what this proxy signs receipts with, so neither can be used.
+    """
+    a, b = certificate.signing_address, evidence.signing_address
+    if a is None and b is None:
+        return []
+    if a is not None and b is not None and hmac.compare_digest(a, b):
+        return []
+
+    def show(x: bytes | None) -> str:
+        return "0x" + x.hex() if x is not None else "none"
+
+    return [
+        Failure(
+            Reason.SIGNING_ADDRESS_MISMATCH,
+            f"certificate names signing address {show(a)}, evidence names {show(b)}",
+        )
+    ]
+
+
 def verify_certificate(
     data: bytes,
     collateral: Any,
@@ -521,6 +587,8 @@ def verify_certificate(
         fails.extend(bind_fails)
         if not q.failures:
             fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    address, address_fails = parse_signing_address(parsed.claims)
+    fails.extend(address_fails)
     return _verdict(
         q,
         fails,
@@ -532,6 +600,7 @@ def verify_certificate(
             "not_after": parsed.not_after.isoformat(),
             "claims": _printable(parsed.claims),
         },
+        address,
     )
 
 
@@ -593,6 +662,7 @@ def merge_failures(v: Verdict, extra: Iterable[Failure], **details: Any) -> Verd
         failures=v.failures + more,
         simulated=v.simulated,
         details={**v.details, **details},
+        signing_address=v.signing_address,
     )
 
 
@@ -639,6 +709,12 @@ def verify_evidence(
         fails.extend(bind)
         if not q.failures:
             fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    address, address_fails = parse_signing_address(ev.claims)
+    fails.extend(address_fails)
     return _verdict(
-        q, fails, binding, {"claims": _printable(ev.claims), "provider": ev.provider, "gpu": ev.gpu}
+        q,
+        fails,
+        binding,
+        {"claims": _printable(ev.claims), "provider": ev.provider, "gpu": ev.gpu},
+        address,
     )

@@ -14,9 +14,40 @@ pragma solidity 0.8.37;
 ///         tell two snapshots apart without comparing the lists. The list is bounded
 ///         (MAX_MEASUREMENTS, MAX_LABEL_BYTES) so that `snapshot()` stays cheap to read and a
 ///         reader can cap what it accepts.
+///
+///         Receipts (docs/RECEIPTS.md): the owner registers each proxy's receipt-signing
+///         address for the measurement its attestation shows (`registerSigner`); the owner or
+///         the guardian can unregister it. `verifyReceipt` recomputes the receipt's EIP-712
+///         digest (default domain: name "teeproxy-receipt", version "1", no chainId and no
+///         verifyingContract), recovers the signer with ecrecover under EIP-2 rules, and
+///         accepts only a signer registered for exactly the receipt's measurement while that
+///         measurement is allowed: revoking (or replacing) a measurement invalidates every
+///         receipt of that build at once. Re-allowing it makes the receipts of signers that
+///         are still registered valid again; `unregisterSigner` retires a key for good.
 contract MeasurementPolicy {
     uint256 public constant MAX_MEASUREMENTS = 256;
     uint256 public constant MAX_LABEL_BYTES = 64;
+
+    /// EIP-712 `typeHash` of the receipt struct (docs/RECEIPTS.md "Struct").
+    bytes32 public constant RECEIPT_TYPEHASH = keccak256(
+        "Receipt(bytes32 requestHash,bytes32 responseHash,string model,string responseId,"
+        "uint64 timestamp,bytes32 measurementId)"
+    );
+    /// EIP-712 domain separator of the default receipt domain (docs/RECEIPTS.md "Domain"):
+    /// `EIP712Domain(string name,string version)` with "teeproxy-receipt" and "1". chainId
+    /// and verifyingContract are omitted, so receipts are not tied to a chain or a contract.
+    bytes32 public constant RECEIPT_DOMAIN_SEPARATOR = keccak256(
+        abi.encode(
+            keccak256("EIP712Domain(string name,string version)"),
+            keccak256("teeproxy-receipt"),
+            keccak256("1")
+        )
+    );
+    /// secp256k1 group order / 2: EIP-2 accepts only signatures with s <= this ("low s").
+    uint256 private constant _HALF_N =
+        0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF5D576E7357A4501DDFE92F46681B20A0;
+    uint256 private constant _N =
+        0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
 
     address public owner;
     address public pendingOwner;
@@ -27,6 +58,8 @@ contract MeasurementPolicy {
     /// 1-based position of an id in `_ids`; 0 = not allowed.
     mapping(bytes32 => uint256) private _position;
     mapping(bytes32 => string) private _labels;
+    /// The measurement each receipt signer is registered for; zero = not registered.
+    mapping(address => bytes32) private _signerMeasurement;
 
     event MeasurementAllowed(bytes32 indexed id, string label, uint256 version);
     event MeasurementRevoked(bytes32 indexed id, address indexed by, uint256 version);
@@ -36,6 +69,10 @@ contract MeasurementPolicy {
     event GuardianChanged(address indexed previousGuardian, address indexed newGuardian, uint256 version);
     event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner, uint256 version);
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner, uint256 version);
+    event SignerRegistered(address indexed signer, bytes32 indexed measurementId, uint256 version);
+    event SignerUnregistered(
+        address indexed signer, bytes32 indexed measurementId, address indexed by, uint256 version
+    );
 
     error NotOwner(address caller);
     error NotOwnerOrGuardian(address caller);
@@ -47,6 +84,7 @@ contract MeasurementPolicy {
     error SameMeasurement(bytes32 id);
     error LabelTooLong(uint256 length, uint256 max);
     error TooManyMeasurements(uint256 max);
+    error SignerNotRegistered(address signer);
 
     modifier onlyOwner() {
         if (msg.sender != owner) revert NotOwner(msg.sender);
@@ -94,16 +132,37 @@ contract MeasurementPolicy {
         emit OwnershipTransferStarted(owner, newOwner, v);
     }
 
+    /// Register `signer` (a proxy's receipt-signing address, taken from its verified
+    /// attestation) for `measurementId`, which must be allowed now. A signer belongs to exactly
+    /// one measurement: registering it again moves it.
+    function registerSigner(address signer, bytes32 measurementId) external onlyOwner {
+        if (signer == address(0)) revert ZeroAddress();
+        if (measurementId == bytes32(0)) revert ZeroMeasurement();
+        if (_position[measurementId] == 0) revert NotAllowed(measurementId);
+        uint256 v = _bump();
+        _signerMeasurement[signer] = measurementId;
+        emit SignerRegistered(signer, measurementId, v);
+    }
+
     // -- owner or guardian ----------------------------------------------------------------
 
     /// Remove `id` from the allowed list (owner or guardian).
     function revoke(bytes32 id) external {
-        if (msg.sender != owner && (guardian == address(0) || msg.sender != guardian)) {
-            revert NotOwnerOrGuardian(msg.sender);
-        }
+        _onlyOwnerOrGuardian();
         uint256 v = _bump();
         _remove(id);
         emit MeasurementRevoked(id, msg.sender, v);
+    }
+
+    /// Unregister a receipt signer (owner or guardian): its receipts no longer verify, whatever
+    /// happens to its measurement. The kill switch for one leaked or retired signing key.
+    function unregisterSigner(address signer) external {
+        _onlyOwnerOrGuardian();
+        bytes32 mid = _signerMeasurement[signer];
+        if (mid == bytes32(0)) revert SignerNotRegistered(signer);
+        uint256 v = _bump();
+        delete _signerMeasurement[signer];
+        emit SignerUnregistered(signer, mid, msg.sender, v);
     }
 
     // -- pending owner --------------------------------------------------------------------
@@ -149,7 +208,83 @@ contract MeasurementPolicy {
         }
     }
 
+    /// The measurement `signer` is registered for (zero when none).
+    function signerMeasurement(address signer) external view returns (bytes32) {
+        return _signerMeasurement[signer];
+    }
+
+    // -- receipts -------------------------------------------------------------------------
+
+    /// The EIP-712 digest a receipt's signature is over: keccak256(0x19 0x01 ||
+    /// RECEIPT_DOMAIN_SEPARATOR || hashStruct(Receipt)), exactly as docs/RECEIPTS.md defines
+    /// it (and certmgr.receipt.typed_data_hash computes it). The parameters are the receipt's
+    /// fields in the order of the EIP-712 type.
+    function receiptDigest(
+        bytes32 requestHash,
+        bytes32 responseHash,
+        string calldata model,
+        string calldata responseId,
+        uint64 timestamp,
+        bytes32 measurementId
+    ) public pure returns (bytes32) {
+        bytes32 structHash = keccak256(
+            abi.encode(
+                RECEIPT_TYPEHASH,
+                requestHash,
+                responseHash,
+                keccak256(bytes(model)),
+                keccak256(bytes(responseId)),
+                timestamp,
+                measurementId
+            )
+        );
+        return keccak256(abi.encodePacked(hex"1901", RECEIPT_DOMAIN_SEPARATOR, structHash));
+    }
+
+    /// Check a receipt on chain: its fields as in `receiptDigest`, then `signature`, 65 bytes
+    /// r || s || v (v 27 or 28, low s). Never reverts on a bad signature: `signer` is the
+    /// recovered address (zero when the signature is malformed or does not recover) and
+    /// `valid` is true only when that signer is registered for exactly `measurementId` and
+    /// that measurement is allowed now. The bodies' hashes are not (cannot be) checked here:
+    /// a caller that holds the request and response must compare their SHA-256 with
+    /// `requestHash` / `responseHash` itself.
+    function verifyReceipt(
+        bytes32 requestHash,
+        bytes32 responseHash,
+        string calldata model,
+        string calldata responseId,
+        uint64 timestamp,
+        bytes32 measurementId,
+        bytes calldata signature
+    ) external view returns (bool valid, address signer) {
+        bytes32 digest =
+            receiptDigest(requestHash, responseHash, model, responseId, timestamp, measurementId);
+        signer = _recover(digest, signature);
+        if (signer == address(0)) return (false, address(0));
+        bytes32 mid = _signerMeasurement[signer];
+        valid = mid != bytes32(0) && mid == measurementId && _position[mid] != 0;
+    }
+
     // -- internal -------------------------------------------------------------------------
+
+    function _onlyOwnerOrGuardian() private view {
+        if (msg.sender != owner && (guardian == address(0) || msg.sender != guardian)) {
+            revert NotOwnerOrGuardian(msg.sender);
+        }
+    }
+
+    /// ecrecover with the checks of OpenZeppelin's ECDSA.recover (EIP-2: v in {27, 28}, r and
+    /// s nonzero and below the group order, s in the lower half), returning zero instead of
+    /// reverting on anything malformed.
+    function _recover(bytes32 digest, bytes calldata sig) private pure returns (address) {
+        if (sig.length != 65) return address(0);
+        uint256 r = uint256(bytes32(sig[0:32]));
+        uint256 s = uint256(bytes32(sig[32:64]));
+        uint8 v = uint8(sig[64]);
+        if (v != 27 && v != 28) return address(0);
+        if (r == 0 || r >= _N || s == 0 || s > _HALF_N) return address(0);
+        return ecrecover(digest, v, bytes32(r), bytes32(s));
+    }
 
     function _bump() private returns (uint256) {
         version += 1;

@@ -224,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli_policy import add_parsers as add_policy_parsers  # noqa: PLC0415 - issue 5
 
     add_policy_parsers(sub)
+
+    from proxy.cli_receipt import add_parsers as add_receipt_parsers  # noqa: PLC0415 - issue 6
+
+    add_receipt_parsers(sub)
     return p
 
 

@@ -21,11 +21,23 @@ import socket
 import ssl
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_ATTESTATION_NAME", "add_parsers", "demo_attestation_text"]
+if TYPE_CHECKING:
+    from certmgr.verify import Verdict
+
+__all__ = [
+    "DEFAULT_ATTESTATION_NAME",
+    "AttestInputError",
+    "Attested",
+    "add_attest_options",
+    "add_parsers",
+    "attest",
+    "demo_attestation_text",
+]
 
 DEFAULT_ATTESTATION_NAME = "attestation.teeproxy.invalid"
 MAX_RESPONSE = 512 * 1024
@@ -198,24 +210,60 @@ def _content_length(head: bytes) -> int | None:
     return None
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+class AttestInputError(ValueError):
+    """``teeproxy verify``'s input is unusable (URL, options, connection): exit code 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attested:
+    """What ``teeproxy verify https://HOST`` found, for commands that build on it.
+
+    ``trusted`` is the whole decision (certificate, and the fresh evidence unless skipped,
+    agreeing with each other); ``verdict`` is the certificate's, and its
+    ``signing_address`` / ``measurement`` are what the attestation names (use them only
+    when ``trusted``); ``report`` is the JSON ``teeproxy verify --json`` prints.
+    """
+
+    trusted: bool
+    verdict: Verdict
+    evidence: Verdict | None
+    report: dict[str, Any]
+
+    @property
+    def signing_address(self) -> bytes | None:
+        return self.verdict.signing_address if self.trusted else None
+
+    @property
+    def measurement_id(self) -> bytes | None:
+        from certmgr.quote import measurement_id  # noqa: PLC0415
+
+        m = self.verdict.measurement
+        return measurement_id(m) if self.trusted and m is not None else None
+
+
+def attest(args: argparse.Namespace) -> Attested:
+    """Connect to ``args.url``, verify its RA-TLS certificate, then fresh evidence.
+
+    ``args`` carries the options of :func:`add_attest_options` (``url``, ``sni``,
+    ``timeout``, ``no_nonce`` and the trust options). Raises :class:`AttestInputError` for
+    usage and connection errors; a verdict that is not trusted is returned, not raised.
+    """
     from certmgr.ratls import RaTlsError, parse_certificate  # noqa: PLC0415
     from certmgr.verify import (  # noqa: PLC0415
         VerifyError,
+        signing_address_agreement,
         verify_certificate,
         verify_evidence,
     )
 
     url = urlsplit(args.url)
     if url.scheme != "https" or not url.hostname:
-        print("teeproxy verify: expected https://HOST[:PORT]", file=sys.stderr)
-        return 2
-    port = url.port or 443
+        raise AttestInputError("expected https://HOST[:PORT]")
     try:
+        port = url.port or 443
         opts = _options(args)
     except (OSError, ValueError, VerifyError) as e:
-        print(f"teeproxy verify: {e}", file=sys.stderr)
-        return 2
+        raise AttestInputError(str(e)) from e
     # Certificate checking is ours (RA-TLS), not the WebPKI's: the handshake accepts any
     # certificate and nothing is sent before the verdict on it.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -224,6 +272,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_alpn_protocols(["http/1.1"])
     now = _now(args)
+    ev: Verdict | None = None
     try:
         with (
             socket.create_connection((url.hostname, port), timeout=args.timeout) as raw,
@@ -254,8 +303,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                         "failures": [{"reason": "evidence-malformed", "message": f"HTTP {status}"}],
                     }
                 else:
-                    ev_coll = coll
-                    ev = verify_evidence(body, nonce, spki_hash, ev_coll, opts, now=now)
+                    ev = verify_evidence(body, nonce, spki_hash, coll, opts, now=now)
                     ev_json = ev.to_json()
                     if ev.measurement != verdict.measurement:
                         ev_json["trusted"] = False
@@ -265,18 +313,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
                                 "message": "evidence measurement differs from the certificate's",
                             }
                         )
+                    for f in signing_address_agreement(verdict, ev):
+                        ev_json["trusted"] = False
+                        ev_json["failures"].append({"reason": f.reason.value, "message": f.message})
                 evidence_ok = bool(ev_json["trusted"])
                 out["evidence"] = ev_json
                 out["trusted"] = evidence_ok
     except (OSError, ValueError, VerifyError) as e:
-        print(f"teeproxy verify: {args.url}: {e}", file=sys.stderr)
+        raise AttestInputError(f"{args.url}: {e}") from e
+    return Attested(verdict.trusted and evidence_ok, verdict, ev, out)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    try:
+        result = attest(args)
+    except AttestInputError as e:
+        print(f"teeproxy verify: {e}", file=sys.stderr)
         return 2
-    _print(out, args.json)
-    return 0 if verdict.trusted and evidence_ok else 1
+    _print(result.report, args.json)
+    return 0 if result.trusted else 1
 
 
-def _common(p: argparse.ArgumentParser, *, collateral: bool = True) -> None:
-    p.add_argument("--json", action="store_true", help="print the verdict as JSON")
+def _common(p: argparse.ArgumentParser, *, collateral: bool = True, json_flag: bool = True) -> None:
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print the verdict as JSON")
     p.add_argument(
         "--allowlist", help="file of allowed measurement ids (hex bytes32, one per line)"
     )
@@ -317,6 +377,19 @@ def _common(p: argparse.ArgumentParser, *, collateral: bool = True) -> None:
         p.add_argument("--collateral", help="collateral JSON file (dcap-qvl format)")
         p.add_argument("--pccs", help="PCCS URL to fetch collateral from")
         p.add_argument("--cache-dir", help="cache fetched collateral here until its nextUpdate")
+
+
+def add_attest_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``teeproxy verify`` except the URL, ``--json`` and ``--no-nonce``.
+
+    For commands that call :func:`attest` (``receipt verify --attest``, ``policy
+    register-signer``): the caller adds its own URL argument with ``dest="url"``. Fresh
+    evidence is always checked.
+    """
+    p.add_argument("--sni", default=DEFAULT_ATTESTATION_NAME, help="attestation server name")
+    p.add_argument("--timeout", type=float, default=10.0)
+    _common(p, json_flag=False)
+    p.set_defaults(no_nonce=False)
 
 
 def add_parsers(sub: Any) -> None:
@@ -364,4 +437,7 @@ Print the measurement id, then allow exactly it:
   teeproxy verify https://127.0.0.1:{port} --trust-dev-key {pub} --any-measurement --json
   echo 0x<measurement_id> > allow.txt
   teeproxy verify https://127.0.0.1:{port} --trust-dev-key {pub} --allowlist allow.txt
+Check a response's signed receipt (Teeproxy-Receipt header) against the attested signer:
+  teeproxy receipt verify --attest https://127.0.0.1:{port} --trust-dev-key {pub} \\
+    --allowlist allow.txt --request req.json --response resp.json --receipt-header VALUE
 """

@@ -1,7 +1,17 @@
 """``teeproxy policy ...``: the operator CLI for the MeasurementPolicy contract (issue 5).
 
 Subcommands: ``create-keystore``, ``deploy``, ``allow``, ``revoke``, ``replace``, ``list``,
-``status``, ``set-guardian``, ``transfer-ownership``, ``accept-ownership``.
+``status``, ``set-guardian``, ``transfer-ownership``, ``accept-ownership``; and for receipts
+(issue 6, docs/GOVERNANCE.md "Receipt signers"): ``register-signer https://HOST``,
+``unregister-signer ADDRESS``, ``signer ADDRESS``.
+
+``register-signer`` never takes an address or a measurement id from the operator: it first
+verifies the proxy's attestation exactly as ``teeproxy verify`` does (``proxy.cli_attest.attest``:
+the RA-TLS certificate, then fresh evidence over the same connection, with the same trust
+options), refuses unless that verdict is trusted, and registers the signing address and the
+measurement id the verified attestation names. With no measurement option of its own
+(``--allowlist``, ``--policy-rpc``, ``--any-measurement``) the measurement is judged by the
+very contract it registers in; the contract also refuses a measurement that is not allowed.
 
 Signing keys live only in an encrypted JSON keystore (Web3 Secret Storage, as geth and
 eth-account write it). The password comes from an environment variable (default
@@ -65,7 +75,13 @@ def add_parsers(sub: Any) -> None:
         help="target the embedded development chain of `teeproxy demo` using STATE_DIR",
     )
     p.add_argument("--dry-run", action="store_true", help="print the transaction, do not send")
-    p.add_argument("--timeout", type=float, default=120.0, help="receipt wait (seconds)")
+    p.add_argument(
+        "--timeout",
+        dest="tx_timeout",
+        type=float,
+        default=120.0,
+        help="RPC and transaction receipt wait (seconds)",
+    )
     ps = p.add_subparsers(dest="policy_command", required=True)
 
     k = ps.add_parser("create-keystore", help="generate a key into a new encrypted keystore")
@@ -89,6 +105,19 @@ def add_parsers(sub: Any) -> None:
     t = ps.add_parser("transfer-ownership", help="start a two-step ownership transfer")
     t.add_argument("new_owner")
     ps.add_parser("accept-ownership", help="accept a pending transfer (as the new owner)")
+    rs = ps.add_parser(
+        "register-signer",
+        help="verify a proxy's attestation, then register its receipt signing address for "
+        "its measurement (owner)",
+    )
+    rs.add_argument("url", help="https://HOST[:PORT] of the proxy")
+    from proxy.cli_attest import add_attest_options  # noqa: PLC0415
+
+    add_attest_options(rs)  # the trust options of `teeproxy verify`; its --timeout connects
+    us = ps.add_parser("unregister-signer", help="unregister a receipt signer (owner or guardian)")
+    us.add_argument("signer")
+    sg = ps.add_parser("signer", help="a receipt signer's measurement and whether it is allowed")
+    sg.add_argument("signer")
     p.set_defaults(func=run)
 
 
@@ -109,14 +138,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.policy_command == "create-keystore":
         return _create_keystore(Path(args.file), args.password_env)
     target = _target(args)
-    if args.policy_command in ("list", "status"):
+    if args.policy_command in ("list", "status", "signer"):
+        if args.policy_command == "signer":
+            _address(args.signer)
         return asyncio.run(_read(args, target))
     if not target.keystore:
         raise CliError("--keystore is required to sign a transaction")
+    if args.policy_command == "register-signer":
+        # The attestation first: no password is asked for a proxy that does not verify.
+        args.attested_signer, args.attested_measurement = _attested_signer(args, target)
     # Bad arguments fail before the password is asked for.
     for name in ("measurement_id", "old", "new"):
         if getattr(args, name, None):
             _mid(getattr(args, name))
+    if args.policy_command == "unregister-signer":
+        _address(args.signer)
     for name in ("guardian", "new_owner", "owner"):
         value = getattr(args, name, None)
         if value and value not in ("0", "0x0", "none"):
@@ -214,10 +250,12 @@ async def _read(args: argparse.Namespace, target: Target) -> int:
     from certmgr.policy_contract import ABI  # noqa: PLC0415
     from certmgr.policy_rpc import make_web3  # noqa: PLC0415
 
-    w3 = make_web3(target.rpc, args.timeout)
+    w3 = make_web3(target.rpc, args.tx_timeout)
     try:
         c = w3.eth.contract(address=w3.to_checksum_address(target.address), abi=ABI)
         block = await w3.eth.block_number
+        if args.policy_command == "signer":
+            return await _read_signer(c, _address(args.signer), block)
         version, ids, labels = await c.functions.snapshot().call(block_identifier=block)
         if args.policy_command == "list":
             print(f"policy {target.address} version {version} at block {block}:")
@@ -248,6 +286,70 @@ async def _read(args: argparse.Namespace, target: Target) -> int:
         await w3.provider.disconnect()
 
 
+async def _read_signer(c: Any, signer: str, block: int) -> int:
+    """``signer ADDRESS``: exit 0 when its receipts verify on chain now, 3 when they do not."""
+    mid = bytes(await c.functions.signerMeasurement(signer).call(block_identifier=block))
+    if mid == bytes(32):
+        print(f"signer {signer}: NOT REGISTERED (block {block})")
+        return 3
+    allowed, label = await c.functions.measurement(mid).call(block_identifier=block)
+    state = f"ALLOWED ({label})" if allowed else "NOT ALLOWED: its receipts do not verify"
+    print(f"signer {signer}: registered for 0x{mid.hex()} (block {block})")
+    print(f"measurement 0x{mid.hex()}: {state}")
+    return 0 if allowed else 3
+
+
+# -- attestation (register-signer) -------------------------------------------------------------
+
+
+def _attested_signer(args: argparse.Namespace, target: Target) -> tuple[bytes, bytes]:
+    """Verify ``args.url`` like ``teeproxy verify``; its (signing address, measurement id).
+
+    Raises :class:`CliError` unless the verdict (certificate and fresh evidence) is trusted
+    and names a signing address. Without a measurement option of its own, the measurement is
+    judged by the target contract (one endpoint: the one we are about to send to).
+    """
+    from certmgr.verify import Reason  # noqa: PLC0415
+    from proxy.cli_attest import AttestInputError, attest  # noqa: PLC0415
+
+    if not (args.allowlist or args.policy_rpc or args.any_measurement):
+        args.policy_rpc = [target.rpc]
+        args.policy_address = target.address
+        args.policy_quorum = 1
+    elif args.policy_rpc and not args.policy_address:
+        args.policy_address = target.address  # a quorum of endpoints reading this contract
+    try:
+        result = attest(args)
+    except AttestInputError as e:
+        raise CliError(f"cannot verify the attestation of {args.url}: {e}") from e
+    report = result.report
+    if not result.trusted:
+        failures = list(report.get("failures", []))
+        evidence = report.get("evidence")
+        if isinstance(evidence, dict):
+            failures += [{**f, "reason": "evidence " + f["reason"]} for f in evidence["failures"]]
+        lines = "".join(f"\n  - {f['reason']}: {f['message']}" for f in failures)
+        hint = ""
+        not_allowed = Reason.MEASUREMENT.value
+        if any(f["reason"] == not_allowed for f in failures) and "measurement_id" in report:
+            hint = f"\n  (allow it first: teeproxy policy allow {report['measurement_id']})"
+        raise CliError(
+            f"the attestation of {args.url} is NOT TRUSTED; nothing registered:{lines}{hint}"
+        )
+    signer, mid = result.signing_address, result.measurement_id
+    if signer is None or mid is None:
+        raise CliError(
+            f"{args.url} attests no receipt signing address (are [receipts] enabled on the "
+            "proxy?); nothing registered"
+        )
+    simulated = " (SIMULATED attestation: development only)" if report.get("simulated") else ""
+    out = sys.stderr if args.dry_run else sys.stdout  # a dry run prints only JSON on stdout
+    print(f"attested {args.url}: TRUSTED{simulated}", file=out)
+    print(f"  measurement:     0x{mid.hex()}", file=out)
+    print(f"  signing address: {_address('0x' + signer.hex())}", file=out, flush=True)
+    return signer, mid
+
+
 # -- transactions ------------------------------------------------------------------------------
 
 
@@ -267,6 +369,11 @@ def _call_for(args: argparse.Namespace, c: Any, sender: str) -> tuple[str, Any]:
         return "transferOwnership", c.functions.transferOwnership(_address(args.new_owner))
     if cmd == "accept-ownership":
         return "acceptOwnership", c.functions.acceptOwnership()
+    if cmd == "register-signer":
+        signer = _address("0x" + args.attested_signer.hex())
+        return "registerSigner", c.functions.registerSigner(signer, args.attested_measurement)
+    if cmd == "unregister-signer":
+        return "unregisterSigner", c.functions.unregisterSigner(_address(args.signer))
     raise CliError(f"unknown command {cmd} for {sender}")
 
 
@@ -296,7 +403,7 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
     from certmgr.policy_contract import ABI, BYTECODE  # noqa: PLC0415
     from certmgr.policy_rpc import make_web3  # noqa: PLC0415
 
-    w3 = make_web3(target.rpc, args.timeout)
+    w3 = make_web3(target.rpc, args.tx_timeout)
     try:
         chain_id = await w3.eth.chain_id
         sender = acct.address
@@ -307,6 +414,14 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
         else:
             c = w3.eth.contract(address=w3.to_checksum_address(target.address), abi=ABI)
             name, fn = _call_for(args, c, sender)
+            if args.policy_command == "register-signer":
+                mid = args.attested_measurement
+                if not await c.functions.isAllowed(mid).call():
+                    raise CliError(
+                        f"measurement 0x{mid.hex()} is not allowed by {target.address}: "
+                        f"allow it first (`teeproxy policy allow 0x{mid.hex()}`); "
+                        "nothing registered"
+                    )
         try:
             gas = await fn.estimate_gas({"from": sender})
         except ContractLogicError as e:
@@ -332,7 +447,7 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
         signed = acct.sign_transaction(tx)
         tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
         print(f"sent {name}: 0x{bytes(tx_hash).hex()}", flush=True)
-        receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=args.timeout)
+        receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=args.tx_timeout)
         if receipt["status"] != 1:
             # Reverted after a successful estimate (someone changed the state in between):
             # replay the call at the block to get the custom error.
@@ -353,10 +468,13 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
         print(f"block:       {receipt['blockNumber']}")
         if args.policy_command == "deploy":
             print(f"contract:    {address}")
+        if args.policy_command == "register-signer":
+            print(f"signer:      {_address('0x' + args.attested_signer.hex())}")
+            print(f"measurement: 0x{args.attested_measurement.hex()}")
         print(f"version:     {version}")
         return 0
     except TimeoutError as e:
-        raise CliError(f"no receipt within {args.timeout:g} s") from e
+        raise CliError(f"no receipt within {args.tx_timeout:g} s") from e
     except (Web3Exception, OSError, ValueError) as e:
         raise CliError(f"{target.rpc}: {type(e).__name__}: {e}") from e
     finally:
@@ -383,11 +501,17 @@ def demo_banner(cfg: Any, measurement_id: bytes | None = None) -> str:
     )
     env = f"{DEFAULT_PASSWORD_ENV}={DEV_KEYSTORE_PASSWORD}"
     bound = 2 * g.refresh_period
+    signer = ""
+    if cfg.receipts.enabled and cfg.attestation.provider != "none":
+        signer = f"""Its receipt signing address is registered for that id, so its receipts verify
+on chain (MeasurementPolicy.verifyReceipt) until the id is revoked:
+  teeproxy policy --embedded {state} signer $(cat {state}/signing/address)
+"""
     return f"""
 Governance ({g.mode}): an in-process EVM (development only, NOT a real chain) runs the
 MeasurementPolicy contract; this demo's measurement id ({what}) is allowed:
   teeproxy policy --embedded {state} list
-Revoke it; within {bound:g} s the proxy answers 503 and then stops listening:
+{signer}Revoke it; within {bound:g} s the proxy answers 503 and then stops listening:
   {env} teeproxy policy --embedded {state} revoke {mid}
 Allow it again:
   {env} teeproxy policy --embedded {state} allow {mid} --label demo

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 from proxy.errors import ConfigError
 
 __all__ = [
+    "RECEIPTS_PATH",
     "AcmeConfig",
     "AdminConfig",
     "AttestationConfig",
@@ -36,7 +37,6 @@ __all__ = [
     "LimitsConfig",
     "ListenAddress",
     "LoggingConfig",
-    "RECEIPTS_PATH",
     "ReceiptsConfig",
     "SealingConfig",
     "ServerConfig",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -31,8 +32,9 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
+from certmgr.receipt import IncrementalHash
 from proxy import metrics
-from proxy.config import Config
+from proxy.config import RECEIPTS_PATH, Config
 from proxy.deadline import Deadline
 from proxy.errors import BackendError, BackendTimeout, ClientRequestError
 from proxy.headers import (
@@ -40,6 +42,8 @@ from proxy.headers import (
     request_headers_for_backend,
     response_headers_for_client,
 )
+from proxy.receipts import ID_HEADER, RECEIPT_HEADER, ReceiptIssuer, new_receipt_id
+from proxy.tasks import spawn
 
 __all__ = ["Forwarder", "make_session"]
 
@@ -125,6 +129,31 @@ class _Exchange:
     body_out: int = 0
     body_error: ClientRequestError | None = None
     response: web.StreamResponse | None = None
+    # Issue 6: SHA-256 of the request body as forwarded, when this exchange is signed.
+    request_hash: IncrementalHash | None = None
+
+
+class _Tap:
+    """A streamed, signed response: every relayed byte is hashed, the receipt is stored
+    before the last byte goes out (so a client that saw the end can fetch it)."""
+
+    __slots__ = ("fields", "hash", "issuer", "request_hash", "rid")
+
+    def __init__(self, issuer: ReceiptIssuer, rid: str, request_hash: bytes, ctype: str) -> None:
+        self.issuer = issuer
+        self.rid = rid
+        self.request_hash = request_hash
+        self.hash = IncrementalHash()
+        self.fields = issuer.fields(ctype)
+
+    def update(self, chunk: bytes) -> None:
+        self.hash.update(chunk)
+        self.fields.feed(chunk)
+
+    async def complete(self) -> None:
+        self.fields.finish()
+        receipt = self.issuer.sign(self.request_hash, self.hash.digest(), self.fields)
+        await self.issuer.publish(self.rid, receipt)
 
 
 class Forwarder:
@@ -137,6 +166,8 @@ class Forwarder:
         self.draining = False
         # proxy.wellknown.AttestationEndpoint (issue 4), set by the worker; None: forwarded.
         self.attestation: Any = None
+        # Issue 6: signs exchanges on the configured routes; None: receipts are off.
+        self.receipts: ReceiptIssuer | None = None
 
     def reconfigure(self, cfg: Config, session: aiohttp.ClientSession) -> None:
         """Take a new config (SIGHUP); requests already running keep what they started with."""
@@ -178,6 +209,10 @@ class Forwarder:
                 if local is not None:
                     ex.status = local.status
                     return local
+            if self.receipts is not None and request.path.startswith(RECEIPTS_PATH):
+                local = await self.receipts.handle_get(request)
+                ex.status = local.status
+                return local
             return await self._forward(request, cfg, ex)
         except ClientRequestError as e:
             return self._fail(request, ex, e.status, "invalid_request", e.message)
@@ -221,6 +256,8 @@ class Forwarder:
         up_headers = CIMultiDict(
             request_headers_for_backend(headers, client_ip=ex.client_ip, proto="https", host=host)
         )
+        if self.receipts is not None and self.receipts.applies(request.method, request.path):
+            ex.request_hash = IncrementalHash()
         has_body = request.body_exists and content_length != 0
         data = self._pump_body(request, cfg, ex) if has_body else None
         url = URL(cfg.backend.base_url + target, encoded=True)
@@ -301,19 +338,88 @@ class Forwarder:
             # one write; otherwise the headers go now, before the first chunk exists, so a
             # streaming client sees them as soon as the backend sent them.
             resp.send_headers_early = not upstream.content.is_eof()
+            tap = None
+            issuer = self.receipts
+            if issuer is not None:  # only the proxy speaks for its receipts
+                resp.headers.popall(RECEIPT_HEADER, None)
+                resp.headers.popall(ID_HEADER, None)
+            if ex.request_hash is not None and issuer is not None and 200 <= upstream.status < 300:
+                ctype = upstream.headers.get("Content-Type", "")
+                if issuer.buffers(ctype, upstream.content_length):
+                    return await self._relay_whole_signed(
+                        request, resp, upstream, cfg, ex, issuer=issuer, deadline=deadline
+                    )
+                tap = _Tap(issuer, new_receipt_id(), ex.request_hash.digest(), ctype)
+                resp.headers[ID_HEADER] = tap.rid
+                issuer.pending.add(tap.rid)
             deadline.set(cfg.limits.send_timeout, "send")
             try:
                 await resp.prepare(request)
                 ex.status = upstream.status
-                await self._relay_body(request, resp, upstream, cfg, ex, deadline=deadline)
+                await self._relay_body(request, resp, upstream, cfg, ex, deadline=deadline, tap=tap)
             except ConnectionResetError:
                 # The client went away mid-response: nothing to answer, nothing to log
                 # above debug; aiohttp finishes the dead connection quietly.
                 log.debug("client disconnected mid-response")
+            finally:
+                if tap is not None and tap.rid in tap.issuer.pending:  # it did not complete
+                    spawn(tap.issuer.publish(tap.rid, None), "receipt-incomplete")
             return resp
         finally:
             # Not release(): a response not read to the end must not go back to the pool.
             upstream.close()
+
+    async def _relay_whole_signed(
+        self,
+        request: web.BaseRequest,
+        resp: _RelayResponse,
+        upstream: aiohttp.ClientResponse,
+        cfg: Config,
+        ex: _Exchange,
+        *,
+        issuer: ReceiptIssuer,
+        deadline: Deadline,
+    ) -> web.StreamResponse:
+        """A bounded response read whole, signed, and sent with its ``Teeproxy-Receipt``.
+
+        Nothing has gone to the client yet, so a backend failure here is still a clean 502.
+        """
+        assert ex.request_hash is not None  # noqa: S101 - the caller checked
+        idle = cfg.backend.idle_timeout
+        limit = issuer.cfg.max_buffered_body
+        content = upstream.content
+        body = bytearray()
+        while True:
+            deadline.set(idle, "idle")
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, OSError) as e:
+                metrics.BACKEND_ERRORS.labels("broken_response").inc()
+                raise BackendError(f"backend response broke mid-body: {_describe(e)}") from e
+            if not chunk:
+                break
+            body += chunk
+            if len(body) > limit:  # the client enforces Content-Length; never trust it blindly
+                raise BackendError(f"backend response exceeds its {limit}-byte Content-Length")
+        data = bytes(body)
+        fields = issuer.fields(upstream.headers.get("Content-Type", ""))
+        fields.feed(data)
+        fields.finish()
+        receipt = issuer.sign(ex.request_hash.digest(), hashlib.sha256(data).digest(), fields)
+        resp.headers[RECEIPT_HEADER] = receipt.to_header()
+        metrics.RECEIPT_HEADER.inc()
+        resp.send_headers_early = False
+        deadline.set(cfg.limits.send_timeout, "send")
+        try:
+            await resp.prepare(request)
+            ex.status = upstream.status
+            await resp.write_eof(data)
+        except ConnectionResetError:
+            log.debug("client disconnected mid-response")
+            return resp
+        ex.body_out += len(data)
+        metrics.BYTES_OUT.inc(len(data))
+        return resp
 
     async def _relay_body(
         self,
@@ -324,6 +430,7 @@ class Forwarder:
         ex: _Exchange,
         *,
         deadline: Deadline,
+        tap: _Tap | None = None,
     ) -> None:
         """Copy the backend body to the client as it arrives, then end the response.
 
@@ -345,7 +452,13 @@ class Forwarder:
                 _abort(request)
                 return
             deadline.set(send_timeout, "send")
-            if not chunk or content.at_eof():
+            last = not chunk or content.at_eof()
+            if tap is not None:
+                if chunk:
+                    tap.update(chunk)
+                if last:
+                    await tap.complete()
+            if last:
                 await resp.write_eof(chunk)
             else:
                 await resp.write(chunk)
@@ -379,6 +492,8 @@ class Forwarder:
             if not chunk:
                 return
             ex.body_in += len(chunk)
+            if ex.request_hash is not None:
+                ex.request_hash.update(chunk)
             if limit and ex.body_in > limit:
                 ex.body_error = ClientRequestError(413, f"request body exceeds {limit} bytes")
                 raise ex.body_error

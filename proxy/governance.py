@@ -172,6 +172,25 @@ def _attested_measurement_id(cfg: Config | None) -> bytes:
     return quote.measurement_id(self_measurement(provider))
 
 
+def _own_signer(cfg: Config) -> bytes | None:
+    """The receipt signing address the embedded chain registers (blocking), or None.
+
+    The same key :mod:`proxy.wellknown` binds in the attestation (prepared here first; it
+    loads the same sealed key later). None when receipts are off or there is no provider;
+    an unusable key is logged and left to stop start-up where the attestation is prepared.
+    """
+    if not cfg.receipts.enabled or cfg.attestation.provider == "none":
+        return None
+    from certmgr.signing import SigningKeyError, prepare_signing_key  # noqa: PLC0415
+    from proxy.certs import default_sealer  # noqa: PLC0415
+
+    try:
+        return prepare_signing_key(cfg.state_dir, default_sealer(cfg))
+    except (SigningKeyError, OSError) as e:
+        log.warning("embedded chain: receipt signer not registered: %s", e)
+        return None
+
+
 # -- what is published ---------------------------------------------------------------------
 
 
@@ -272,11 +291,13 @@ class Governor:
             from certmgr.chain import EmbeddedChain  # noqa: PLC0415
 
             addr = parse_listen(self.g.embedded_chain_listen, "governance.embedded_chain_listen")
+            signer = await asyncio.to_thread(_own_signer, self.cfg)  # issue 6: receipts
             self.chain = await EmbeddedChain.start(
                 Path(self.cfg.state_dir) / "governance",
                 host=addr.host,
                 port=addr.port,
                 allow=((self.measurement_id, "teeproxy dev build"),),
+                signers=((signer, self.measurement_id),) if signer else (),
             )
             urls, address = (self.chain.url,), self.chain.address
         self._reader = PolicyReader(

@@ -107,6 +107,16 @@ POLICY_ENDPOINT_FAULTS = Counter(
     ["endpoint", "kind"],
 )
 
+RECEIPTS = Counter(
+    "teeproxy_receipts",
+    "Signed receipts (issue 6): header (in the response headers), stored (for "
+    "GET /v1/receipts/{id}), incomplete (a streamed response that did not finish: unsigned).",
+    ["delivery"],
+)
+RECEIPT_HEADER = RECEIPTS.labels("header")
+RECEIPT_STORED = RECEIPTS.labels("stored")
+RECEIPT_INCOMPLETE = RECEIPTS.labels("incomplete")
+
 _status_children: dict[int, Counter] = {}
 
 

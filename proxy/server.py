@@ -77,6 +77,7 @@ class Worker:
     _tls_ctx: Any = None
     gate: Any = None  # proxy.governance.WorkerGate in [governance] enforce mode (issue 5)
     attestation: Any = None  # proxy.wellknown.AttestationEndpoint (issue 4)
+    receipts: Any = None  # proxy.receipts.ReceiptIssuer (issue 6); None: receipts off
 
     def __post_init__(self) -> None:
         self.holder = StoreHolder(self.store)
@@ -89,6 +90,7 @@ class Worker:
         self.session = make_session(cfg)
         self.forwarder = Forwarder(cfg, self.session)
         self.forwarder.attestation = self.attestation
+        self.forwarder.receipts = self.receipts
         handler = self.forwarder.handle
         if self.gate is not None:  # on-chain policy: 503 and no listeners while not allowed
             handler = self.gate.wrap(handler)
@@ -161,6 +163,8 @@ class Worker:
         if cfg.backend != self.cfg.backend or cfg.limits != self.cfg.limits:
             self.session = make_session(cfg)
         self.forwarder.reconfigure(cfg, self.session or make_session(cfg))
+        if self.receipts is not None:
+            self.receipts.reconfigure(cfg)
         self.http.update_limits(cfg.limits)
         self.swap_store(store)
         self.cfg = cfg
@@ -183,6 +187,8 @@ class Worker:
             await self.http.shutdown(grace)
         if self.session is not None:
             await self.session.close()
+        if self.receipts is not None:
+            await self.receipts.store.close()
 
 
 def host_without_port(host: str) -> str:
@@ -213,7 +219,10 @@ def _setup_logging(level: str) -> None:
 
 
 def run_worker_process(
-    cfg: Config, config_path: str | None, conn: multiprocessing.connection.Connection
+    cfg: Config,
+    config_path: str | None,
+    conn: multiprocessing.connection.Connection,
+    receipt_store: str = "",
 ) -> None:
     """Entry point of a worker process (multiprocessing 'spawn')."""
     # A SIGHUP relayed while this worker starts must not kill it (the default action): it
@@ -223,11 +232,14 @@ def run_worker_process(
     _setup_logging(cfg.logging.level)
     install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_worker_main(cfg, config_path, conn))
+        asyncio.run(_worker_main(cfg, config_path, conn, receipt_store))
 
 
 async def _worker_main(
-    cfg: Config, config_path: str | None, conn: multiprocessing.connection.Connection
+    cfg: Config,
+    config_path: str | None,
+    conn: multiprocessing.connection.Connection,
+    receipt_store: str = "",
 ) -> None:
     from proxy.certs import build_store, default_sealer  # noqa: PLC0415
 
@@ -237,6 +249,10 @@ async def _worker_main(
     from proxy.wellknown import make_endpoint  # noqa: PLC0415 - issue 4
 
     worker.attestation = await asyncio.to_thread(make_endpoint, cfg, worker.holder, sealer)
+    if cfg.receipts.enabled:  # issue 6: signed responses
+        from proxy.receipts import worker_issuer  # noqa: PLC0415
+
+        worker.receipts = await worker_issuer(cfg, sealer, receipt_store)
     if cfg.governance.mode == "enforce":  # issue 5: serve only while the policy allows
         from proxy.governance import WorkerGate  # noqa: PLC0415
 
@@ -328,6 +344,7 @@ class Supervisor:
         self._stopping = False
         self._configured_server = cfg.server  # as written, before ports are resolved
         self.ports: list[int] = []
+        self._receipt_store: Any = None  # proxy.receipts.SharedStore with several workers
 
     def _resolve_ports(self) -> Config:
         listen: list[str] = []
@@ -345,7 +362,7 @@ class Supervisor:
         parent, child = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=run_worker_process,
-            args=(self.cfg, self.config_path, child),
+            args=(self.cfg, self.config_path, child, self._receipt_path),
             name="teeproxy-worker",
             daemon=False,
         )
@@ -389,6 +406,12 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload(), "reload"))
+        if self.cfg.receipts.enabled and self.cfg.server.worker_count > 1:
+            # Issue 6: a receipt is fetched from whichever worker the kernel picks, so with
+            # several workers the store lives here (proxy.receipts.SharedStore).
+            from proxy.receipts import SharedStore  # noqa: PLC0415
+
+            self._receipt_store = await SharedStore.start(self.cfg.receipts)
         for _ in range(self.cfg.server.worker_count):
             self._spawn_worker()
         try:
@@ -397,6 +420,7 @@ class Supervisor:
             log.error("start failed: %s", e)
             await self._terminate_workers()
             await admin.stop()
+            await self._close_receipt_store()
             return 1
         log.info(
             "teeproxy serving on %s with %d workers (uvloop: %s)",
@@ -421,6 +445,7 @@ class Supervisor:
         log.info("draining workers (grace %.0f s)", self.cfg.server.drain_grace)
         await self._terminate_workers()
         await admin.stop()
+        await self._close_receipt_store()
         for sock in self._reserved:
             sock.close()
         if self.governor is not None:
@@ -429,6 +454,15 @@ class Supervisor:
 
     ready = False
     governor: Any = None  # proxy.governance.Governor unless [governance] mode = "off"
+
+    @property
+    def _receipt_path(self) -> str:
+        return self._receipt_store.path if self._receipt_store is not None else ""
+
+    async def _close_receipt_store(self) -> None:
+        if self._receipt_store is not None:
+            await self._receipt_store.close()
+            self._receipt_store = None
 
     async def reload(self) -> None:
         from proxy.certs import default_sealer, prepare_certificates  # noqa: PLC0415

@@ -9,9 +9,13 @@
 - Worker (:class:`AttestationEndpoint`): ``GET /.well-known/tee/attestation?nonce=HEX``
   answers a fresh quote whose report_data binds the nonce and the SPKI hash of the
   certificate used on *this* connection (ACME, RA-TLS or any other), plus the ACME account
-  and keys when ACME is on. Quotes are serialized and rate-limited per worker
-  (:class:`certmgr.tee.QuoteGate`); over the limit the answer is 429. JSON shape:
-  :mod:`certmgr.evidence` and docs/ATTESTATION.md.
+  and keys when ACME is on, and the receipt signing address when receipts are on.
+  Quotes are serialized and rate-limited per worker (:class:`certmgr.tee.QuoteGate`); over
+  the limit the answer is 429. JSON shape: :mod:`certmgr.evidence` and docs/ATTESTATION.md.
+- Receipt signing key (:mod:`certmgr.signing`, issue 6): with ``receipts.enabled`` and a
+  provider, the supervisor makes sure the sealed key exists before the certificate is
+  prepared, and its address goes into the RA-TLS claims as ``"signing-address"`` (a new
+  address reissues the certificate); workers read the address from the unsealed key.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from certmgr.evidence import (
 from certmgr.keys import Sealer
 from certmgr.quote import QuoteError, parse_evidence
 from certmgr.ratls import report_data_for_claims
+from certmgr.signing import SigningKeyError, load_signing_key, prepare_signing_key
 from certmgr.store import CertEntry, CertError, StoreHolder, entry_from_key
 from certmgr.tee import QuoteGate, QuoteProvider, QuoteProviderError, QuoteRateLimited
 from certmgr.tee.base import ProviderSettings, make_provider
@@ -93,11 +98,14 @@ def prepare_attestation(cfg: Config, sealer: Sealer, now: dt.datetime | None = N
     if provider is None:
         if cfg.attestation.provider == "auto":
             log.warning("no TEE interface detected: RA-TLS certificate and evidence are off")
+        if cfg.receipts.enabled:
+            log.warning("no attestation provider: receipts are off (no signing key to bind)")
         return
     material = RaTlsMaterial(
         server_name=cfg.attestation.server_name,
         provider=provider.name,
         lifetime=dt.timedelta(seconds=cfg.attestation.cert_lifetime),
+        signing_address=_prepare_signing_address(cfg, sealer),
     )
     try:
         prepare_ratls(cfg.state_dir, material, provider, sealer, now)
@@ -105,6 +113,21 @@ def prepare_attestation(cfg: Config, sealer: Sealer, now: dt.datetime | None = N
         # Fail closed with the field to look at: at start this stops ``serve``; at renewal
         # the supervisor logs it and retries while the old certificate lasts.
         raise ConfigError("attestation.provider", f"{provider.name}: no quote: {e}") from e
+
+
+def _prepare_signing_address(cfg: Config, sealer: Sealer) -> str:
+    """The receipt signing key's address to bind, or "" when receipts are off.
+
+    Read from the unsealed key, never from the public ``address`` file (the host can write
+    that one). A key that does not unseal stops start-up (``receipts.enabled`` names what
+    to turn off; docs/ATTESTATION.md says how to rotate the key instead).
+    """
+    if not cfg.receipts.enabled:
+        return ""
+    try:
+        return "0x" + prepare_signing_key(cfg.state_dir, sealer).hex()
+    except (SigningKeyError, OSError) as e:
+        raise ConfigError("receipts.enabled", f"receipt signing key: {e}") from e
 
 
 def attestation_renewal(cfg: Config) -> dt.datetime | None:
@@ -162,11 +185,13 @@ class AttestationEndpoint:
         gate: QuoteGate | None,
         *,
         tee: str = "",
+        signing_address: str = "",
     ) -> None:
         self.cfg = cfg
         self.holder = holder
         self.gate = gate
         self.tee = tee
+        self.signing_address = signing_address  # "0x" + 40 hex, or "" (receipts off)
 
     def _connection_entry(self, request: web.BaseRequest) -> CertEntry | None:
         transport = request.transport
@@ -200,6 +225,7 @@ class AttestationEndpoint:
             int(time.time()),
             acme_account=acme_account,
             acme_keys=acme_keys,
+            signing_address=self.signing_address,
         )
         try:
             quote = await asyncio.wait_for(
@@ -250,4 +276,22 @@ def make_endpoint(cfg: Config, holder: StoreHolder, sealer: Sealer) -> Attestati
         if provider is not None
         else None
     )
-    return AttestationEndpoint(cfg, holder, gate)
+    return AttestationEndpoint(
+        cfg, holder, gate, signing_address=_endpoint_signing_address(cfg, sealer, provider)
+    )
+
+
+def _endpoint_signing_address(cfg: Config, sealer: Sealer, provider: QuoteProvider | None) -> str:
+    """The address the evidence names: from the unsealed key, as the certificate's is.
+
+    A worker that cannot unseal the key (the supervisor could a moment ago) logs it and
+    attests no address: a verifier then sees the certificate and the evidence disagree and
+    refuses, instead of trusting an address this process cannot sign with.
+    """
+    if not cfg.receipts.enabled or provider is None:
+        return ""
+    try:
+        return load_signing_key(cfg.state_dir, sealer).address_hex
+    except (SigningKeyError, OSError) as e:
+        log.error("evidence without a signing address: %s", e)
+        return ""

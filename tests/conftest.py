@@ -101,12 +101,16 @@ async def proxy_factory(leaf: trustme.LeafCert) -> AsyncIterator[ProxyFactory]:
     started: list[Worker] = []
 
     async def start(
-        backend_url: str, extra: str = "", store: CertStore | None = None
+        backend_url: str,
+        extra: str = "",
+        store: CertStore | None = None,
+        receipts: object = None,
     ) -> RunningProxy:
         cfg = await asyncio.to_thread(make_config, backend_url, extra)
         if store is None:
             store = await asyncio.to_thread(store_from_leaf, leaf)
         worker = Worker(cfg, store, reuse_port=False)
+        worker.receipts = receipts  # a proxy.receipts.ReceiptIssuer (issue 6) or None
         await worker.start()
         started.append(worker)
         return RunningProxy(worker, worker.ports[0])

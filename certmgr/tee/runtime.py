@@ -67,6 +67,8 @@ class RaTlsMaterial:
     server_name: str
     provider: str
     lifetime: dt.timedelta
+    # The receipt signing key's address, "0x" + 40 lowercase hex (certmgr.signing), put in
+    # the claims as "signing-address"; "" when receipts are off (no claim).
     signing_address: str = ""
 
 

@@ -149,3 +149,17 @@ async def test_keystore_password_handling(
     assert rc == 1 and "--keystore is required" in err
     rc, _, err = await cli("revoke", "0x1234", keystore=tmp_path / "k.json")
     assert rc == 1 and "32 bytes" in err
+
+
+def test_register_signer_timeouts_do_not_collide() -> None:
+    """``policy --timeout`` (transaction wait) and ``register-signer --timeout`` (the
+    attestation connection, an option shared with ``teeproxy verify``) are separate."""
+    from proxy.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["policy", "--timeout", "7", "register-signer", "https://h:1", "--timeout", "3"]
+    )
+    assert (args.tx_timeout, args.timeout) == (7.0, 3.0)
+    assert args.no_nonce is False  # registration always checks fresh evidence
+    args = build_parser().parse_args(["policy", "register-signer", "https://h:1"])
+    assert (args.tx_timeout, args.timeout) == (120.0, 10.0)

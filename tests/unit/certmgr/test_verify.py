@@ -410,3 +410,93 @@ def _b64(b: bytes) -> str:
 def test_fuzz_evidence_parser(body: bytes) -> None:
     with contextlib.suppress(EvidenceError):
         parse_evidence_json(body)
+
+
+# -- the receipt signing address (issue 6) ---------------------------------------------------
+
+ADDRESS = "0x" + "ab" * 20
+MALFORMED_ADDRESSES: list[object] = [
+    "0x" + "AB" * 20,  # upper case: not the canonical form
+    "0x" + "aB" * 20,  # mixed case (EIP-55 style) is not accepted either
+    "ab" * 20,  # no 0x
+    "0X" + "ab" * 20,
+    "0x" + "ab" * 19 + "a",  # 39 digits
+    "0x" + "ab" * 21,  # 42 digits
+    "0x" + "ab" * 19 + "zz",
+    " 0x" + "ab" * 20,
+    "0x" + "ab" * 20 + "\n",
+    "0x" + "ab" * 19 + "\u0661\u0662",  # non-ASCII digits
+    "",
+    bytes.fromhex("ab" * 20),  # bytes, not text
+    0xAB,
+    None,
+    ["0x" + "ab" * 20],
+]
+
+
+def _evidence_with(nonce: bytes, spki_hash: bytes, extra: dict[str, object]) -> bytes:
+    import cbor2
+
+    claims = cbor2.dumps(
+        {"nonce": nonce, "pubkey-hash": [1, spki_hash], "iat": 1, **extra}, canonical=True
+    )
+    q = build_simulated_quote(DEV_KEY, report_data_for_claims(claims))
+    return json.dumps(build_evidence(q, claims, tee="tdx", provider="simulated")).encode()
+
+
+def test_signing_address_from_certificate_and_evidence() -> None:
+    cert, _ = make_ratls(extra={"signing-address": ADDRESS})
+    v = verify_certificate(cert, None, DEV)
+    assert v.trusted, v.failures
+    assert v.signing_address == bytes.fromhex("ab" * 20)
+    assert v.to_json()["signing_address"] == ADDRESS
+    nonce, h = b"n" * 16, b"\x07" * 32
+    body = json.dumps(
+        build_evidence(
+            build_simulated_quote(
+                DEV_KEY,
+                report_data_for_claims(
+                    claims := encode_evidence_claims(nonce, h, 1, signing_address=ADDRESS)
+                ),
+            ),
+            claims,
+            tee="tdx",
+            provider="simulated",
+        )
+    ).encode()
+    ev = verify_evidence(body, nonce, h, None, DEV)
+    assert ev.trusted and ev.signing_address == bytes.fromhex("ab" * 20)
+    assert ev.to_json()["signing_address"] == ADDRESS
+    # No claim: no address, and that alone is no failure.
+    plain = verify_certificate(make_ratls()[0], None, DEV)
+    assert plain.trusted and plain.signing_address is None
+    assert plain.to_json()["signing_address"] is None
+
+
+@pytest.mark.parametrize("value", MALFORMED_ADDRESSES, ids=repr)
+def test_malformed_signing_address_is_rejected(value: object) -> None:
+    cert, _ = make_ratls(extra={"signing-address": value})
+    v = verify_certificate(cert, None, DEV)
+    assert v.reasons == (Reason.SIGNING_ADDRESS,)
+    assert not v.trusted and v.signing_address is None
+    assert v.binding  # the quote binds the claims; only the claim's form is wrong
+    nonce, h = b"n" * 16, b"\x07" * 32
+    ev = verify_evidence(_evidence_with(nonce, h, {"signing-address": value}), nonce, h, None, DEV)
+    assert ev.reasons == (Reason.SIGNING_ADDRESS,)
+    assert not ev.trusted and ev.signing_address is None
+
+
+def test_evidence_encoder_refuses_a_malformed_address() -> None:
+    with pytest.raises(EvidenceError):
+        encode_evidence_claims(b"n" * 16, b"\x07" * 32, 1, signing_address="0x" + "AB" * 20)
+
+
+def test_signing_address_agreement() -> None:
+    from certmgr.verify import Verdict, signing_address_agreement
+
+    a, b = bytes.fromhex("ab" * 20), bytes.fromhex("cd" * 20)
+    assert signing_address_agreement(Verdict(signing_address=a), Verdict(signing_address=a)) == []
+    assert signing_address_agreement(Verdict(), Verdict()) == []
+    for x, y in [(a, b), (a, None), (None, b)]:
+        (f,) = signing_address_agreement(Verdict(signing_address=x), Verdict(signing_address=y))
+        assert f.reason is Reason.SIGNING_ADDRESS_MISMATCH

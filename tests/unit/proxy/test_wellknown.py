@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -262,3 +263,138 @@ async def test_evidence_attests_acme_account_and_keys(
     claims = v.to_json()["claims"]
     assert claims["acme-account"] == "https://ca.test/acct/7"
     assert claims["acme-keys"] == [[1, "11" * 32], [1, "22" * 32]]
+
+
+# -- the receipt signing key in the attestation (issue 6) ------------------------------------
+
+
+def _receipts_cfg(state: Path, enabled: bool) -> Config:
+    cfg = _cfg(state)
+    return cfg.replace(receipts=cfg.receipts.__class__(enabled=enabled))
+
+
+def test_ratls_certificate_binds_the_signing_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from certmgr.signing import KEY_FILE, SEALING_LABEL, load_signing_key, signing_dir
+
+    caplog.set_level(logging.DEBUG)
+    state = tmp_path / "state"
+    sealer = InsecureDevSealer()
+    cfg = _receipts_cfg(state, True)
+    assert cfg.receipts.enabled  # the default
+    prepare_certificates(cfg, sealer)
+    address = load_signing_key(state, sealer).address
+    pem = (ratls_dir(state) / "ratls.pem").read_bytes()
+    assert parse_certificate(pem).claims["signing-address"] == "0x" + address.hex()
+    v = verify_certificate(pem, None, _dev_opts(state))
+    assert v.trusted and v.signing_address == address
+    # Restart: the same key, address and certificate.
+    prepare_certificates(cfg, sealer)
+    assert load_signing_key(state, sealer).address == address
+    assert (ratls_dir(state) / "ratls.pem").read_bytes() == pem
+    # The key is on disk only sealed, and never in a log.
+    raw = sealer.unseal((signing_dir(state) / KEY_FILE).read_bytes(), SEALING_LABEL)
+    for f in [*signing_dir(state).iterdir(), *ratls_dir(state).iterdir()]:
+        data = f.read_bytes()
+        assert raw not in data and raw.hex().encode() not in data, f
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    assert raw.hex() not in logs and "0x" + address.hex() in logs
+
+
+def test_receipts_off_means_no_claim_and_turning_on_reissues(tmp_path: Path) -> None:
+    from certmgr.signing import signing_dir
+
+    state = tmp_path / "state"
+    sealer = InsecureDevSealer()
+    prepare_certificates(_receipts_cfg(state, False), sealer)
+    pem = (ratls_dir(state) / "ratls.pem").read_bytes()
+    assert "signing-address" not in parse_certificate(pem).claims
+    assert not signing_dir(state).exists()  # no key made while receipts are off
+    prepare_certificates(_receipts_cfg(state, True), sealer)
+    pem2 = (ratls_dir(state) / "ratls.pem").read_bytes()
+    assert pem2 != pem and "signing-address" in parse_certificate(pem2).claims
+
+
+def test_no_provider_no_signing_key(tmp_path: Path) -> None:
+    from certmgr.signing import signing_dir
+
+    state = tmp_path / "state"
+    cfg = _receipts_cfg(state, True)
+    cfg = cfg.replace(attestation=cfg.attestation.__class__(provider="none"))
+    prepare_certificates(cfg, InsecureDevSealer())
+    assert not signing_dir(state).exists()
+
+
+def test_unsealable_signing_key_stops_start_up(tmp_path: Path) -> None:
+    from certmgr.signing import KEY_FILE, signing_dir
+
+    state = tmp_path / "state"
+    sealer = InsecureDevSealer()
+    cfg = _receipts_cfg(state, True)
+    prepare_certificates(cfg, sealer)
+    key_file = signing_dir(state) / KEY_FILE
+    blob = bytearray(key_file.read_bytes())
+    blob[-1] ^= 1
+    key_file.write_bytes(bytes(blob))
+    with pytest.raises(ConfigError) as ei:
+        prepare_certificates(cfg, sealer)
+    assert ei.value.field == "receipts.enabled"
+    assert str(key_file) in str(ei.value) and "failed authentication" in str(ei.value)
+    assert key_file.read_bytes() == bytes(blob)  # kept for the operator, not replaced
+
+
+async def test_evidence_names_the_signing_address(tmp_path: Path) -> None:
+    from certmgr.signing import load_signing_key
+
+    state = tmp_path / "state"
+    cfg, store = await asyncio.to_thread(_prepare, state)
+    sealer = InsecureDevSealer()
+    address = (await asyncio.to_thread(load_signing_key, state, sealer)).address
+    w = Worker(cfg, store, reuse_port=False)
+    w.attestation = await asyncio.to_thread(make_endpoint, cfg, w.holder, sealer)
+    await w.start()
+    try:
+        nonce = "0a" * 16
+        status, body, der = await _get(
+            w.ports[0], NAME, f"/.well-known/tee/attestation?nonce={nonce}"
+        )
+    finally:
+        await w.drain(grace=1.0)
+    assert status == 200
+    opts = await asyncio.to_thread(_dev_opts, state)
+    ev = verify_evidence(body, bytes.fromhex(nonce), parse_certificate(der).spki_sha256, None, opts)
+    assert ev.trusted, ev.failures
+    assert ev.signing_address == address
+    assert json.loads(body)["claims_view"]["signing-address"] == "0x" + address.hex()
+
+
+async def test_verify_cli_refuses_certificate_and_evidence_naming_different_signers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``teeproxy verify`` (the client) against a worker whose evidence names another
+    address than its certificate: refused with its own reason."""
+    from proxy.cli import main
+
+    state = tmp_path / "state"
+    cfg, store = await asyncio.to_thread(_prepare, state)
+    w = Worker(cfg, store, reuse_port=False)
+    w.attestation = await asyncio.to_thread(make_endpoint, cfg, w.holder, InsecureDevSealer())
+    await w.start()
+    dev_key = str(ratls_dir(state) / "dev-attestation-key.pub.pem")
+    args = ["verify", f"https://127.0.0.1:{w.ports[0]}", "--sni", NAME]
+    args += ["--trust-dev-key", dev_key, "--any-measurement", "--json"]
+    try:
+        good = await asyncio.to_thread(main, args)
+        good_doc = json.loads(capsys.readouterr().out)
+        w.attestation.signing_address = "0x" + "cd" * 20
+        bad = await asyncio.to_thread(main, args)
+        bad_doc = json.loads(capsys.readouterr().out)
+    finally:
+        await w.drain(grace=1.0)
+    assert (good, bad) == (0, 1)
+    assert good_doc["signing_address"] == good_doc["evidence"]["signing_address"]
+    assert good_doc["signing_address"] is not None
+    reasons = [f["reason"] for f in bad_doc["evidence"]["failures"]]
+    assert reasons == ["signing-address-mismatch"]
+    assert bad_doc["trusted"] is False
