@@ -510,3 +510,17 @@ def test_documented_vector_matches_code() -> None:
         expected_signer=SIGNER,
         expected_measurement=MEASUREMENT,
     )
+
+
+def test_sign_receipt_rejects_a_key_of_the_wrong_type() -> None:
+    for key in ("0x" + "11" * 32, 5, None, object()):
+        with pytest.raises(ReceiptError, match="signing key must be"):
+            sign_receipt(
+                key,  # type: ignore[arg-type]
+                request_sha256=bytes(32),
+                response_sha256=bytes(32),
+                model="",
+                response_id="",
+                timestamp=0,
+                measurement_id=bytes(32),
+            )
