@@ -1,8 +1,11 @@
 """The streaming forwarder: one client request in, one backend exchange out, bytes relayed.
 
 Guarantees (each has a test under tests/integration):
-- Bodies stream both ways chunk by chunk as they arrive; nothing waits for a whole body, and
-  each SSE event is written to the client as soon as the backend's bytes arrive.
+- Bodies stream both ways chunk by chunk as they arrive, and each SSE event is written to
+  the client as soon as the backend's bytes arrive. Two bounded exceptions: a request body
+  declaring at most 64 KiB is read whole first and sent with the headers (cheaper, and a
+  stalled client never reaches the backend), and a signed response (issue 6) of at most
+  ``receipts.max_buffered_body`` is held back to carry its receipt in the headers.
 - Bodies are relayed byte for byte: no decompression, no compression (Content-Encoding and
   the client's Accept-Encoding pass through; the HTTP client adds no headers of its own).
 - Framing is re-established on each hop: the client's framing is validated
@@ -53,6 +56,11 @@ log = logging.getLogger("teeproxy.forward")
 # Headers aiohttp's client would otherwise add on its own (and so change what the backend
 # sees: an Accept-Encoding the client never sent would let the backend compress).
 _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+# Request bodies up to this size that declare a Content-Length are read before the backend
+# request starts and sent in one piece; larger or chunked ones stream (_pump_body).
+_INLINE_BODY = 64 * 1024
 
 
 def make_session(cfg: Config) -> aiohttp.ClientSession:
@@ -259,7 +267,13 @@ class Forwarder:
         if self.receipts is not None and self.receipts.applies(request.method, request.path):
             ex.request_hash = IncrementalHash()
         has_body = request.body_exists and content_length != 0
-        data = self._pump_body(request, cfg, ex) if has_body else None
+        data: bytes | AsyncIterator[bytes] | None = None
+        if has_body and content_length is not None and content_length <= _INLINE_BODY:
+            # A small declared body (every chat request) is read first and sent with the
+            # request headers: aiohttp's streamed-payload path costs more than the copy.
+            data = await self._read_small_body(request, cfg, ex, content_length)
+        elif has_body:
+            data = self._pump_body(request, cfg, ex)
         url = URL(cfg.backend.base_url + target, encoded=True)
         deadline = Deadline(cfg.backend.total_timeout or None)
         try:
@@ -300,7 +314,7 @@ class Forwarder:
         *,
         url: URL,
         headers: CIMultiDict[str],
-        data: AsyncIterator[bytes] | None,
+        data: bytes | AsyncIterator[bytes] | None,
     ) -> web.StreamResponse:
         b = cfg.backend
         deadline.set(b.response_header_timeout, "headers")
@@ -467,6 +481,27 @@ class Forwarder:
                 metrics.BYTES_OUT.inc(len(chunk))
             if not chunk or content.at_eof():
                 return
+
+    async def _read_small_body(
+        self, request: web.BaseRequest, cfg: Config, ex: _Exchange, size: int
+    ) -> bytes:
+        """The whole body of a request that declared ``size`` bytes (at most _INLINE_BODY),
+        under the same idle limit as a streamed body; the size limit was checked already."""
+        idle = cfg.limits.body_read_timeout
+        try:
+            async with asyncio.timeout(idle):
+                body = await request.content.readexactly(size)
+        except TimeoutError as e:
+            raise ClientRequestError(408, f"request body idle for {idle:g} s") from e
+        except asyncio.IncompleteReadError as e:
+            raise ClientRequestError(400, "request body ended before its Content-Length") from e
+        except aiohttp.web.RequestPayloadError as e:
+            raise ClientRequestError(400, f"malformed request body: {e}") from e
+        ex.body_in += size
+        metrics.BYTES_IN.inc(size)
+        if ex.request_hash is not None:
+            ex.request_hash.update(body)
+        return body
 
     async def _pump_body(
         self, request: web.BaseRequest, cfg: Config, ex: _Exchange

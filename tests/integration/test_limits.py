@@ -289,7 +289,9 @@ async def test_body_read_timeout(
 ) -> None:
     proxy = await proxy_factory(upload_probe.url, "[limits]\nbody_read_timeout = 0.5")
     reader, writer = await tls_connect(proxy.port, client_ssl)
-    writer.write(b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\n" + b"x" * 10)
+    # Over the inline size: the upload streams, so the backend sees it start.
+    big = b"Content-Length: 100000\r\n\r\n"
+    writer.write(b"POST /up HTTP/1.1\r\n" + H + big + b"x" * 10)
     async with asyncio.timeout(5):
         await upload_probe.head.wait()
     t0 = time.monotonic()
@@ -302,6 +304,36 @@ async def test_body_read_timeout(
         await upload_probe.done.wait()
     assert len(upload_probe.outcomes) == 1
     assert upload_probe.outcomes[0].startswith("aborted:"), upload_probe.outcomes
+
+
+async def test_small_body_idle_times_out_before_reaching_the_backend(
+    upload_probe: UploadProbe, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    # A small declared body is read whole before the backend request starts: a client that
+    # stalls gets 408 and the backend never sees the request.
+    proxy = await proxy_factory(upload_probe.url, "[limits]\nbody_read_timeout = 0.5")
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\n" + b"x" * 10)
+    t0 = time.monotonic()
+    resp = await read_response(reader, within=5)
+    elapsed = time.monotonic() - t0
+    close_writer(writer)
+    assert resp.status == 408
+    assert 0.3 < elapsed < 2.5, elapsed
+    assert not upload_probe.head.is_set()
+
+
+async def test_small_body_cut_short_is_never_forwarded(
+    upload_probe: UploadProbe, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    proxy = await proxy_factory(upload_probe.url)
+    _, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"POST /up HTTP/1.1\r\n" + H + b"Content-Length: 100\r\n\r\n" + b"x" * 10)
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the proxy has the headers and part of the body
+    writer.transport.abort()  # the client dies mid-body
+    await asyncio.sleep(0.3)
+    assert not upload_probe.head.is_set()
 
 
 async def test_send_timeout_cuts_a_client_that_does_not_read(
