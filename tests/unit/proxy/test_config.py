@@ -209,6 +209,22 @@ INVALID = [
     ),
     pytest.param('[logging]\nlevel = "LOUD"', "logging.level", id="log-level"),
     pytest.param("[server\nworkers = 1", "<toml>", id="toml-syntax"),
+    pytest.param('[receipts]\nroutes = ["v1/x"]', "receipts.routes[0]", id="route-relative"),
+    pytest.param('[receipts]\nroutes = ["/a", "/b?x"]', "receipts.routes[1]", id="route-query"),
+    pytest.param(
+        '[receipts]\nroutes = ["/v1/receipts/x"]', "receipts.routes[0]", id="route-own-path"
+    ),
+    pytest.param('[receipts]\nroutes = "/v1/x"', "receipts.routes", id="routes-not-list"),
+    pytest.param("[receipts]\nttl = 0", "receipts.ttl", id="receipts-ttl-zero"),
+    pytest.param("[receipts]\nttl = 700000.0", "receipts.ttl", id="receipts-ttl-long"),
+    pytest.param("[receipts]\nmax_entries = 0", "receipts.max_entries", id="receipts-entries"),
+    pytest.param(
+        "[receipts]\nmax_buffered_body = -1", "receipts.max_buffered_body", id="receipts-buffer"
+    ),
+    pytest.param(
+        "[receipts]\nmax_parse_bytes = 1e9", "receipts.max_parse_bytes", id="receipts-parse"
+    ),
+    pytest.param("[receipts]\nenabled = 1", "receipts.enabled", id="receipts-enabled-int"),
 ]
 
 
@@ -236,6 +252,8 @@ def test_invalid_config_names_the_field(text: str, field: str) -> None:
         '[backend]\nurl = "http://10.0.0.1:8000/"',
         '[tls]\nmin_version = "1.3"',
         "[limits]\nmax_body_size = 0",
+        "[receipts]\nroutes = []\nmax_buffered_body = 0\nmax_parse_bytes = 0",
+        "[receipts]\nenabled = false\nttl = 1\nmax_entries = 1",
         "[dev_ca]\nenabled = false\n[[tls.certificates]]\ncert_file = 'c'\nkey_file = 'k'",
     ],
 )
