@@ -33,11 +33,14 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from Crypto.Hash import keccak as _pycryptodome_keccak
 
 from certmgr.policy import eth_import_guard
+
+if TYPE_CHECKING:
+    from certmgr.verify import Verdict
 
 with eth_import_guard():
     from eth_account.signers.local import LocalAccount
@@ -66,6 +69,7 @@ __all__ = [
     "recover_signer",
     "sign_receipt",
     "typed_data_hash",
+    "verify_attested_receipt",
     "verify_receipt",
 ]
 
@@ -638,6 +642,39 @@ def verify_receipt(
         raise ReceiptError("signature does not match the receipt's signer (receipt altered)")
     if expected_signer is not None and not hmac.compare_digest(receipt.signer, expected_signer):
         raise ReceiptError("receipt signer is not the expected signer")
+
+
+def verify_attested_receipt(
+    receipt: Receipt,
+    request_body: bytes,
+    response_body: bytes,
+    attestation: Verdict,
+    *,
+    domain: Domain = DEFAULT_DOMAIN,
+) -> None:
+    """:func:`verify_receipt` with both expectations taken from a verified attestation.
+
+    ``attestation`` is the :class:`certmgr.verify.Verdict` of the proxy's RA-TLS
+    certificate or nonce evidence (``teeproxy verify`` / ``proxy.cli_attest.attest``). It
+    must be trusted and name a signing address; the receipt must then be signed by that
+    address and name the attested measurement. This is the check that makes a receipt mean
+    "an attested build answered this"; a :class:`ReceiptError` says which part failed.
+    """
+    from certmgr.quote import measurement_id  # noqa: PLC0415 - keeps this module light
+
+    if not attestation.trusted or attestation.measurement is None:
+        reasons = ", ".join(str(r) for r in attestation.reasons) or "no measurement"
+        raise ReceiptError(f"the attestation is not trusted ({reasons})")
+    if attestation.signing_address is None:
+        raise ReceiptError("the attestation names no signing address (receipts off?)")
+    verify_receipt(
+        receipt,
+        request_body,
+        response_body,
+        expected_signer=attestation.signing_address,
+        expected_measurement=measurement_id(attestation.measurement),
+        domain=domain,
+    )
 
 
 class IncrementalHash:

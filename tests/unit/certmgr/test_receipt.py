@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from certmgr.policy import eth_import_guard
+from certmgr.quote import Measurement, TeeType, measurement_id
 from certmgr.receipt import (
     MAX_JSON_BYTES,
     MAX_TEXT_BYTES,
@@ -28,8 +29,10 @@ from certmgr.receipt import (
     recover_signer,
     sign_receipt,
     typed_data_hash,
+    verify_attested_receipt,
     verify_receipt,
 )
+from certmgr.verify import Failure, Reason, Verdict
 
 with eth_import_guard():
     from eth_account import Account
@@ -524,3 +527,43 @@ def test_sign_receipt_rejects_a_key_of_the_wrong_type() -> None:
                 timestamp=0,
                 measurement_id=bytes(32),
             )
+
+
+def test_verify_attested_receipt_takes_both_expectations_from_the_attestation() -> None:
+    m = Measurement(tee=TeeType.SGX, debug=False, mr_enclave=b"\x01" * 32, mr_signer=b"\x02" * 32)
+    other = dataclasses.replace(m, mr_enclave=b"\x03" * 32)
+    signer = sign_receipt(
+        KEY,
+        request_sha256=hashlib.sha256(b"q").digest(),
+        response_sha256=hashlib.sha256(b"a").digest(),
+        model="m",
+        response_id="r",
+        timestamp=1,
+        measurement_id=bytes(32),
+    ).signer
+    receipt = sign_receipt(
+        KEY,
+        request_sha256=hashlib.sha256(b"q").digest(),
+        response_sha256=hashlib.sha256(b"a").digest(),
+        model="m",
+        response_id="r",
+        timestamp=1,
+        measurement_id=measurement_id(m),
+    )
+    good = Verdict(tee="sgx", measurement=m, signing_address=signer)
+    verify_attested_receipt(receipt, b"q", b"a", good)
+    cases = [
+        (dataclasses.replace(good, signing_address=None), "names no signing address"),
+        (dataclasses.replace(good, signing_address=b"\x09" * 20), "not the expected signer"),
+        (dataclasses.replace(good, measurement=other), "not the expected measurement"),
+        (
+            dataclasses.replace(good, failures=(Failure(Reason.MEASUREMENT, "revoked"),)),
+            "not trusted",
+        ),
+        (dataclasses.replace(good, measurement=None), "not trusted"),
+    ]
+    for verdict, reason in cases:
+        with pytest.raises(ReceiptError, match=reason):
+            verify_attested_receipt(receipt, b"q", b"a", verdict)
+    with pytest.raises(ReceiptError, match="response body"):
+        verify_attested_receipt(receipt, b"q", b"a!", good)
