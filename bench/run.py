@@ -912,6 +912,11 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def _nginx_on_off(results: Results, metric: str) -> tuple[float | None, ...]:
+    """``metric`` of (f) for nginx, teeproxy with receipts on, and with receipts off."""
+    return tuple(_rx_value(results, name, metric) for name in ("nginx", RX_ON, RX_OFF))
+
+
 def _round_cell(added: list[float], digits: int = 3) -> str:
     if not added:
         return "n/a"
@@ -926,8 +931,7 @@ def _receipt_summary_rows(results: Results) -> list[str]:
         f"| (f) one receipt signature, in process | ms | | {_fmt(results.rx_sign_ms, 3)} | | | |"
     ]
     seq = "(f1) signed JSON POST, 1 connection"
-    n, on = _rx_value(results, "nginx", "seq:50"), _rx_value(results, RX_ON, "seq:50")
-    off = _rx_value(results, RX_OFF, "seq:50")
+    n, on, off = _nginx_on_off(results, "seq:50")
     rows.append(
         f"| {seq} | p50 latency ms (teeproxy: receipts on) | {_fmt(n, 3)} | {_fmt(on, 3)} | "
         f"{_fmt(_ratio(on, n), 2)} | | |"
@@ -936,32 +940,22 @@ def _receipt_summary_rows(results: Results) -> list[str]:
         f"| {seq} | **p50 latency signing adds ms** (receipts on - off) | | "
         f"{_fmt(_diff(on, off), 3)} | | reported | |"
     )
-    on99, off99 = _rx_value(results, RX_ON, "seq:99"), _rx_value(results, RX_OFF, "seq:99")
+    _, on99, off99 = _nginx_on_off(results, "seq:99")
     rows.append(
         f"| {seq} | p99 latency signing adds ms (receipts on - off) | | "
         f"{_fmt(_diff(on99, off99), 3)} | | | |"
     )
-    n, on = (
-        _rx_value(results, "nginx", "wrk:requests_per_s"),
-        _rx_value(results, RX_ON, "wrk:requests_per_s"),
-    )
-    off = _rx_value(results, RX_OFF, "wrk:requests_per_s")
+    n, on, off = _nginx_on_off(results, "wrk:requests_per_s")
     rows.append(
         f"| (f1) signed JSON POST, wrk | req/s (teeproxy: receipts on; off: {_fmt(off, 0)}) | "
         f"{_fmt(n, 0)} | {_fmt(on, 0)} | {_fmt(_ratio(on, n), 2)} | | |"
     )
-    on, off = (
-        _rx_value(results, RX_ON, "wrk:cpu_ms_per_request"),
-        _rx_value(results, RX_OFF, "wrk:cpu_ms_per_request"),
-    )
+    _, on, off = _nginx_on_off(results, "wrk:cpu_ms_per_request")
     rows.append(
         f"| (f1) signed JSON POST, wrk | CPU ms per request signing adds (on - off) | | "
         f"{_fmt(_diff(on, off), 3)} | | | |"
     )
-    on, off = (
-        _rx_value(results, RX_ON, "stream:after_sent_ms@50"),
-        _rx_value(results, RX_OFF, "stream:after_sent_ms@50"),
-    )
+    _, on, off = _nginx_on_off(results, "stream:after_sent_ms@50")
     rows.append(
         f"| (f2) signed SSE stream | **p50 delay signing adds at the end of a stream ms** "
         f"(on - off) | | {_fmt(_diff(on, off), 3)} | | reported | |"

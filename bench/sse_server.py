@@ -29,6 +29,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from urllib.parse import parse_qs, urlsplit
 
 MAX_EVENTS = 1_000_000
@@ -79,17 +80,31 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, 
     return parts[0], parts[1], headers
 
 
-async def _sse(writer: asyncio.StreamWriter, events: int, interval: float) -> None:
+async def _paced(
+    writer: asyncio.StreamWriter,
+    events: int,
+    interval: float,
+    event: Callable[[int], bytes],
+    tail: bytes = b"",
+) -> None:
+    """The chunked SSE head, ``events`` events ``interval`` s apart, ``tail``, the end."""
     writer.write(SSE_HEAD)
     start = time.monotonic()
     for seq in range(events):
         delay = start + seq * interval - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        writer.write(_event(seq))
+        writer.write(event(seq))
+        await writer.drain()
+    if tail:
+        writer.write(tail)
         await writer.drain()
     writer.write(b"0\r\n\r\n")
     await writer.drain()
+
+
+async def _sse(writer: asyncio.StreamWriter, events: int, interval: float) -> None:
+    await _paced(writer, events, interval, _event)
 
 
 def _completion_event(seq: int) -> bytes:
@@ -101,18 +116,7 @@ def _completion_event(seq: int) -> bytes:
 
 
 async def _completion_stream(writer: asyncio.StreamWriter, events: int, interval: float) -> None:
-    writer.write(SSE_HEAD)
-    start = time.monotonic()
-    for seq in range(events):
-        delay = start + seq * interval - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        writer.write(_completion_event(seq))
-        await writer.drain()
-    writer.write(_chunk(b"data: [DONE]\n\n"))
-    await writer.drain()
-    writer.write(b"0\r\n\r\n")
-    await writer.drain()
+    await _paced(writer, events, interval, _completion_event, _chunk(b"data: [DONE]\n\n"))
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes | None:

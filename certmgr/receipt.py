@@ -554,21 +554,15 @@ def sign_receipt(
             raise ReceiptError("signing key must be a DigestSigner, a LocalAccount or 32 bytes")
         signature = sign_digest(digest)
         _check_bytes("signature", signature, 65)
-        return Receipt(
-            request_sha256=request_sha256,
-            response_sha256=response_sha256,
-            model=model,
-            response_id=response_id,
-            timestamp=timestamp,
-            measurement_id=measurement_id,
-            signature=signature,
-            signer=key.address,
-        )
-    private = _private_key(key)
-    sig = private.sign_msg_hash(digest)
-    r, s, v = sig.r, sig.s, sig.v
-    if s > _SECP256K1_N // 2:  # normalise to low s (EIP-2); the backend already does
-        s, v = _SECP256K1_N - s, 1 - v
+        signer = key.address
+    else:
+        private = _private_key(key)
+        sig = private.sign_msg_hash(digest)
+        r, s, v = sig.r, sig.s, sig.v
+        if s > _SECP256K1_N // 2:  # normalise to low s (EIP-2); the backend already does
+            s, v = _SECP256K1_N - s, 1 - v
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])
+        signer = private.public_key.to_canonical_address()
     return Receipt(
         request_sha256=request_sha256,
         response_sha256=response_sha256,
@@ -576,8 +570,8 @@ def sign_receipt(
         response_id=response_id,
         timestamp=timestamp,
         measurement_id=measurement_id,
-        signature=r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27]),
-        signer=private.public_key.to_canonical_address(),
+        signature=signature,
+        signer=signer,
     )
 
 

@@ -147,7 +147,9 @@ class _Tap:
 
     __slots__ = ("fields", "hash", "issuer", "request_hash", "rid")
 
-    def __init__(self, issuer: ReceiptIssuer, rid: str, request_hash: bytes, ctype: str) -> None:
+    def __init__(
+        self, issuer: ReceiptIssuer, rid: str, request_hash: IncrementalHash, ctype: str
+    ) -> None:
         self.issuer = issuer
         self.rid = rid
         self.request_hash = request_hash
@@ -160,7 +162,9 @@ class _Tap:
 
     async def complete(self) -> None:
         self.fields.finish()
-        receipt = self.issuer.sign(self.request_hash, self.hash.digest(), self.fields)
+        # The request digest is taken now, not when the response started: a backend may
+        # answer before the upload ended, and the receipt covers every byte forwarded.
+        receipt = self.issuer.sign(self.request_hash.digest(), self.hash.digest(), self.fields)
         await self.issuer.publish(self.rid, receipt)
 
 
@@ -363,7 +367,7 @@ class Forwarder:
                     return await self._relay_whole_signed(
                         request, resp, upstream, cfg, ex, issuer=issuer, deadline=deadline
                     )
-                tap = _Tap(issuer, new_receipt_id(), ex.request_hash.digest(), ctype)
+                tap = _Tap(issuer, new_receipt_id(), ex.request_hash, ctype)
                 resp.headers[ID_HEADER] = tap.rid
                 issuer.pending.add(tap.rid)
             deadline.set(cfg.limits.send_timeout, "send")
@@ -479,7 +483,7 @@ class Forwarder:
             if chunk:
                 ex.body_out += len(chunk)
                 metrics.BYTES_OUT.inc(len(chunk))
-            if not chunk or content.at_eof():
+            if last:
                 return
 
     async def _read_small_body(

@@ -29,7 +29,7 @@ from aiohttp import web
 from eth_abi import encode as abi_encode
 
 # Importing certmgr.policy also loads eth-hash's keccak backend (file I/O) now, not in a test.
-from certmgr.policy import eth_import_guard
+from certmgr.policy import decode_revert, eth_import_guard
 from certmgr.policy_contract import ABI, BYTECODE
 
 with eth_import_guard():  # keep the test process's recursion limit (see eth_import_guard)
@@ -38,7 +38,29 @@ with eth_import_guard():  # keep the test process's recursion limit (see eth_imp
     from web3 import AsyncHTTPProvider, AsyncWeb3
     from web3.exceptions import ContractLogicError
 
-__all__ = ["AsyncWeb3", "ContractLogicError"]  # re-exported: import them from here
+__all__ = ["AsyncWeb3", "ContractCalls", "ContractLogicError"]  # re-exported: import them here
+
+
+class ContractCalls:
+    """Transactions against a deployed contract, for test dataclasses with ``w3`` and ``c``."""
+
+    w3: AsyncWeb3[Any]
+
+    async def send(self, fn: Any, sender: str) -> Any:
+        """Send ``fn`` from ``sender`` and return its receipt; it must succeed."""
+        tx = await fn.transact({"from": sender})
+        receipt = await self.w3.eth.wait_for_transaction_receipt(tx, timeout=10)
+        assert receipt["status"] == 1
+        return receipt
+
+    async def reverts(self, fn: Any, sender: str) -> str:
+        """Send ``fn`` from ``sender``; it must revert. Returns the decoded custom error."""
+        with pytest.raises(ContractLogicError) as info:
+            await fn.transact({"from": sender})
+        data = info.value.data
+        assert isinstance(data, str), data
+        return decode_revert(bytes.fromhex(data.removeprefix("0x")))
+
 
 ROOT = Path(__file__).resolve().parents[2]
 # `node_modules/.bin/anvil` is a node wrapper that spawns the platform binary shipped in the

@@ -17,12 +17,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from certmgr.policy import decode_revert
 from certmgr.policy_contract import ABI
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     ROOT,
     AnvilFactory,
     AsyncWeb3,
+    ContractCalls,
     ContractLogicError,
     anvil,
     deploy_policy,
@@ -36,7 +36,7 @@ ID_C = b"\xc3" * 32
 
 
 @dataclass
-class Deployed:
+class Deployed(ContractCalls):
     w3: AsyncWeb3[Any]
     c: Any
     owner: str
@@ -44,19 +44,6 @@ class Deployed:
     guardian: str
     third: str
     url: str
-
-    async def send(self, fn: Any, sender: str) -> Any:
-        tx = await fn.transact({"from": sender})
-        receipt = await self.w3.eth.wait_for_transaction_receipt(tx, timeout=10)
-        assert receipt["status"] == 1
-        return receipt
-
-    async def reverts(self, fn: Any, sender: str) -> str:
-        with pytest.raises(ContractLogicError) as info:
-            await fn.transact({"from": sender})
-        data = info.value.data
-        assert isinstance(data, str), data
-        return decode_revert(bytes.fromhex(data.removeprefix("0x")))
 
     async def snapshot(self) -> tuple[int, list[bytes], list[str]]:
         v, ids, labels = await self.c.functions.snapshot().call()

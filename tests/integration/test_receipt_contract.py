@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from certmgr.policy import decode_revert, eth_import_guard
+from certmgr.policy import eth_import_guard
 from certmgr.policy_contract import ABI
 from certmgr.receipt import (
     RECEIPT_TYPEHASH,
@@ -32,6 +32,7 @@ from certmgr.receipt import (
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     AnvilFactory,
     AsyncWeb3,
+    ContractCalls,
     ContractLogicError,
     anvil,
     deploy_policy,
@@ -105,25 +106,12 @@ def signed(key: bytes, measurement: bytes = MID, **changes: Any) -> Receipt:
 
 
 @dataclass
-class Chain:
+class Chain(ContractCalls):
     w3: AsyncWeb3[Any]
     c: Any
     owner: str
     guardian: str
     other: str
-
-    async def send(self, fn: Any, sender: str) -> Any:
-        tx = await fn.transact({"from": sender})
-        receipt = await self.w3.eth.wait_for_transaction_receipt(tx, timeout=10)
-        assert receipt["status"] == 1
-        return receipt
-
-    async def reverts(self, fn: Any, sender: str) -> str:
-        with pytest.raises(ContractLogicError) as info:
-            await fn.transact({"from": sender})
-        data = info.value.data
-        assert isinstance(data, str), data
-        return decode_revert(bytes.fromhex(data.removeprefix("0x")))
 
     async def verify(self, r: Receipt, signature: bytes | None = None) -> tuple[bool, str]:
         sig = r.signature if signature is None else signature
