@@ -543,7 +543,9 @@ def check_receipt(
 ) -> str:
     """Verify a receipt (header or JSON form) against the exact bodies sent and received,
     and its signer against the address teeproxy published; raises if it does not verify."""
-    from certmgr.receipt import Receipt, ReceiptError, verify_receipt  # noqa: PLC0415
+    from certmgr.errors import ReceiptError  # noqa: PLC0415
+    from certmgr.receipts.format import Receipt  # noqa: PLC0415
+    from certmgr.receipts.verify import verify_receipt  # noqa: PLC0415
 
     signer = signer_address(target)
     if signer is None:
@@ -568,8 +570,10 @@ def signing_cost_ms(rounds: int = 5, count: int = 400) -> float:
     over (f1)'s bodies plus the Teeproxy-Receipt encoding; median over rounds of the mean."""
     import hashlib  # noqa: PLC0415
 
-    from certmgr.receipt import sign_receipt  # noqa: PLC0415
-    from certmgr.signing import SigningKey  # noqa: PLC0415
+    from certmgr.receipts.signing import (  # noqa: PLC0415
+        SigningKey,
+        sign_receipt,
+    )
 
     key = SigningKey.from_private_bytes(hashlib.sha256(b"teeproxy bench key").digest())
     req = hashlib.sha256(configs.CHAT_REQUEST.encode()).digest()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,10 +35,10 @@ from certmgr.keys import (
     spki_sha256,
     store_sealed_key,
 )
+from certmgr.log import tls_log as log
 
 __all__ = ["DevCA", "Leaf", "load_stored_leaf", "renewal_due"]
 
-log = logging.getLogger("teeproxy.tls")
 
 _ROOT_LIFETIME = dt.timedelta(days=3650)
 _BACKDATE = dt.timedelta(minutes=5)

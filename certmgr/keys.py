@@ -1,7 +1,7 @@
 """Key generation and sealing: private keys are born in this process and stored only sealed.
 
 A :class:`Sealer` encrypts bytes under a key that never leaves the TEE (the TEE sealing
-provider; issue 3 adds the hardware-backed ones). :class:`InsecureDevSealer` is the
+provider, :mod:`certmgr.sealing`). :class:`InsecureDevSealer` is the
 development stand-in: its key is a published constant, so anything it seals is as good as
 plaintext. It says so in its name, in every blob it writes and in the log.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import secrets
 import tempfile
@@ -30,9 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from certmgr.errors import SealError
+from certmgr.log import keys_log as log
+
 __all__ = [
     "InsecureDevSealer",
-    "SealError",
     "Sealer",
     "atomic_write",
     "generate_p256",
@@ -41,14 +42,9 @@ __all__ = [
     "store_sealed_key",
 ]
 
-log = logging.getLogger("teeproxy.keys")
 
 _MAGIC = b"TPSEAL1\n"
 _MAX_BLOB = 64 * 1024
-
-
-class SealError(ValueError):
-    """A sealed blob is malformed, from another provider, or fails authentication."""
 
 
 class Sealer(Protocol):

@@ -20,24 +20,19 @@ from __future__ import annotations
 
 import http.client
 import json
-import logging
 from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from certmgr.keys import InsecureDevSealer, Sealer, SealError, _AESGCMSealer
+from certmgr.errors import SealingUnavailable
+from certmgr.keys import InsecureDevSealer, Sealer, _AESGCMSealer
 from certmgr.unixhttp import UnixHTTPConnection
 
 __all__ = ["DstackSealer", "GramineSealer", "SealingUnavailable", "make_sealer"]
 
-log = logging.getLogger("teeproxy.keys")
 
 _MAX_ANSWER = 64 * 1024
-
-
-class SealingUnavailable(SealError, OSError):
-    """The configured TEE sealing provider cannot give us a key."""
 
 
 def _derive(raw: bytes, provider: str) -> bytes:

@@ -23,20 +23,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from certmgr.errors import CertError
 from certmgr.keys import encrypted_pem
 
 __all__ = [
     "CertEntry",
-    "CertError",
     "CertStore",
     "StoreHolder",
     "entry_from_files",
     "entry_from_key",
 ]
-
-
-class CertError(ValueError):
-    """A certificate or key cannot be served (unreadable, mismatched, expired, no names)."""
 
 
 ContextFactory = Callable[[], ssl.SSLContext]

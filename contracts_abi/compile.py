@@ -9,7 +9,7 @@ that affects the output fixed below (optimizer, runs, EVM version, metadata hash
 - ``MeasurementPolicy.bin``        creation bytecode, hex without 0x, one line
 - ``MeasurementPolicy.build.json`` compiler version, the exact standard-json input settings,
                                    source SHA-256, deployed bytecode and solc's metadata
-- ``../certmgr/policy_contract.py`` the same ABI and bytecode as Python constants, so the
+- ``../certmgr/policy/artifacts.py`` the same ABI and bytecode as Python constants, so the
                                    installed package (which ships no data files from here)
                                    can deploy and read the contract
 
@@ -114,7 +114,7 @@ def compile_artifacts() -> dict[Path, bytes]:
         HERE / f"{CONTRACT}.build.json": (
             json.dumps(build, indent=2, sort_keys=True) + "\n"
         ).encode(),
-        ROOT / "certmgr" / "policy_contract.py": py.encode(),
+        ROOT / "certmgr" / "policy" / "artifacts.py": py.encode(),
     }
 
 

@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from certmgr.challenges import http01
+from certmgr.acme.challenges import http01
+from certmgr.errors import CertError, SettingsError
 from certmgr.keys import Sealer
-from certmgr.store import CertEntry, CertError, entry_from_key
+from certmgr.store import CertEntry, entry_from_key
 from proxy.config import Config
 
 if TYPE_CHECKING:
-    from certmgr.acme import AcmeIssuer
+    from certmgr.acme.client import AcmeIssuer
 
 __all__ = [
     "HTTP01_PREFIX",
@@ -76,8 +77,8 @@ def acme_store_parts(
     """
     if not cfg.acme.enabled:
         return [], {}
-    from certmgr.acme_store import AcmeStore  # noqa: PLC0415
-    from certmgr.challenges import tlsalpn01  # noqa: PLC0415
+    from certmgr.acme.challenges import tlsalpn01  # noqa: PLC0415
+    from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
 
     now = now or dt.datetime.now(dt.UTC)
     entries: list[CertEntry] = []
@@ -96,7 +97,7 @@ def acme_store_parts(
 
 
 def _alpn_factory(factory: Callable[[], ssl.SSLContext]) -> Callable[[], ssl.SSLContext]:
-    from certmgr.challenges.tlsalpn01 import ALPN_ACME_TLS  # noqa: PLC0415
+    from certmgr.acme.challenges.tlsalpn01 import ALPN_ACME_TLS  # noqa: PLC0415
 
     def make() -> ssl.SSLContext:
         ctx = factory()
@@ -108,7 +109,7 @@ def _alpn_factory(factory: Callable[[], ssl.SSLContext]) -> Callable[[], ssl.SSL
 
 def read_evidence(state_dir: str) -> bytes:
     """The evidence document (blocking): account URI and every certificate key's SPKI hash."""
-    from certmgr.acme_store import AcmeStore  # noqa: PLC0415
+    from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
     from certmgr.keys import InsecureDevSealer  # noqa: PLC0415
 
     ev = AcmeStore(state_dir, InsecureDevSealer()).evidence()  # reads public JSON only
@@ -160,7 +161,7 @@ class StateDirPublisher:
         self._tokens.append(token)
 
     def publish_tlsalpn01(self, name: str, key_authorization: str) -> None:
-        from certmgr.challenges import tlsalpn01  # noqa: PLC0415
+        from certmgr.acme.challenges import tlsalpn01  # noqa: PLC0415
         from certmgr.keys import generate_p256  # noqa: PLC0415
 
         tlsalpn01.publish(self.state_dir, name, key_authorization, self.sealer, generate_p256())
@@ -177,7 +178,7 @@ class StateDirPublisher:
             self._run_reload()
 
     def cleanup(self) -> None:
-        from certmgr.challenges import tlsalpn01  # noqa: PLC0415
+        from certmgr.acme.challenges import tlsalpn01  # noqa: PLC0415
 
         for token in self._tokens:
             http01.remove(self.state_dir, token)
@@ -221,8 +222,8 @@ class AcmeManager:
 
     def issuer(self) -> AcmeIssuer:
         if self._issuer is None:
-            from certmgr.acme import AcmeIssuer  # noqa: PLC0415
-            from certmgr.caa import caa_checker  # noqa: PLC0415
+            from certmgr.acme.caa import caa_checker  # noqa: PLC0415
+            from certmgr.acme.client import AcmeIssuer  # noqa: PLC0415
 
             publisher = StateDirPublisher(
                 self.cfg.state_dir,
@@ -241,7 +242,7 @@ class AcmeManager:
         return self._issuer
 
     def _current_window(self) -> tuple[dt.datetime, dt.datetime] | None:
-        from certmgr.acme_store import AcmeStore  # noqa: PLC0415
+        from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
 
         stored = AcmeStore(self.cfg.state_dir, self.sealer).load_usable(
             self.cfg.acme.names, self._clock()
@@ -252,9 +253,9 @@ class AcmeManager:
         return leaf.not_valid_before_utc, leaf.not_valid_after_utc
 
     async def _compute_due(self, window: tuple[dt.datetime, dt.datetime]) -> dt.datetime:
-        from certmgr.acme import ari_window_or_none  # noqa: PLC0415
-        from certmgr.acme_store import AcmeStore  # noqa: PLC0415
-        from certmgr.renewal import renewal_time  # noqa: PLC0415
+        from certmgr.acme.client import ari_window_or_none  # noqa: PLC0415
+        from certmgr.acme.renewal import renewal_time  # noqa: PLC0415
+        from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
 
         ari: tuple[dt.datetime, dt.datetime] | None = None
         pem = await asyncio.to_thread(AcmeStore(self.cfg.state_dir, self.sealer).cert_pem)
@@ -265,10 +266,10 @@ class AcmeManager:
     async def step(self) -> dt.datetime:
         """One pass of the loop; returns when to wake next."""
         # First use imports the acme library (reads many files): off the event loop.
-        for mod in ("certmgr.acme", "certmgr.caa", "certmgr.renewal", "certmgr.acme_store"):
+        for mod in ("certmgr.acme.client", "certmgr.acme.caa"):
             await asyncio.to_thread(importlib.import_module, mod)
-        from certmgr.acme import AcmeError  # noqa: PLC0415
-        from certmgr.renewal import in_emergency, next_attempt, retry_delay  # noqa: PLC0415
+        from certmgr.acme.renewal import in_emergency, next_attempt, retry_delay  # noqa: PLC0415
+        from certmgr.errors import AcmeError  # noqa: PLC0415
 
         now = self._clock()
         window = await asyncio.to_thread(self._current_window)
@@ -300,7 +301,8 @@ class AcmeManager:
         try:
             await asyncio.to_thread(self.issuer().obtain, self._clock)
         except (AcmeError, OSError, ValueError) as e:
-            self.last_error = str(e)
+            # The library names its own setting; the operator knows it as acme.<field>.
+            self.last_error = f"acme.{e}" if isinstance(e, SettingsError) else str(e)
             retry_after = e.retry_after if isinstance(e, AcmeError) else None
             emergency = window is None or in_emergency(
                 window[0], window[1], now, a.emergency_fraction

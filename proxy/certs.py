@@ -40,7 +40,8 @@ def default_sealer(cfg: Config | None = None) -> Sealer:
     Without a config, or with provider "insecure-development", the development sealer.
     """
     if cfg is not None and cfg.sealing.provider != "insecure-development":
-        from certmgr.sealing import SealingUnavailable, make_sealer  # noqa: PLC0415 - issue 3
+        from certmgr.errors import SealingUnavailable  # noqa: PLC0415 - issue 3
+        from certmgr.sealing import make_sealer  # noqa: PLC0415
 
         s = cfg.sealing
         try:

@@ -42,9 +42,8 @@ def _identities(cfg: Config) -> list[str]:
 
 
 def cmd_caa(args: argparse.Namespace) -> int:
-    from certmgr.acme_config import challenge_for  # noqa: PLC0415
-    from certmgr.acme_store import AcmeStore  # noqa: PLC0415
-    from certmgr.caa import evaluate, pinning_records, relevant_records  # noqa: PLC0415
+    from certmgr.acme.caa import evaluate, pinning_records, relevant_records  # noqa: PLC0415
+    from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
     from certmgr.keys import InsecureDevSealer  # noqa: PLC0415
 
     try:
@@ -66,20 +65,20 @@ def cmd_caa(args: argparse.Namespace) -> int:
         print("teeproxy caa: set acme.caa_identities (the CA's CAA domain)", file=sys.stderr)
         return 2
     names = [n for n in cfg.acme.names if n.removeprefix("*.") == domain] or [domain]
-    methods = [challenge_for(cfg.acme, n) for n in names] if cfg.acme.names else []
+    methods = [cfg.acme.challenge_for(n) for n in names] if cfg.acme.names else []
     wildcard = any(n.startswith("*.") for n in names)
     print(f"; CAA records pinning issuance for {domain} to this enclave's ACME account")
     for line in pinning_records(domain, idents, account, methods, wildcard):
         print(line)
     if args.check:
-        from certmgr.caa import _resolver  # noqa: PLC0415
+        from certmgr.acme.caa import resolver_for  # noqa: PLC0415
 
-        owner, records = relevant_records(domain, _resolver(cfg.acme))
+        owner, records = relevant_records(domain, resolver_for(cfg.acme))
         print(f"; relevant CAA records now ({owner or 'none found'}):")
         for r in records:
             print(f";   {r}")
         for n in names:
-            why = evaluate(n, records, idents, account, challenge_for(cfg.acme, n))
+            why = evaluate(n, records, idents, account, cfg.acme.challenge_for(n))
             print(f"; {n}: {'allowed' if why is None else 'FORBIDDEN: ' + why}")
     return 0
 

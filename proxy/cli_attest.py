@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from certmgr.verify import Verdict
+    from certmgr.attest.verify import Verdict
 
 __all__ = [
     "DEFAULT_ATTESTATION_NAME",
@@ -44,18 +44,14 @@ MAX_RESPONSE = 512 * 1024
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from certmgr.quote import TeeType  # noqa: PLC0415
-    from certmgr.verify import (  # noqa: PLC0415
-        TcbPolicy,
-        VerifyOptions,
-        load_allowlist,
-        load_dev_key,
-    )
+    from certmgr.attest.measurement import TeeType  # noqa: PLC0415
+    from certmgr.attest.verify import TcbPolicy, VerifyOptions, load_dev_key  # noqa: PLC0415
+    from certmgr.policy.allowlist import load_allowlist  # noqa: PLC0415
 
     keys = tuple(load_dev_key(Path(p).read_bytes()) for p in args.trust_dev_key or ())
     policy: Any = load_allowlist(args.allowlist) if args.allowlist else None
     if getattr(args, "policy_rpc", None):  # issue 5: the on-chain policy, k-of-n RPC quorum
-        from certmgr.policy import policy_from_chain  # noqa: PLC0415
+        from certmgr.policy.rpc import policy_from_chain  # noqa: PLC0415
 
         if not args.policy_address:
             raise ValueError("--policy-rpc needs --policy-address")
@@ -74,8 +70,10 @@ def _options(args: argparse.Namespace) -> Any:
 
 def _collateral(args: argparse.Namespace, quote_bytes: bytes, now: float) -> Any:
     """Collateral for an Intel quote, or None (simulated, SNP, or unparseable quotes)."""
-    from certmgr.quote import QuoteError, TeeType, parse_evidence  # noqa: PLC0415
-    from certmgr.verify import CollateralCache  # noqa: PLC0415
+    from certmgr.attest.collateral import CollateralCache  # noqa: PLC0415
+    from certmgr.attest.measurement import TeeType  # noqa: PLC0415
+    from certmgr.attest.quote import parse_evidence  # noqa: PLC0415
+    from certmgr.errors import QuoteError  # noqa: PLC0415
 
     try:
         q = parse_evidence(quote_bytes)
@@ -116,7 +114,9 @@ def _now(args: argparse.Namespace) -> float:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from certmgr.quote import QuoteError, measurement_id, parse_evidence  # noqa: PLC0415
+    from certmgr.attest.measurement import measurement_id  # noqa: PLC0415
+    from certmgr.attest.quote import parse_evidence  # noqa: PLC0415
+    from certmgr.errors import QuoteError  # noqa: PLC0415
 
     try:
         q = parse_evidence(Path(args.file).read_bytes())
@@ -135,7 +135,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_quote(args: argparse.Namespace) -> int:
-    from certmgr.verify import VerifyError, verify_quote_verdict  # noqa: PLC0415
+    from certmgr.attest.verify import verify_quote_verdict  # noqa: PLC0415
+    from certmgr.errors import VerifyError  # noqa: PLC0415
 
     try:
         raw = Path(args.file).read_bytes()
@@ -153,8 +154,12 @@ def cmd_verify_quote(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_cert(args: argparse.Namespace) -> int:
-    from certmgr.ratls import RaTlsError, parse_certificate  # noqa: PLC0415
-    from certmgr.verify import VerifyError, verify_certificate  # noqa: PLC0415
+    from certmgr.attest.ratls import parse_certificate  # noqa: PLC0415
+    from certmgr.attest.verify import verify_certificate  # noqa: PLC0415
+    from certmgr.errors import (  # noqa: PLC0415
+        RaTlsError,
+        VerifyError,
+    )
 
     try:
         data = Path(args.file).read_bytes()
@@ -235,7 +240,7 @@ class Attested:
 
     @property
     def measurement_id(self) -> bytes | None:
-        from certmgr.quote import measurement_id  # noqa: PLC0415
+        from certmgr.attest.measurement import measurement_id  # noqa: PLC0415
 
         m = self.verdict.measurement
         return measurement_id(m) if self.trusted and m is not None else None
@@ -248,12 +253,11 @@ def attest(args: argparse.Namespace) -> Attested:
     ``timeout``, ``no_nonce`` and the trust options). Raises :class:`AttestInputError` for
     usage and connection errors; a verdict that is not trusted is returned, not raised.
     """
-    from certmgr.ratls import RaTlsError, parse_certificate  # noqa: PLC0415
-    from certmgr.verify import (  # noqa: PLC0415
+    from certmgr.attest.ratls import parse_certificate  # noqa: PLC0415
+    from certmgr.attest.verify import signing_address_agreement, verify_certificate, verify_evidence  # noqa: PLC0415
+    from certmgr.errors import (  # noqa: PLC0415
+        RaTlsError,
         VerifyError,
-        signing_address_agreement,
-        verify_certificate,
-        verify_evidence,
     )
 
     url = urlsplit(args.url)

@@ -122,7 +122,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from certmgr.policy import eth_import_guard  # noqa: PLC0415
+    from certmgr.eth import eth_import_guard  # noqa: PLC0415
 
     with eth_import_guard():  # web3 and eth-account raise the recursion limit on import
         import eth_account  # noqa: F401, PLC0415
@@ -236,7 +236,8 @@ def _unlock(path: Path, env: str) -> Any:
 
 
 def _mid(text: str) -> bytes:
-    from certmgr.policy import PolicyError, parse_measurement_id  # noqa: PLC0415
+    from certmgr.errors import PolicyError  # noqa: PLC0415
+    from certmgr.policy.model import parse_measurement_id  # noqa: PLC0415
 
     try:
         return parse_measurement_id(text)
@@ -247,8 +248,8 @@ def _mid(text: str) -> bytes:
 async def _read(args: argparse.Namespace, target: Target) -> int:
     from web3.exceptions import Web3Exception  # noqa: PLC0415
 
-    from certmgr.policy_contract import ABI  # noqa: PLC0415
-    from certmgr.policy_rpc import make_web3  # noqa: PLC0415
+    from certmgr.policy.artifacts import ABI  # noqa: PLC0415
+    from certmgr.policy.rpc import make_web3  # noqa: PLC0415
 
     w3 = make_web3(target.rpc, args.tx_timeout)
     try:
@@ -309,7 +310,7 @@ def _attested_signer(args: argparse.Namespace, target: Target) -> tuple[bytes, b
     and names a signing address. Without a measurement option of its own, the measurement is
     judged by the target contract (one endpoint: the one we are about to send to).
     """
-    from certmgr.verify import Reason  # noqa: PLC0415
+    from certmgr.attest.verify import Reason  # noqa: PLC0415
     from proxy.cli_attest import AttestInputError, attest  # noqa: PLC0415
 
     if not (args.allowlist or args.policy_rpc or args.any_measurement):
@@ -386,7 +387,7 @@ def _address(text: str) -> str:
 
 
 def _revert_text(e: Exception) -> str:
-    from certmgr.policy import decode_revert  # noqa: PLC0415
+    from certmgr.policy.contract import decode_revert  # noqa: PLC0415
 
     data = getattr(e, "data", None)
     if isinstance(data, str) and data.startswith("0x"):
@@ -400,8 +401,8 @@ def _revert_text(e: Exception) -> str:
 async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
     from web3.exceptions import ContractLogicError, Web3Exception  # noqa: PLC0415
 
-    from certmgr.policy_contract import ABI, BYTECODE  # noqa: PLC0415
-    from certmgr.policy_rpc import make_web3  # noqa: PLC0415
+    from certmgr.policy.artifacts import ABI, BYTECODE  # noqa: PLC0415
+    from certmgr.policy.rpc import make_web3  # noqa: PLC0415
 
     w3 = make_web3(target.rpc, args.tx_timeout)
     try:
@@ -489,7 +490,7 @@ def demo_banner(cfg: Any, measurement_id: bytes | None = None) -> str:
     g = cfg.governance
     if g.mode == "off" or not g.embedded_chain:
         return ""
-    from certmgr.chain import DEV_KEYSTORE_PASSWORD  # noqa: PLC0415
+    from certmgr.policy.devchain import DEV_KEYSTORE_PASSWORD  # noqa: PLC0415
     from proxy.governance import DEV_MEASUREMENT_ID  # noqa: PLC0415
 
     state = cfg.state_dir

@@ -96,12 +96,9 @@ def _result(out: dict[str, Any], as_json: bool, valid: bool, reason: str | None 
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
-    from certmgr.receipt import (  # noqa: PLC0415
-        MAX_JSON_BYTES,
-        Receipt,
-        ReceiptError,
-        verify_receipt,
-    )
+    from certmgr.errors import ReceiptError  # noqa: PLC0415
+    from certmgr.receipts.format import MAX_JSON_BYTES, Receipt  # noqa: PLC0415
+    from certmgr.receipts.verify import verify_receipt  # noqa: PLC0415
 
     try:
         signer = _hex_arg(args.signer, _ADDRESS, "--signer")

@@ -21,6 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from eth_utils.address import is_hex_address
+
+from certmgr.acme.settings import AcmeSettings
+from certmgr.errors import PolicyError, SettingsError
+from certmgr.policy.model import parse_measurement_id
 from proxy.errors import ConfigError
 
 __all__ = [
@@ -45,6 +50,8 @@ __all__ = [
     "load",
     "loads",
 ]
+
+GOVERNANCE_MODES = ("off", "monitor", "enforce")
 
 # GET /v1/receipts/{id}: signed receipts of streamed responses, answered by the proxy.
 RECEIPTS_PATH = "/v1/receipts/"
@@ -197,44 +204,17 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class AcmeConfig:
-    """[acme]: certificates from an RFC 8555 CA (issue 3); validated in certmgr.acme_config."""
+class AcmeConfig(AcmeSettings):
+    """[acme]: the ACME client's own settings (:class:`certmgr.acme.settings.AcmeSettings`,
+    validated there) plus what the proxy does with them."""
 
     enabled: bool = False
-    names: tuple[str, ...] = ()
-    directory_urls: tuple[str, ...] = ("https://acme-v02.api.letsencrypt.org/directory",)
-    ca_bundle: str = ""
-    contact: tuple[str, ...] = ()
-    profile: str = ""
-    key_type: str = "p256"
-    eab_kid_env: str = ""
-    eab_hmac_env: str = ""
-    challenge: str = "http-01"
-    challenge_overrides: tuple[str, ...] = ()
-    dns_update_server: str = ""
-    dns_zone: str = ""
-    dns_resolver: str = ""
-    dns_auth_port: int = 53
-    tsig_key_name: str = ""
-    tsig_algorithm: str = "hmac-sha256"
-    tsig_secret_env: str = ""
-    dns_ttl: int = 60
-    dns_timeout: float = 5.0
-    propagation_timeout: float = 120.0
-    caa_check: bool = True
-    caa_identities: tuple[str, ...] = ()
-    request_timeout: float = 30.0
-    order_timeout: float = 300.0
-    check_interval: float = 3600.0
-    retry_base: float = 60.0
-    retry_max: float = 21600.0
-    emergency_fraction: float = 0.1
-    evidence_endpoint: bool = True
+    evidence_endpoint: bool = True  # GET /.well-known/tee/acme
 
 
 @dataclass(frozen=True, slots=True)
 class GovernanceConfig:
-    """[governance]: on-chain measurement policy (issue 5); validated in proxy.governance."""
+    """[governance]: on-chain measurement policy (docs/GOVERNANCE.md)."""
 
     mode: str = "off"
     rpc_urls: tuple[str, ...] = ()
@@ -253,7 +233,7 @@ class GovernanceConfig:
 
 @dataclass(frozen=True, slots=True)
 class SealingConfig:
-    """[sealing]: the TEE key stored private keys are sealed under (issue 3)."""
+    """[sealing]: the TEE key stored private keys are sealed under."""
 
     provider: str = "insecure-development"
     gramine_key_path: str = "/dev/attestation/keys/_sgx_mrenclave"
@@ -264,7 +244,7 @@ class SealingConfig:
 
 @dataclass(frozen=True, slots=True)
 class AttestationConfig:
-    """[attestation]: TEE quotes, the RA-TLS certificate and the evidence endpoint (issue 4)."""
+    """[attestation]: TEE quotes, the RA-TLS certificate and the evidence endpoint."""
 
     provider: str = "auto"
     server_name: str = "attestation.teeproxy.invalid"
@@ -281,7 +261,7 @@ class AttestationConfig:
 
 @dataclass(frozen=True, slots=True)
 class ReceiptsConfig:
-    """[receipts]: responses signed inside the TEE (issue 6, docs/RECEIPTS.md)."""
+    """[receipts]: responses signed inside the TEE (docs/RECEIPTS.md)."""
 
     enabled: bool = True
     routes: tuple[str, ...] = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
@@ -521,9 +501,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("logging.level", f"unknown level {cfg.logging.level!r}")
 
     if cfg.acme.enabled:
-        from certmgr.acme_config import validate_acme  # noqa: PLC0415 - issue 3 owns the rules
-
-        validate_acme(cfg.acme)
+        try:
+            cfg.acme.validate()
+        except SettingsError as e:
+            raise ConfigError(f"acme.{e.field}", e.message) from None
     if cfg.sealing.provider not in ("insecure-development", "gramine", "dstack"):
         raise ConfigError(
             "sealing.provider", 'must be "insecure-development", "gramine" or "dstack"'
@@ -559,6 +540,52 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("receipts.max_parse_bytes", "must be 0-64 MiB")
 
     if cfg.governance.mode != "off":
-        from proxy.governance import validate_governance  # noqa: PLC0415 - issue 5 owns the rules
-
         validate_governance(cfg.governance)
+
+
+def validate_governance(g: GovernanceConfig) -> None:
+    """The [governance] rules; ConfigError names the field."""
+    if g.mode not in GOVERNANCE_MODES:
+        raise ConfigError(
+            "governance.mode", f"must be one of {', '.join(GOVERNANCE_MODES)}, got {g.mode!r}"
+        )
+    if g.mode == "off":
+        return
+    if g.embedded_chain:
+        if g.rpc_urls:
+            raise ConfigError("governance.rpc_urls", "must be empty with embedded_chain = true")
+        addr = parse_listen(g.embedded_chain_listen, "governance.embedded_chain_listen")
+        if addr.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError("governance.embedded_chain_listen", "must be a loopback address")
+    else:
+        if not g.rpc_urls:
+            raise ConfigError("governance.rpc_urls", "at least one RPC endpoint is required")
+        for i, url in enumerate(g.rpc_urls):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigError(f"governance.rpc_urls[{i}]", f"expected http(s)://, got {url!r}")
+        if len(set(g.rpc_urls)) != len(g.rpc_urls):
+            raise ConfigError("governance.rpc_urls", "an endpoint is listed twice")
+        if not is_hex_address(g.contract):
+            raise ConfigError("governance.contract", "expected 0x + 40 hex digits")
+    n = len(g.rpc_urls) or 1
+    if not 1 <= g.quorum <= n:
+        raise ConfigError("governance.quorum", f"must be 1..{n} (the number of rpc_urls)")
+    if g.chain_id < 0:
+        raise ConfigError("governance.chain_id", "must be >= 0")
+    for name in ("refresh_period", "max_staleness", "rpc_timeout", "startup_wait"):
+        value = getattr(g, name)
+        if not (value > 0 and value < float("inf")):
+            raise ConfigError(f"governance.{name}", f"must be a positive number, got {value}")
+    if g.refresh_period < 0.1:
+        raise ConfigError("governance.refresh_period", "must be at least 0.1 s")
+    if g.max_staleness < g.refresh_period:
+        raise ConfigError("governance.max_staleness", "must be at least refresh_period")
+    if g.rpc_timeout * 2 > g.max_staleness:
+        # One round is two calls per endpoint; a round must fit in the staleness bound.
+        raise ConfigError("governance.rpc_timeout", "must be at most max_staleness / 2")
+    if g.self_measurement not in ("auto", "dev"):
+        try:
+            parse_measurement_id(g.self_measurement)
+        except PolicyError as e:
+            raise ConfigError("governance.self_measurement", str(e)) from None

@@ -35,7 +35,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict
 from yarl import URL
 
-from certmgr.receipt import IncrementalHash
+from certmgr.receipts.format import IncrementalHash
 from proxy import metrics
 from proxy.config import RECEIPTS_PATH, Config
 from proxy.deadline import Deadline

@@ -33,27 +33,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
-from eth_utils.address import is_hex_address
 from eth_utils.crypto import keccak
 
-from certmgr.policy import (
-    Decision,
-    PolicyError,
+from certmgr.policy.model import (
+    PolicyDecision,
     PolicySnapshot,
     VoteOutcome,
     decide,
     parse_measurement_id,
 )
 from proxy.config import Config, GovernanceConfig, parse_listen
-from proxy.errors import ConfigError, ProxyError
+from proxy.errors import ProxyError
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from certmgr.chain import EmbeddedChain
-    from certmgr.policy_rpc import PolicyReader
+    from certmgr.policy.devchain import EmbeddedChain
+    from certmgr.policy.rpc import PolicyReader
 
 __all__ = [
     "DEV_MEASUREMENT_ID",
@@ -64,7 +61,6 @@ __all__ = [
     "next_gate",
     "self_measurement_id",
     "start_governor",
-    "validate_governance",
 ]
 
 log = logging.getLogger("teeproxy.policy")
@@ -75,7 +71,6 @@ DEV_MEASUREMENT_ID = keccak(text="teeproxy development build: NOT a TEE measurem
 
 _STATE_FILE = "governance/state.json"
 _MAX_STATE_FILE = 64 * 1024
-_MODES = ("off", "monitor", "enforce")
 _NOT_READ = "governance state not read yet"
 
 
@@ -84,52 +79,6 @@ class GovernanceError(ProxyError, RuntimeError):
 
 
 # -- config ------------------------------------------------------------------------------------
-
-
-def validate_governance(g: GovernanceConfig) -> None:
-    """The [governance] rules; ConfigError names the field."""
-    if g.mode not in _MODES:
-        raise ConfigError("governance.mode", f"must be one of {', '.join(_MODES)}, got {g.mode!r}")
-    if g.mode == "off":
-        return
-    if g.embedded_chain:
-        if g.rpc_urls:
-            raise ConfigError("governance.rpc_urls", "must be empty with embedded_chain = true")
-        addr = parse_listen(g.embedded_chain_listen, "governance.embedded_chain_listen")
-        if addr.host not in ("127.0.0.1", "::1", "localhost"):
-            raise ConfigError("governance.embedded_chain_listen", "must be a loopback address")
-    else:
-        if not g.rpc_urls:
-            raise ConfigError("governance.rpc_urls", "at least one RPC endpoint is required")
-        for i, url in enumerate(g.rpc_urls):
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ConfigError(f"governance.rpc_urls[{i}]", f"expected http(s)://, got {url!r}")
-        if len(set(g.rpc_urls)) != len(g.rpc_urls):
-            raise ConfigError("governance.rpc_urls", "an endpoint is listed twice")
-        if not is_hex_address(g.contract):
-            raise ConfigError("governance.contract", "expected 0x + 40 hex digits")
-    n = len(g.rpc_urls) or 1
-    if not 1 <= g.quorum <= n:
-        raise ConfigError("governance.quorum", f"must be 1..{n} (the number of rpc_urls)")
-    if g.chain_id < 0:
-        raise ConfigError("governance.chain_id", "must be >= 0")
-    for name in ("refresh_period", "max_staleness", "rpc_timeout", "startup_wait"):
-        value = getattr(g, name)
-        if not (value > 0 and value < float("inf")):
-            raise ConfigError(f"governance.{name}", f"must be a positive number, got {value}")
-    if g.refresh_period < 0.1:
-        raise ConfigError("governance.refresh_period", "must be at least 0.1 s")
-    if g.max_staleness < g.refresh_period:
-        raise ConfigError("governance.max_staleness", "must be at least refresh_period")
-    if g.rpc_timeout * 2 > g.max_staleness:
-        # One round is two calls per endpoint; a round must fit in the staleness bound.
-        raise ConfigError("governance.rpc_timeout", "must be at most max_staleness / 2")
-    if g.self_measurement not in ("auto", "dev"):
-        try:
-            parse_measurement_id(g.self_measurement)
-        except PolicyError as e:
-            raise ConfigError("governance.self_measurement", str(e)) from None
 
 
 def self_measurement_id(g: GovernanceConfig, cfg: Config | None = None) -> bytes:
@@ -155,11 +104,12 @@ def self_measurement_id(g: GovernanceConfig, cfg: Config | None = None) -> bytes
 
 
 def _attested_measurement_id(cfg: Config | None) -> bytes:
-    from certmgr import quote  # noqa: PLC0415
+    from certmgr.attest.measurement import measurement_id  # noqa: PLC0415
+    from certmgr.attest.providers.factory import self_measurement_id  # noqa: PLC0415
 
     if cfg is None:
-        return quote.self_measurement_id()
-    from certmgr.tee.base import self_measurement  # noqa: PLC0415
+        return self_measurement_id()
+    from certmgr.attest.providers.base import self_measurement  # noqa: PLC0415
     from proxy.certs import default_sealer  # noqa: PLC0415
     from proxy.wellknown import attestation_provider  # noqa: PLC0415
 
@@ -169,7 +119,7 @@ def _attested_measurement_id(cfg: Config | None) -> bytes:
             "governance.self_measurement = 'auto' needs an attestation provider "
             "([attestation] provider is 'none'); or set the build's id (0x + 64 hex digits)"
         )
-    return quote.measurement_id(self_measurement(provider))
+    return measurement_id(self_measurement(provider))
 
 
 def _own_signer(cfg: Config) -> bytes | None:
@@ -181,11 +131,12 @@ def _own_signer(cfg: Config) -> bytes | None:
     """
     if not cfg.receipts.enabled or cfg.attestation.provider == "none":
         return None
-    from certmgr.signing import SigningKeyError, prepare_signing_key  # noqa: PLC0415
+    from certmgr.errors import SigningKeyError  # noqa: PLC0415
+    from certmgr.receipts.signing import prepare_signing_key  # noqa: PLC0415
     from proxy.certs import default_sealer  # noqa: PLC0415
 
     try:
-        return prepare_signing_key(cfg.state_dir, default_sealer(cfg))
+        return prepare_signing_key(cfg.state_dir, default_sealer(cfg)).address
     except (SigningKeyError, OSError) as e:
         log.warning("embedded chain: receipt signer not registered: %s", e)
         return None
@@ -228,7 +179,7 @@ class GateState:
 
 def next_gate(
     g: GovernanceConfig,
-    decision: Decision,
+    decision: PolicyDecision,
     previous: GateState | None,
     measurement_id: bytes,
     now: float,
@@ -283,12 +234,12 @@ class Governor:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        from certmgr.policy_rpc import PolicyReader  # noqa: PLC0415
+        from certmgr.policy.rpc import PolicyReader  # noqa: PLC0415
 
         urls: tuple[str, ...] = self.g.rpc_urls
         address = self.g.contract
         if self.g.embedded_chain:
-            from certmgr.chain import EmbeddedChain  # noqa: PLC0415
+            from certmgr.policy.devchain import EmbeddedChain  # noqa: PLC0415
 
             addr = parse_listen(self.g.embedded_chain_listen, "governance.embedded_chain_listen")
             signer = await asyncio.to_thread(_own_signer, self.cfg)  # issue 6: receipts

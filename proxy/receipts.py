@@ -37,7 +37,8 @@ import aiohttp
 from aiohttp import web
 
 from certmgr.keys import Sealer
-from certmgr.receipt import DigestSigner, Receipt, sign_receipt
+from certmgr.receipts.format import Receipt
+from certmgr.receipts.signing import DigestSigner, sign_receipt
 from proxy import metrics
 from proxy.config import RECEIPTS_PATH, Config, ReceiptsConfig
 
@@ -442,9 +443,9 @@ def _error(status: int, kind: str, message: str, **headers: str) -> web.Response
 
 
 def _build_issuer(cfg: Config, sealer: Sealer, store: StoreBackend) -> ReceiptIssuer | None:
-    from certmgr import quote  # noqa: PLC0415
-    from certmgr.signing import load_signing_key  # noqa: PLC0415
-    from certmgr.tee.base import self_measurement  # noqa: PLC0415
+    from certmgr.attest.measurement import measurement_id  # noqa: PLC0415
+    from certmgr.attest.providers.base import self_measurement  # noqa: PLC0415
+    from certmgr.receipts.signing import load_signing_key  # noqa: PLC0415
     from proxy.wellknown import attestation_provider  # noqa: PLC0415
 
     provider = attestation_provider(cfg, sealer)
@@ -454,7 +455,7 @@ def _build_issuer(cfg: Config, sealer: Sealer, store: StoreBackend) -> ReceiptIs
         log.warning("receipts are off: no attestation provider ([attestation] provider)")
         return None
     key = load_signing_key(cfg.state_dir, sealer)
-    mid = quote.measurement_id(self_measurement(provider))
+    mid = measurement_id(self_measurement(provider))
     log.info(
         "receipts on for %s: signer %s, measurement 0x%s",
         ", ".join(cfg.receipts.routes),

@@ -304,7 +304,7 @@ def check_certificates(cfg: Config, sealer: Any) -> None:
 
     Workers build their own store; this only checks that they will be able to.
     """
-    from certmgr.store import CertError  # noqa: PLC0415
+    from certmgr.errors import CertError  # noqa: PLC0415
     from proxy.certs import build_store  # noqa: PLC0415
 
     try:

@@ -118,7 +118,7 @@ def _acme_msg_callback(
     data: bytes,
 ) -> None:
     if direction == "read" and msg_type == ssl._TLSMessageType.CLIENT_HELLO:  # type: ignore[attr-defined]
-        from certmgr.challenges.tlsalpn01 import offers_alpn  # noqa: PLC0415
+        from certmgr.acme.challenges.tlsalpn01 import offers_alpn  # noqa: PLC0415
 
         if offers_alpn(data):
             setattr(conn, _ACME_TLS_ATTR, True)

@@ -31,26 +31,30 @@ from typing import Any
 
 from aiohttp import web
 
-from certmgr.evidence import (
-    EvidenceError,
-    build_evidence,
-    encode_evidence_claims,
-    parse_nonce,
-)
-from certmgr.keys import Sealer
-from certmgr.quote import QuoteError, parse_evidence
-from certmgr.ratls import report_data_for_claims
-from certmgr.signing import SigningKeyError, load_signing_key, prepare_signing_key
-from certmgr.store import CertEntry, CertError, StoreHolder, entry_from_key
-from certmgr.tee import QuoteGate, QuoteProvider, QuoteProviderError, QuoteRateLimited
-from certmgr.tee.base import ProviderSettings, make_provider
-from certmgr.tee.runtime import (
+from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_nonce
+from certmgr.attest.providers.base import QuoteProvider
+from certmgr.attest.providers.factory import ProviderSettings, make_provider
+from certmgr.attest.providers.gate import QuoteGate
+from certmgr.attest.quote import parse_evidence
+from certmgr.attest.ratls import report_data_for_claims
+from certmgr.attest.ratls_store import (
     RaTlsMaterial,
     load_ratls,
     prepare_ratls,
     ratls_dir,
     ratls_renewal_due,
 )
+from certmgr.errors import (
+    CertError,
+    EvidenceError,
+    QuoteError,
+    QuoteProviderError,
+    QuoteRateLimited,
+    SigningKeyError,
+)
+from certmgr.keys import Sealer
+from certmgr.receipts.signing import load_signing_key, prepare_signing_key
+from certmgr.store import CertEntry, StoreHolder, entry_from_key
 from proxy.config import Config
 from proxy.errors import ConfigError
 
@@ -125,7 +129,7 @@ def _prepare_signing_address(cfg: Config, sealer: Sealer) -> str:
     if not cfg.receipts.enabled:
         return ""
     try:
-        return "0x" + prepare_signing_key(cfg.state_dir, sealer).hex()
+        return prepare_signing_key(cfg.state_dir, sealer).address_hex
     except (SigningKeyError, OSError) as e:
         raise ConfigError("receipts.enabled", f"receipt signing key: {e}") from e
 

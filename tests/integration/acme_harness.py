@@ -21,8 +21,8 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from cryptography import x509
 
-import certmgr.acme
-import certmgr.caa
+import certmgr.acme.caa
+import certmgr.acme.client
 from certmgr.keys import InsecureDevSealer
 from proxy.acme_runtime import AcmeManager
 from proxy.certs import build_store, prepare_certificates
@@ -30,8 +30,8 @@ from proxy.config import Config, loads
 from proxy.server import Worker
 from tests.integration.acme_peers import Knot, Pebble, acme_toml
 
-# Keep the library imports (certmgr.acme, certmgr.caa) done at collection, off the loop.
-_PRELOADED = (certmgr.acme, certmgr.caa)
+# Keep the library imports (certmgr.acme.client, certmgr.acme.caa) done at collection, off the loop.
+_PRELOADED = (certmgr.acme.client, certmgr.acme.caa)
 
 
 @dataclass

@@ -28,9 +28,11 @@ import pytest
 from aiohttp import web
 from eth_abi import encode as abi_encode
 
+from certmgr.eth import eth_import_guard
+from certmgr.policy.artifacts import ABI, BYTECODE
+
 # Importing certmgr.policy also loads eth-hash's keccak backend (file I/O) now, not in a test.
-from certmgr.policy import decode_revert, eth_import_guard
-from certmgr.policy_contract import ABI, BYTECODE
+from certmgr.policy.contract import decode_revert
 
 with eth_import_guard():  # keep the test process's recursion limit (see eth_import_guard)
     from eth_account import Account

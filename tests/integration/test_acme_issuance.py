@@ -21,7 +21,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certmgr.challenges.tlsalpn01 import acme_identifier_digest
+from certmgr.acme.challenges.tlsalpn01 import acme_identifier_digest
 from tests.integration import acme_harness, acme_peers
 from tests.integration.acme_harness import Harness, start_harness
 from tests.integration.acme_peers import Knot, PebbleFactory

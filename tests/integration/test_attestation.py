@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from certmgr.attest.ratls_store import load_ratls, ratls_dir
 from certmgr.keys import InsecureDevSealer
-from certmgr.tee.runtime import load_ratls, ratls_dir
 from tests.integration.test_serve import REPO, Launch, Process, launch  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certmgr.quote import measurement_id, parse_quote
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.measurement import measurement_id
 from proxy.cli import main
 from tests.unit.certmgr.attest_helpers import DATA, DEV_KEY, T_SGX, T_TDX, make_ratls
 

@@ -22,10 +22,15 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from certmgr.attest.ratls_store import ratls_dir
 from certmgr.keys import InsecureDevSealer
-from certmgr.receipt import sign_receipt
-from certmgr.signing import KEY_FILE, SigningKey, prepare_signing_key, signing_dir
-from certmgr.tee.runtime import ratls_dir
+from certmgr.receipts.signing import (
+    KEY_FILE,
+    SigningKey,
+    prepare_signing_key,
+    sign_receipt,
+    signing_dir,
+)
 from tests.integration.test_serve import REPO, Launch, Served, launch, serve, write_config
 
 pytestmark = pytest.mark.slow

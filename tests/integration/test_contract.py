@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from certmgr.policy_contract import ABI
+from certmgr.policy.artifacts import ABI
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     ROOT,
     AnvilFactory,

@@ -13,11 +13,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from certmgr.policy_contract import ABI
-from certmgr.ratls import parse_certificate
-from certmgr.receipt import sign_receipt
-from certmgr.signing import load_signing_key
-from certmgr.tee.runtime import ratls_dir
+from certmgr.attest.ratls import parse_certificate
+from certmgr.attest.ratls_store import ratls_dir
+from certmgr.policy.artifacts import ABI
+from certmgr.receipts.signing import load_signing_key, sign_receipt
 from proxy.certs import default_sealer
 from proxy.config import Config, loads
 from proxy.governance import Governor, self_measurement_id

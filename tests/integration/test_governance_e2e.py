@@ -29,7 +29,7 @@ import trustme
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from certmgr.policy import Decision, Verdict
+from certmgr.policy.model import PolicyDecision, PolicyStatus
 from proxy.governance import GovernanceConfig, WorkerGate, next_gate, state_path
 from proxy.server import Worker
 from tests.conftest import make_config, store_from_leaf
@@ -230,9 +230,11 @@ async def slow_backend(aiohttp_server: AiohttpServer) -> AsyncIterator[tuple[str
 
 def _publish(path: Path, allowed: bool) -> None:
     g = GovernanceConfig(mode="enforce")
-    verdict = Verdict.ALLOWED if allowed else Verdict.NOT_ALLOWED
+    verdict = PolicyStatus.ALLOWED if allowed else PolicyStatus.NOT_ALLOWED
     reason = "ok" if allowed else "measurement 0x5e.. is not allowed by policy version 7"
-    state = next_gate(g, Decision(verdict, reason, version=7), None, b"\x5e" * 32, time.time())
+    state = next_gate(
+        g, PolicyDecision(verdict, reason, version=7), None, b"\x5e" * 32, time.time()
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(state.to_json())
 
@@ -291,8 +293,8 @@ async def test_in_flight_request_gets_503_listener_closes_reopens_streams_cut(
 
 async def test_demo_style_embedded_chain_governed_by_the_cli(tmp_path: Path) -> None:
     """The embedded chain serves real JSON-RPC: the CLI revokes on it with its dev keystore."""
-    from certmgr.chain import DEV_KEYSTORE_PASSWORD, EmbeddedChain
-    from certmgr.policy import check_measurement
+    from certmgr.policy.devchain import DEV_KEYSTORE_PASSWORD, EmbeddedChain
+    from certmgr.policy.rpc import check_measurement
 
     mid = b"\x77" * 32
     chain = await EmbeddedChain.start(tmp_path / "governance", allow=((mid, "dev"),))
@@ -321,6 +323,6 @@ async def test_demo_style_embedded_chain_governed_by_the_cli(tmp_path: Path) -> 
         assert proc.returncode == 0, err.decode()
         assert "version:     2" in out.decode()
         verdict = await check_measurement([chain.url], chain.address, mid)
-        assert verdict.decision.verdict is Verdict.NOT_ALLOWED
+        assert verdict.decision.verdict is PolicyStatus.NOT_ALLOWED
     finally:
         await chain.stop()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from certmgr.policy import Verdict, check_measurement
-from certmgr.policy_rpc import PolicyReader
+from certmgr.policy.model import PolicyStatus
+from certmgr.policy.rpc import PolicyReader, check_measurement
 from proxy.governance import GateState, Governor, state_path
 from tests.conftest import make_config
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
@@ -108,16 +108,16 @@ async def test_check_measurement_for_verifiers(chain: Chain, lying_rpc: LyingFac
     assert v.outcome.dissenting == (liar.url,)
     # The liar's forged id is not trusted.
     forged = await check_measurement(urls, chain.address, liar.forged_id, quorum=2)
-    assert forged.decision.verdict is Verdict.NOT_ALLOWED
+    assert forged.decision.verdict is PolicyStatus.NOT_ALLOWED
     await owner_tx(chain.node.url, chain.address, "revoke", MINE)
     revoked = await check_measurement(urls, chain.address, MINE, quorum=2)
-    assert revoked.decision.verdict is Verdict.NOT_ALLOWED
+    assert revoked.decision.verdict is PolicyStatus.NOT_ALLOWED
     assert revoked.decision.version == 2
     # Only the liar reachable: no quorum, denied.
     alone = await check_measurement([liar.url], chain.address, liar.forged_id, quorum=1)
     assert alone.allowed  # a single liar can lie: why quorum exists
     none = await check_measurement([liar.url, honest.url], chain.address, MINE, quorum=2)
-    assert none.decision.verdict is Verdict.NO_POLICY
+    assert none.decision.verdict is PolicyStatus.NO_POLICY
 
 
 def _governance_config(state: Path, chain: Chain, **extra: object) -> str:
@@ -191,9 +191,10 @@ async def test_revocation_and_reallow_as_configured(chain: Chain, tmp_path: Path
 
 async def test_snapshot_policy_plugs_into_the_verifier(chain: Chain) -> None:
     """certmgr.verify's PolicyCheck, answered from one quorum-agreed snapshot."""
-    from certmgr.policy import SnapshotPolicy, read_snapshot
+    from certmgr.policy.model import SnapshotPolicy
+    from certmgr.policy.rpc import read_snapshot
 
-    await asyncio.to_thread(importlib.import_module, "certmgr.verify")  # its lazy import
+    await asyncio.to_thread(importlib.import_module, "certmgr.attest.verify")
 
     snapshot, _ = await read_snapshot([chain.node.url], chain.address)
     check = SnapshotPolicy(snapshot)

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from certmgr.quote import measurement_id, parse_quote
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.measurement import measurement_id
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     AnvilFactory,
     anvil,

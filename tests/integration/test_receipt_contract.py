@@ -19,16 +19,11 @@ from typing import Any
 
 import pytest
 
-from certmgr.policy import eth_import_guard
-from certmgr.policy_contract import ABI
-from certmgr.receipt import (
-    RECEIPT_TYPEHASH,
-    Receipt,
-    domain_separator,
-    recover_signer,
-    sign_receipt,
-    typed_data_hash,
-)
+from certmgr.eth import eth_import_guard
+from certmgr.policy.artifacts import ABI
+from certmgr.receipts.format import RECEIPT_TYPEHASH, Receipt, domain_separator, typed_data_hash
+from certmgr.receipts.signing import sign_receipt
+from certmgr.receipts.verify import recover_signer
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     AnvilFactory,
     AsyncWeb3,

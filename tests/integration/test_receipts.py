@@ -19,8 +19,10 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from prometheus_client import REGISTRY
 
-from certmgr.receipt import Receipt, ReceiptError, verify_receipt
-from certmgr.signing import SigningKey
+from certmgr.errors import ReceiptError
+from certmgr.receipts.format import Receipt
+from certmgr.receipts.signing import SigningKey
+from certmgr.receipts.verify import verify_receipt
 from proxy.receipts import (
     ID_HEADER,
     RECEIPT_HEADER,

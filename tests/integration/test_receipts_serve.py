@@ -21,9 +21,11 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from certmgr.evidence import parse_evidence_json
-from certmgr.quote import measurement_id, parse_evidence
-from certmgr.receipt import Receipt, verify_receipt
+from certmgr.attest.evidence import parse_evidence_json
+from certmgr.attest.measurement import measurement_id
+from certmgr.attest.quote import parse_evidence
+from certmgr.receipts.format import Receipt
+from certmgr.receipts.verify import verify_receipt
 from proxy.receipts import ID_HEADER, RECEIPT_HEADER
 from tests.integration.test_serve import (  # noqa: F401 - fixtures
     Launch,

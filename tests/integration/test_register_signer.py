@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from certmgr.policy_contract import ABI
-from certmgr.receipt import Receipt, verify_receipt
-from certmgr.tee.runtime import ratls_dir
+from certmgr.attest.ratls_store import ratls_dir
+from certmgr.policy.artifacts import ABI
+from certmgr.receipts.format import Receipt
+from certmgr.receipts.verify import verify_receipt
 from proxy.cli import main
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     AnvilFactory,

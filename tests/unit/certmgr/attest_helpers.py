@@ -16,13 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certmgr.ratls import (
-    RATLS_OID,
-    build_certificate,
-    encode_claims,
-    report_data_for_claims,
-)
-from certmgr.tee.simulated import build_simulated_quote, raw_public_key
+from certmgr.attest.ratls import RATLS_OID, build_certificate, encode_claims, report_data_for_claims
+from certmgr.attest.simulated import build_simulated_quote, raw_public_key
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "dcap-qvl"
 T_TDX = 1750414563

@@ -13,9 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certmgr.acme import _parse_retry_after, generate_cert_key, make_csr
-from certmgr.acme_config import challenge_for, valid_dns_name
-from certmgr.acme_store import AcmeStore, VerifyError, verify_issued
+from certmgr.acme.client import _parse_retry_after, generate_cert_key, make_csr
+from certmgr.acme.settings import valid_dns_name
+from certmgr.acme.storage import AcmeStore, verify_issued
+from certmgr.errors import IssuedCertError
 from certmgr.keys import InsecureDevSealer
 from proxy.config import loads
 from proxy.errors import ConfigError
@@ -72,9 +73,9 @@ def test_challenge_selection_per_name() -> None:
             'dns_update_server = "127.0.0.1:53"\ntsig_key_name = "k"\ntsig_secret_env = "S"'
         )
     ).acme
-    assert challenge_for(cfg, "a.example.com") == "tls-alpn-01"
-    assert challenge_for(cfg, "b.example.com") == "http-01"
-    assert challenge_for(cfg, "*.example.com") == "dns-01"
+    assert cfg.challenge_for("a.example.com") == "tls-alpn-01"
+    assert cfg.challenge_for("b.example.com") == "http-01"
+    assert cfg.challenge_for("*.example.com") == "dns-01"
 
 
 def test_valid_dns_name() -> None:
@@ -122,16 +123,16 @@ def test_verify_issued_accepts_good_chain(
 
 def test_verify_issued_rejects(chain: tuple[bytes, ec.EllipticCurvePrivateKey, trustme.CA]) -> None:
     pem, key, _ = chain
-    with pytest.raises(VerifyError, match=r"does not cover c\.example"):
+    with pytest.raises(IssuedCertError, match=r"does not cover c\.example"):
         verify_issued(pem, key, ("a.example", "c.example"), NOW)
-    with pytest.raises(VerifyError, match="key does not match"):
+    with pytest.raises(IssuedCertError, match="key does not match"):
         verify_issued(pem, generate_cert_key("p256"), ("a.example",), NOW)
-    with pytest.raises(VerifyError, match="not valid now"):
+    with pytest.raises(IssuedCertError, match="not valid now"):
         verify_issued(pem, key, ("a.example",), dt.datetime(1999, 1, 1, tzinfo=dt.UTC))
     certs = x509.load_pem_x509_certificates(pem)
     other = trustme.CA(key_type=trustme.KeyType.ECDSA).cert_pem.bytes()
     broken = certs[0].public_bytes(serialization.Encoding.PEM) + other
-    with pytest.raises(VerifyError, match="chain link"):
+    with pytest.raises(IssuedCertError, match="chain link"):
         verify_issued(broken, key, ("a.example",), NOW)
 
 

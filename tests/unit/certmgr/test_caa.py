@@ -8,7 +8,13 @@ import dns.rdata
 import dns.resolver
 import pytest
 
-from certmgr.caa import CaaRecord, evaluate, parse_issue_value, pinning_records, relevant_records
+from certmgr.acme.caa import (
+    CaaRecord,
+    evaluate,
+    parse_issue_value,
+    pinning_records,
+    relevant_records,
+)
 
 ACC = "https://acme.example/acct/1"
 

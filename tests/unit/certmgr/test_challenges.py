@@ -13,8 +13,8 @@ from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certmgr.challenges import http01, tlsalpn01
-from certmgr.challenges.dns01 import record_name
+from certmgr.acme.challenges import http01, tlsalpn01
+from certmgr.acme.challenges.dns01 import record_name
 from certmgr.keys import InsecureDevSealer, generate_p256
 
 NOW = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)

@@ -10,9 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from certmgr import keys
+from certmgr.errors import SealError
 from certmgr.keys import (
     InsecureDevSealer,
-    SealError,
     atomic_write,
     encrypted_pem,
     generate_p256,

@@ -6,14 +6,14 @@ import pytest
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
-from certmgr.policy import (
+from certmgr.errors import PolicyError
+from certmgr.policy.contract import decode_revert
+from certmgr.policy.model import (
     MAX_MEASUREMENTS,
     EndpointResult,
-    PolicyError,
     PolicySnapshot,
-    Verdict,
+    PolicyStatus,
     decide,
-    decode_revert,
     parse_measurement_id,
     target_block,
     vote,
@@ -125,18 +125,18 @@ def test_split_vote_with_low_quorum_is_refused() -> None:
 
 def test_decide_allowed_and_revoked() -> None:
     d = decide(snap(), MINE, 1010.0, max_staleness=60)
-    assert d.verdict is Verdict.ALLOWED and d.allowed
+    assert d.verdict is PolicyStatus.ALLOWED and d.allowed
     assert d.label == "v1"
     assert d.age == 10.0
     d = decide(snap(((OTHER, ""),), version=2), MINE, 1010.0, max_staleness=60)
-    assert d.verdict is Verdict.NOT_ALLOWED and not d.allowed
+    assert d.verdict is PolicyStatus.NOT_ALLOWED and not d.allowed
     assert "version 2" in d.reason
 
 
 def test_decide_fails_closed_without_or_with_old_policy() -> None:
-    assert decide(None, MINE, 0.0, max_staleness=60).verdict is Verdict.NO_POLICY
+    assert decide(None, MINE, 0.0, max_staleness=60).verdict is PolicyStatus.NO_POLICY
     stale = decide(snap(confirmed_at=1000.0), MINE, 1060.5, max_staleness=60)
-    assert stale.verdict is Verdict.STALE and not stale.allowed
+    assert stale.verdict is PolicyStatus.STALE and not stale.allowed
     assert decide(snap(confirmed_at=1000.0), MINE, 1060.0, max_staleness=60).allowed
     with pytest.raises(PolicyError):
         decide(snap(), b"\x01", 0.0, max_staleness=60)
@@ -168,7 +168,7 @@ def test_importing_the_ethereum_stack_keeps_the_recursion_limit() -> None:
 
     code = (
         "import sys; before = sys.getrecursionlimit()\n"
-        "import certmgr.policy_rpc, certmgr.chain, proxy.governance, proxy.cli_policy\n"
+        "import certmgr.policy.rpc, certmgr.policy.devchain, proxy.governance, proxy.cli_policy\n"
         "import argparse; ns = argparse.Namespace(policy_command='create-keystore')\n"
         "import eth_account, web3\n"
         "print(before, sys.getrecursionlimit())\n"

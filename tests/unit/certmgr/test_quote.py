@@ -11,17 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certmgr.quote import (
-    SNP_REPORT_SIZE,
-    Measurement,
-    QuoteError,
-    TeeType,
-    measurement_id,
-    parse_evidence,
-    parse_quote,
-    parse_snp_report,
-)
-from certmgr.tee.simulated import build_simulated_quote
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.measurement import Measurement, TeeType, measurement_id
+from certmgr.attest.quote import parse_evidence
+from certmgr.attest.sevsnp import SNP_REPORT_SIZE, parse_snp_report
+from certmgr.attest.simulated import build_simulated_quote
+from certmgr.errors import QuoteError
 from tests.unit.certmgr.attest_helpers import DEV_KEY, vector
 
 

@@ -12,18 +12,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certmgr.quote import parse_quote
-from certmgr.ratls import (
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.ratls import (
     GRAMINE_LEGACY_OID,
     MAX_EXTENSION_SIZE,
     RATLS_OID,
-    RaTlsError,
     expected_report_data,
     parse_certificate,
     parse_extension,
     pubkey_hash_matches,
     report_data_for_claims,
 )
+from certmgr.errors import RaTlsError
 from tests.unit.certmgr.attest_helpers import (
     cmw,
     der,

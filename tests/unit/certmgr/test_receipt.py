@@ -15,24 +15,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certmgr.policy import eth_import_guard
-from certmgr.quote import Measurement, TeeType, measurement_id
-from certmgr.receipt import (
+from certmgr.attest.measurement import Measurement, TeeType, measurement_id
+from certmgr.attest.verify import Failure, Reason, Verdict
+from certmgr.errors import ReceiptError
+from certmgr.eth import eth_import_guard
+from certmgr.receipts.format import (
     MAX_JSON_BYTES,
     MAX_TEXT_BYTES,
     RECEIPT_TYPEHASH,
     Domain,
     IncrementalHash,
     Receipt,
-    ReceiptError,
     domain_separator,
-    recover_signer,
-    sign_receipt,
     typed_data_hash,
-    verify_attested_receipt,
-    verify_receipt,
 )
-from certmgr.verify import Failure, Reason, Verdict
+from certmgr.receipts.signing import sign_receipt
+from certmgr.receipts.verify import recover_signer, verify_attested_receipt, verify_receipt
 
 with eth_import_guard():
     from eth_account import Account
@@ -466,11 +464,11 @@ def test_from_header_fuzz_only_raises_receipt_error(value: str) -> None:
 def test_importing_and_using_receipt_keeps_the_recursion_limit() -> None:
     code = (
         "import sys; before = sys.getrecursionlimit()\n"
-        "import hashlib, certmgr.receipt as r\n"
+        "import hashlib, certmgr.receipts.signing as s, certmgr.receipts.verify as v\n"
         "e = hashlib.sha256(b'').digest()\n"
-        "rec = r.sign_receipt(b'\\x01' * 32, request_sha256=e, response_sha256=e,"
+        "rec = s.sign_receipt(b'\\x01' * 32, request_sha256=e, response_sha256=e,"
         " model='', response_id='', timestamp=0, measurement_id=bytes(32))\n"
-        "r.verify_receipt(rec, b'', b'', expected_signer=None, expected_measurement=None)\n"
+        "v.verify_receipt(rec, b'', b'', expected_signer=None, expected_measurement=None)\n"
         "print(before, sys.getrecursionlimit())\n"
     )
     out = subprocess.run(

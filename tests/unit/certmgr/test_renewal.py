@@ -7,7 +7,7 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certmgr.renewal import in_emergency, next_attempt, renewal_time, retry_delay
+from certmgr.acme.renewal import in_emergency, next_attempt, renewal_time, retry_delay
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)

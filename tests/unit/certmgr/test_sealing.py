@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from certmgr.keys import SealError
-from certmgr.sealing import DstackSealer, GramineSealer, SealingUnavailable, make_sealer
+from certmgr.errors import SealError, SealingUnavailable
+from certmgr.sealing import DstackSealer, GramineSealer, make_sealer
 from proxy.certs import default_sealer
 from proxy.config import loads
 from proxy.errors import ConfigError

@@ -15,19 +15,20 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from certmgr.keys import InsecureDevSealer, SealError
-from certmgr.receipt import recover_signer, sign_receipt, verify_receipt
-from certmgr.sealing import GramineSealer
-from certmgr.signing import (
+from certmgr.errors import SealError, SigningKeyError
+from certmgr.keys import InsecureDevSealer
+from certmgr.receipts.signing import (
     ADDRESS_FILE,
     KEY_FILE,
     SEALING_LABEL,
     SigningKey,
-    SigningKeyError,
     load_signing_key,
     prepare_signing_key,
+    sign_receipt,
     signing_dir,
 )
+from certmgr.receipts.verify import recover_signer, verify_receipt
+from certmgr.sealing import GramineSealer
 
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 # The docs/RECEIPTS.md test vector.
@@ -147,7 +148,7 @@ def test_prepare_generates_seals_and_reuses(
     caplog.set_level(logging.DEBUG)
     state = tmp_path / "state"
     sealer = InsecureDevSealer()
-    address = prepare_signing_key(state, sealer)
+    address = prepare_signing_key(state, sealer).address
     d = signing_dir(state)
     key_file, address_file = d / KEY_FILE, d / ADDRESS_FILE
     assert stat.S_IMODE(d.stat().st_mode) == 0o700
@@ -161,12 +162,12 @@ def test_prepare_generates_seals_and_reuses(
     assert blob.startswith(b"TPSEAL1\n")
     assert SigningKey.from_private_bytes(raw).address == address
     # Restart: the same key, the file untouched; workers load the same key.
-    assert prepare_signing_key(state, sealer) == address
+    assert prepare_signing_key(state, sealer).address == address
     assert key_file.read_bytes() == blob
     assert load_signing_key(state, sealer).address == address
     # The address file is for operators: rewritten from the key, never trusted.
     address_file.write_text("0x" + "11" * 20 + "\n")
-    assert prepare_signing_key(state, sealer) == address
+    assert prepare_signing_key(state, sealer).address == address
     assert address_file.read_text() == "0x" + address.hex() + "\n"
     # Never logged: the address is, the key is not.
     logs = "\n".join(r.getMessage() for r in caplog.records)
@@ -210,13 +211,13 @@ def test_new_sealing_key_is_refused_with_the_way_out(tmp_path: Path) -> None:
     says how to rotate, instead of quietly making a new signer."""
     state = tmp_path / "state"
     old = gramine_sealer(tmp_path, b"\x01" * 16)
-    address = prepare_signing_key(state, old)
+    address = prepare_signing_key(state, old).address
     with pytest.raises(SigningKeyError) as ei:
         prepare_signing_key(state, gramine_sealer(tmp_path, b"\x02" * 16))
     message = str(ei.value)
     assert "gramine-sgx-mrenclave" in message and "move this file away" in message
     assert isinstance(ei.value.__cause__, SealError)
-    assert prepare_signing_key(state, old) == address  # the old build still can
+    assert prepare_signing_key(state, old).address == address  # the old build still can
 
 
 def test_load_without_prepare(tmp_path: Path) -> None:
@@ -226,6 +227,6 @@ def test_load_without_prepare(tmp_path: Path) -> None:
 
 def test_each_state_dir_gets_its_own_key(tmp_path: Path) -> None:
     sealer = InsecureDevSealer()
-    a = prepare_signing_key(tmp_path / "a", sealer)
-    b = prepare_signing_key(tmp_path / "b", sealer)
+    a = prepare_signing_key(tmp_path / "a", sealer).address
+    b = prepare_signing_key(tmp_path / "b", sealer).address
     assert a != b

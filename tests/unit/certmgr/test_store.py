@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from certmgr.store import CertEntry, CertError, CertStore, StoreHolder, entry_from_files
+from certmgr.errors import CertError
+from certmgr.store import CertEntry, CertStore, StoreHolder, entry_from_files
 from proxy.tls import context_factory
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)

@@ -21,19 +21,18 @@ from pathlib import Path
 
 import pytest
 
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.measurement import TeeType
+from certmgr.attest.providers.base import self_measurement
+from certmgr.attest.providers.configfs import ConfigfsTsmProvider
+from certmgr.attest.providers.dstack import DstackProvider
+from certmgr.attest.providers.factory import ProviderSettings, detect_provider, make_provider
+from certmgr.attest.providers.gate import QuoteGate
+from certmgr.attest.providers.gramine import GramineProvider
+from certmgr.attest.providers.simulated import SimulatedProvider, public_key_pem_path
+from certmgr.attest.simulated import SIMULATED_MR_TD, build_simulated_quote
+from certmgr.errors import QuoteProviderError, QuoteRateLimited
 from certmgr.keys import InsecureDevSealer
-from certmgr.quote import TeeType, parse_quote
-from certmgr.tee import QuoteGate, QuoteProviderError, QuoteRateLimited, detect_provider
-from certmgr.tee.base import ProviderSettings, make_provider, self_measurement
-from certmgr.tee.configfs import ConfigfsTsmProvider
-from certmgr.tee.dstack import DstackProvider
-from certmgr.tee.gramine import GramineProvider
-from certmgr.tee.simulated import (
-    SIMULATED_MR_TD,
-    SimulatedProvider,
-    build_simulated_quote,
-    public_key_pem_path,
-)
 from tests.unit.certmgr.attest_helpers import DEV_KEY
 
 
@@ -266,8 +265,9 @@ def test_configfs_tsm_detects_a_racing_writer(tmp_path: Path) -> None:
 
 
 def test_self_measurement_id(tmp_path: Path) -> None:
-    from certmgr.quote import measurement_id, self_measurement_id
-    from certmgr.tee import self_measurement_id as with_settings
+    from certmgr.attest.measurement import measurement_id
+    from certmgr.attest.providers.factory import self_measurement_id
+    from certmgr.attest.providers.factory import self_measurement_id as with_settings
 
     sim = ProviderSettings(
         simulated_key_file=str(tmp_path / "k.sealed"), simulated_sealer=InsecureDevSealer()

@@ -18,32 +18,24 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certmgr.evidence import (
-    EvidenceError,
-    build_evidence,
-    encode_evidence_claims,
-    parse_evidence_json,
-)
-from certmgr.quote import Measurement, TeeType, measurement_id, parse_quote
-from certmgr.ratls import GRAMINE_LEGACY_OID, RATLS_OID, report_data_for_claims
-from certmgr.tee.simulated import build_simulated_quote
-from certmgr.verify import (
-    AllowlistPolicy,
-    CollateralCache,
-    PolicyCheck,
-    PolicyDecision,
+from certmgr.attest.collateral import CollateralCache, collateral_next_update, load_collateral
+from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_evidence_json
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.measurement import Measurement, TeeType, measurement_id
+from certmgr.attest.ratls import GRAMINE_LEGACY_OID, RATLS_OID, report_data_for_claims
+from certmgr.attest.simulated import build_simulated_quote
+from certmgr.attest.verify import (
     Reason,
     TcbPolicy,
-    VerifyError,
     VerifyOptions,
-    collateral_next_update,
-    load_allowlist,
-    load_collateral,
     load_dev_key,
     verify_certificate,
     verify_evidence,
     verify_quote_verdict,
 )
+from certmgr.errors import EvidenceError, VerifyError
+from certmgr.policy.allowlist import AllowlistPolicy, load_allowlist
+from certmgr.policy.model import CheckResult, PolicyCheck
 from tests.unit.certmgr.attest_helpers import (
     DEV_KEY,
     DEV_KEY_RAW,
@@ -148,7 +140,7 @@ def test_simulated_quote_needs_trusted_dev_key() -> None:
     q = build_simulated_quote(DEV_KEY, bytes(64))
     assert verify_quote_verdict(q, None, ANY, now=T_TDX).reasons == (Reason.SIMULATED_UNTRUSTED,)
     other = ec.generate_private_key(ec.SECP256R1())
-    from certmgr.tee.simulated import raw_public_key
+    from certmgr.attest.simulated import raw_public_key
 
     wrong = VerifyOptions(
         trusted_dev_keys=(raw_public_key(other.public_key()),), any_measurement=True
@@ -205,7 +197,7 @@ def test_cert_report_data_mismatch() -> None:
 
 def test_cert_nonzero_padding() -> None:
     _, key = make_ratls()
-    from certmgr.ratls import encode_claims
+    from certmgr.attest.ratls import encode_claims
 
     claims = encode_claims(spki(key))
     rd = hashlib.sha256(claims).digest() + b"\x00" * 31 + b"\x01"
@@ -299,9 +291,9 @@ def test_allowlist_and_policy_hook(tmp_path: Path) -> None:
 
     seen: list[bytes] = []
 
-    def onchain(m_id: bytes, m: Measurement) -> PolicyDecision:
+    def onchain(m_id: bytes, m: Measurement) -> CheckResult:
         seen.append(m_id)
-        return PolicyDecision(False, "revoked on chain")
+        return CheckResult(False, "revoked on chain")
 
     check: PolicyCheck = onchain
     hooked = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), policy=check)
@@ -492,7 +484,7 @@ def test_evidence_encoder_refuses_a_malformed_address() -> None:
 
 
 def test_signing_address_agreement() -> None:
-    from certmgr.verify import Verdict, signing_address_agreement
+    from certmgr.attest.verify import Verdict, signing_address_agreement
 
     a, b = bytes.fromhex("ab" * 20), bytes.fromhex("cd" * 20)
     assert signing_address_agreement(Verdict(signing_address=a), Verdict(signing_address=a)) == []

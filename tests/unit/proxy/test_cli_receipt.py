@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from certmgr.receipt import Receipt, sign_receipt
-from certmgr.signing import SigningKey
+from certmgr.receipts.format import Receipt
+from certmgr.receipts.signing import SigningKey, sign_receipt
 from proxy.cli import main
 
 KEY = SigningKey.generate()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from certmgr.policy import Decision, Verdict
-from proxy.config import GovernanceConfig, loads
+from certmgr.policy.model import PolicyDecision, PolicyStatus
+from proxy.config import GovernanceConfig, loads, validate_governance
 from proxy.errors import ConfigError
 from proxy.governance import (
     DEV_MEASUREMENT_ID,
@@ -18,7 +18,6 @@ from proxy.governance import (
     WorkerGate,
     next_gate,
     self_measurement_id,
-    validate_governance,
 )
 
 ADDR = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
@@ -89,50 +88,50 @@ def test_self_measurement_sources() -> None:
 
 def test_auto_outside_a_tee_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No attestation provider -> GovernanceError (the supervisor exits 3), never a default."""
-    import certmgr.quote
+    import certmgr.attest.providers.factory
 
     def no_tee() -> bytes:
         raise FileNotFoundError("/sys/kernel/config/tsm/report")
 
-    monkeypatch.setattr(certmgr.quote, "self_measurement_id", no_tee, raising=False)
+    monkeypatch.setattr(certmgr.attest.providers.factory, "self_measurement_id", no_tee)
     with pytest.raises(GovernanceError, match="measurement id"):
         self_measurement_id(dataclasses.replace(OK, self_measurement="auto"))
 
 
-def decision(verdict: Verdict, version: int = 3) -> Decision:
-    return Decision(verdict, f"because {verdict}", version=version, block_number=9, age=2.0)
+def decision(verdict: PolicyStatus, version: int = 3) -> PolicyDecision:
+    return PolicyDecision(verdict, f"because {verdict}", version=version, block_number=9, age=2.0)
 
 
 def test_enforce_serves_only_when_allowed() -> None:
-    s = next_gate(OK, decision(Verdict.ALLOWED), None, MID, 100.0)
+    s = next_gate(OK, decision(PolicyStatus.ALLOWED), None, MID, 100.0)
     assert s.serving and s.verdict == "allowed" and s.confirmed_at == 98.0
-    for v in (Verdict.NOT_ALLOWED, Verdict.STALE, Verdict.NO_POLICY):
+    for v in (PolicyStatus.NOT_ALLOWED, PolicyStatus.STALE, PolicyStatus.NO_POLICY):
         s = next_gate(OK, decision(v), s, MID, 101.0)
         assert not s.serving and s.reason == f"because {v}"
 
 
 def test_monitor_never_stops_serving() -> None:
     g = dataclasses.replace(OK, mode="monitor")
-    s = next_gate(g, decision(Verdict.NOT_ALLOWED), None, MID, 1.0)
+    s = next_gate(g, decision(PolicyStatus.NOT_ALLOWED), None, MID, 1.0)
     assert s.serving and s.verdict == "not_allowed"
 
 
 def test_resume_or_latch_after_a_revocation() -> None:
-    serving = next_gate(OK, decision(Verdict.ALLOWED), None, MID, 1.0)
-    revoked = next_gate(OK, decision(Verdict.NOT_ALLOWED), serving, MID, 2.0)
-    assert next_gate(OK, decision(Verdict.ALLOWED), revoked, MID, 3.0).serving
+    serving = next_gate(OK, decision(PolicyStatus.ALLOWED), None, MID, 1.0)
+    revoked = next_gate(OK, decision(PolicyStatus.NOT_ALLOWED), serving, MID, 2.0)
+    assert next_gate(OK, decision(PolicyStatus.ALLOWED), revoked, MID, 3.0).serving
     latch = dataclasses.replace(OK, resume_when_allowed=False)
-    revoked = next_gate(latch, decision(Verdict.NOT_ALLOWED), serving, MID, 2.0)
+    revoked = next_gate(latch, decision(PolicyStatus.NOT_ALLOWED), serving, MID, 2.0)
     assert revoked.latched
-    again = next_gate(latch, decision(Verdict.ALLOWED), revoked, MID, 3.0)
+    again = next_gate(latch, decision(PolicyStatus.ALLOWED), revoked, MID, 3.0)
     assert not again.serving and "restart" in again.reason
     # Never allowed yet (start): waiting for the first "allowed" does not latch.
-    first = next_gate(latch, decision(Verdict.NO_POLICY), None, MID, 1.0)
-    assert next_gate(latch, decision(Verdict.ALLOWED), first, MID, 2.0).serving
+    first = next_gate(latch, decision(PolicyStatus.NO_POLICY), None, MID, 1.0)
+    assert next_gate(latch, decision(PolicyStatus.ALLOWED), first, MID, 2.0).serving
 
 
 def test_gate_state_round_trip_and_bounds() -> None:
-    s = next_gate(OK, decision(Verdict.ALLOWED), None, MID, 5.0)
+    s = next_gate(OK, decision(PolicyStatus.ALLOWED), None, MID, 5.0)
     assert GateState.from_json(s.to_json()) == s
     with pytest.raises(ValueError, match="too large"):
         GateState.from_json(b" " * (64 * 1024 + 1))
@@ -159,12 +158,12 @@ def test_worker_gate_fails_closed_on_missing_bad_or_old_state(tmp_path: Path) ->
     gate.path.parent.mkdir(parents=True)
     gate.path.write_bytes(b"{not json")
     assert gate.read(100.0) == "governance state unreadable"
-    ok = next_gate(OK, decision(Verdict.ALLOWED), None, MID, 100.0)
+    ok = next_gate(OK, decision(PolicyStatus.ALLOWED), None, MID, 100.0)
     gate.path.write_bytes(ok.to_json())
     assert gate.read(105.0) is None
     # Not renewed for max_staleness + 2 refresh periods: the supervisor stopped; fail closed.
     assert "not renewed" in (gate.read(112.5) or "")
-    revoked = next_gate(OK, decision(Verdict.NOT_ALLOWED), ok, MID, 100.0)
+    revoked = next_gate(OK, decision(PolicyStatus.NOT_ALLOWED), ok, MID, 100.0)
     gate.path.write_bytes(revoked.to_json())
     assert gate.read(100.0) == "because not_allowed"
 
@@ -178,9 +177,10 @@ def test_auto_names_the_same_measurement_as_the_served_ratls_certificate(
     tmp_path: Path,
 ) -> None:
     """Governance's own id and the id a verifier derives from the RA-TLS cert must agree."""
-    from certmgr.quote import measurement_id, parse_evidence
-    from certmgr.ratls import parse_certificate
-    from certmgr.tee.runtime import ratls_dir
+    from certmgr.attest.measurement import measurement_id
+    from certmgr.attest.quote import parse_evidence
+    from certmgr.attest.ratls import parse_certificate
+    from certmgr.attest.ratls_store import ratls_dir
     from proxy.certs import default_sealer
     from proxy.config import loads
     from proxy.wellknown import prepare_attestation

@@ -20,10 +20,16 @@ from typing import Any
 import pytest
 import trustme
 
+from certmgr.attest.ratls import parse_certificate
+from certmgr.attest.ratls_store import ratls_dir, ratls_renewal_due
+from certmgr.attest.verify import (
+    Reason,
+    VerifyOptions,
+    load_dev_key,
+    verify_certificate,
+    verify_evidence,
+)
 from certmgr.keys import InsecureDevSealer
-from certmgr.ratls import parse_certificate
-from certmgr.tee.runtime import ratls_dir, ratls_renewal_due
-from certmgr.verify import Reason, VerifyOptions, load_dev_key, verify_certificate, verify_evidence
 from proxy.certs import build_store, next_renewal, prepare_certificates
 from proxy.config import Config, ConfigError, loads
 from proxy.server import Worker
@@ -276,7 +282,7 @@ def _receipts_cfg(state: Path, enabled: bool) -> Config:
 def test_ratls_certificate_binds_the_signing_address(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from certmgr.signing import KEY_FILE, SEALING_LABEL, load_signing_key, signing_dir
+    from certmgr.receipts.signing import KEY_FILE, SEALING_LABEL, load_signing_key, signing_dir
 
     caplog.set_level(logging.DEBUG)
     state = tmp_path / "state"
@@ -303,7 +309,7 @@ def test_ratls_certificate_binds_the_signing_address(
 
 
 def test_receipts_off_means_no_claim_and_turning_on_reissues(tmp_path: Path) -> None:
-    from certmgr.signing import signing_dir
+    from certmgr.receipts.signing import signing_dir
 
     state = tmp_path / "state"
     sealer = InsecureDevSealer()
@@ -317,7 +323,7 @@ def test_receipts_off_means_no_claim_and_turning_on_reissues(tmp_path: Path) -> 
 
 
 def test_no_provider_no_signing_key(tmp_path: Path) -> None:
-    from certmgr.signing import signing_dir
+    from certmgr.receipts.signing import signing_dir
 
     state = tmp_path / "state"
     cfg = _receipts_cfg(state, True)
@@ -327,7 +333,7 @@ def test_no_provider_no_signing_key(tmp_path: Path) -> None:
 
 
 def test_unsealable_signing_key_stops_start_up(tmp_path: Path) -> None:
-    from certmgr.signing import KEY_FILE, signing_dir
+    from certmgr.receipts.signing import KEY_FILE, signing_dir
 
     state = tmp_path / "state"
     sealer = InsecureDevSealer()
@@ -345,7 +351,7 @@ def test_unsealable_signing_key_stops_start_up(tmp_path: Path) -> None:
 
 
 async def test_evidence_names_the_signing_address(tmp_path: Path) -> None:
-    from certmgr.signing import load_signing_key
+    from certmgr.receipts.signing import load_signing_key
 
     state = tmp_path / "state"
     cfg, store = await asyncio.to_thread(_prepare, state)

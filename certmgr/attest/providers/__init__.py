@@ -1,0 +1,1 @@
+"""TEE quote providers: one module per guest interface, one factory."""

@@ -1,0 +1,65 @@
+"""One quote at a time, rate-limited: the only way a process asks its TEE for quotes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+
+from certmgr.attest.measurement import check_report_data
+from certmgr.attest.providers.base import QuoteProvider
+from certmgr.errors import QuoteRateLimited
+
+__all__ = ["QuoteGate"]
+
+
+@dataclass
+class QuoteGate:
+    """One quote at a time, at most ``rate`` per second on average with ``burst``.
+
+    Real quote generation takes tens of milliseconds and fails with EBUSY when two run at
+    once, so every caller in a process goes through one gate. A caller that would exceed the
+    rate gets :class:`QuoteRateLimited` at once (it is not queued: the nonce endpoint answers
+    429 instead of piling up work).
+    """
+
+    provider: QuoteProvider
+    rate: float = 2.0
+    burst: int = 4
+    _tokens: float = field(init=False)
+    _stamp: float = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _alock: asyncio.Lock | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._tokens = float(self.burst)
+        self._stamp = time.monotonic()
+
+    def _take_token(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            raise QuoteRateLimited("quote rate limit reached")
+        self._tokens -= 1.0
+
+    def quote_sync(self, report_data: bytes) -> bytes:
+        """Blocking: for threads (the supervisor's certificate preparation)."""
+        check_report_data(report_data)
+        with self._lock:
+            self._take_token()
+            return self.provider.get_quote(report_data)
+
+    async def quote(self, report_data: bytes) -> bytes:
+        """From the event loop: the provider runs in a thread, one call at a time."""
+        check_report_data(report_data)
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        self._take_token()
+        async with self._alock:
+            return await asyncio.to_thread(self._locked_call, report_data)
+
+    def _locked_call(self, report_data: bytes) -> bytes:
+        with self._lock:
+            return self.provider.get_quote(report_data)

@@ -1,0 +1,553 @@
+"""The verifier clients use: is this quote, certificate or evidence trustworthy, and why not.
+
+Importable without the server (no aiohttp, no proxy imports). Pure: verification is a
+function of the bytes, the collateral, an explicit policy and the time, and does no I/O;
+collateral comes from :mod:`certmgr.attest.collateral`, allowlists from
+:mod:`certmgr.policy.allowlist`, the on-chain policy from :mod:`certmgr.policy.rpc`.
+
+Checks, each failing with its own reason code (:class:`Reason`):
+
+1. structure: the certificate (:mod:`certmgr.attest.ratls`) and the quote
+   (:mod:`certmgr.attest.quote`)
+   parse strictly;
+2. the quote is genuine: Intel quotes with dcap-qvl against Intel's SGX root CA and the
+   collateral; simulated quotes only when the caller trusts that development key by name;
+3. TCB policy: ``UpToDate`` is accepted, any other status only when named in
+   :attr:`TcbPolicy.accept`, ``Revoked`` never; advisories on the deny list reject;
+4. binding: the claims' pubkey-hash is the certificate's SPKI hash, report_data[:32] is
+   SHA-256(claims) and report_data[32:] is all zero (DESIGN "Trust formats");
+5. the certificate's validity window contains ``now``; its self-signature verifies;
+6. the TEE is not in debug mode, and is of the expected type when one is required;
+7. the measurement id is allowed, by a :class:`certmgr.policy.model.PolicyCheck` (an
+   allowlist file, or the on-chain policy);
+8. the ``"signing-address"`` claim (the receipt signing key, :mod:`certmgr.receipts.signing`), when
+   present, is ``0x`` + 40 lowercase hex: :attr:`Verdict.signing_address` (20 bytes). A
+   client that checks a certificate and fresh evidence together also requires both to name
+   the same address (:func:`signing_address_agreement`).
+
+SEV-SNP reports parse and bind, but their VCEK signature chain is not verified here: such
+evidence is reported with status ``Unverified`` and is never trusted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hmac
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dcap_qvl  # type: ignore[import-untyped]  # ships .pyi but no py.typed
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certmgr.attest.evidence import parse_evidence_json
+from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
+from certmgr.attest.quote import parse_evidence as parse_quote_bytes
+from certmgr.attest.ratls import (
+    RaTlsCert,
+    expected_report_data,
+    parse_certificate,
+    pubkey_hash_matches,
+    report_data_for_claims,
+)
+from certmgr.attest.simulated import verify_simulated_signature
+from certmgr.errors import EvidenceError, QuoteError, RaTlsError, VerifyError
+from certmgr.policy.model import PolicyCheck
+
+__all__ = [
+    "KNOWN_TCB_STATUSES",
+    "Reason",
+    "TcbPolicy",
+    "Verdict",
+    "VerifyOptions",
+    "check_binding",
+    "load_dev_key",
+    "parse_signing_address",
+    "signing_address_agreement",
+    "verify_certificate",
+    "verify_evidence",
+    "verify_quote",
+    "verify_quote_verdict",
+]
+
+
+KNOWN_TCB_STATUSES = frozenset(
+    {
+        "UpToDate",
+        "SWHardeningNeeded",
+        "ConfigurationNeeded",
+        "ConfigurationAndSWHardeningNeeded",
+        "OutOfDate",
+        "OutOfDateConfigurationNeeded",
+    }
+)
+_ADDRESS = re.compile(r"0x[0-9a-f]{40}", re.ASCII)
+
+
+class Reason(enum.StrEnum):
+    """Why evidence was rejected; one code per check."""
+
+    CERT_MALFORMED = "cert-malformed"
+    CBOR = "cbor"
+    DUPLICATE_EXTENSION = "duplicate-extension"
+    SELF_SIGNATURE = "self-signature"
+    VALIDITY = "validity"
+    QUOTE_MALFORMED = "quote-malformed"
+    QUOTE_SIGNATURE = "quote-signature"
+    QUOTE_VERIFICATION = "quote-verification"
+    COLLATERAL_MISSING = "collateral-missing"
+    COLLATERAL_EXPIRED = "collateral-expired"
+    TCB_STATUS = "tcb-status"
+    ADVISORY = "advisory"
+    SIMULATED_UNTRUSTED = "simulated-untrusted"
+    UNVERIFIED_TEE = "unverified-tee"
+    PUBKEY_HASH = "pubkey-hash"
+    REPORT_DATA = "report-data"
+    REPORT_DATA_PADDING = "report-data-padding"
+    TEE_TYPE = "tee-type"
+    DEBUG = "debug"
+    MEASUREMENT = "measurement-not-allowed"
+    NO_MEASUREMENT_POLICY = "no-measurement-policy"
+    NONCE = "nonce"
+    SPKI = "spki-mismatch"
+    EVIDENCE_MALFORMED = "evidence-malformed"
+    SIGNING_ADDRESS = "signing-address"  # the "signing-address" claim is malformed
+    SIGNING_ADDRESS_MISMATCH = "signing-address-mismatch"  # certificate and evidence differ
+
+
+@dataclass(frozen=True, slots=True)
+class TcbPolicy:
+    """Which TCB statuses pass. ``accept`` names every status besides UpToDate explicitly."""
+
+    accept: frozenset[str] = frozenset()
+    deny_advisories: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = self.accept - KNOWN_TCB_STATUSES
+        if unknown:
+            raise VerifyError(f"unknown TCB status(es): {', '.join(sorted(unknown))}")
+
+    def allows(self, status: str) -> bool:
+        return status == "UpToDate" or status in self.accept
+
+
+def load_dev_key(data: bytes) -> bytes:
+    """A trusted development attestation key (PEM public key or 64-byte hex x||y) as raw."""
+    text = data.strip()
+    if text.startswith(b"-----BEGIN"):
+        try:
+            pub = serialization.load_pem_public_key(text)
+        except ValueError as e:
+            raise VerifyError(f"development key: {e}") from e
+        if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+            raise VerifyError("development key must be an ECDSA P-256 public key")
+        nums = pub.public_numbers()
+        return nums.x.to_bytes(32, "big") + nums.y.to_bytes(32, "big")
+    try:
+        raw = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise VerifyError(f"development key: not PEM or hex: {e}") from e
+    if len(raw) != 64:
+        raise VerifyError("development key in hex must be 64 bytes (x || y)")
+    return raw
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    tcb: TcbPolicy = field(default_factory=TcbPolicy)
+    trusted_dev_keys: tuple[bytes, ...] = ()
+    policy: PolicyCheck | None = None
+    any_measurement: bool = False  # inspect only: skip the measurement decision
+    expect_tee: TeeType | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    reason: Reason
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The result: ``trusted`` only when no check failed."""
+
+    tee: str = ""
+    status: str = ""
+    advisories: tuple[str, ...] = ()
+    binding: bool = False
+    measurement: Measurement | None = None
+    failures: tuple[Failure, ...] = ()
+    simulated: bool = False
+    details: Mapping[str, Any] = field(default_factory=dict)
+    # The receipt signing key's 20-byte Ethereum address from the "signing-address" claim
+    # (None when there is no such claim, or it is malformed: then a failure says so). Only
+    # as trustworthy as the verdict: use it when ``trusted``.
+    signing_address: bytes | None = None
+
+    @property
+    def trusted(self) -> bool:
+        return not self.failures and self.measurement is not None
+
+    @property
+    def reasons(self) -> tuple[Reason, ...]:
+        return tuple(f.reason for f in self.failures)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "trusted": self.trusted,
+            "tee": self.tee,
+            "status": self.status,
+            "advisories": list(self.advisories),
+            "binding": self.binding,
+            "simulated": self.simulated,
+            "signing_address": (
+                "0x" + self.signing_address.hex() if self.signing_address is not None else None
+            ),
+        }
+        if self.measurement is not None:
+            out["measurement_id"] = "0x" + measurement_id(self.measurement).hex()
+            out["debug"] = self.measurement.debug
+            out.update(self.measurement.registers())
+        out.update(self.details)
+        out["failures"] = [{"reason": f.reason.value, "message": f.message} for f in self.failures]
+        return out
+
+
+# -- checks --------------------------------------------------------------------------------
+
+
+def _dcap_reason(message: str) -> Reason:
+    m = message.lower()
+    if "expired" in m:
+        return Reason.COLLATERAL_EXPIRED
+    if "no matching tcb level" in m or "revoked" in m:
+        return Reason.TCB_STATUS
+    if "signature" in m or "certificate" in m or "cert" in m:
+        return Reason.QUOTE_SIGNATURE
+    return Reason.QUOTE_VERIFICATION
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteResult:
+    parsed: ParsedQuote | None
+    status: str
+    advisories: tuple[str, ...]
+    failures: tuple[Failure, ...]
+
+
+def _verdict(
+    q: QuoteResult,
+    fails: list[Failure],
+    binding: bool,
+    details: dict[str, Any],
+    signing_address: bytes | None = None,
+) -> Verdict:
+    """The verdict on a verified quote together with the checks made around it."""
+    return Verdict(
+        signing_address=signing_address,
+        tee=str(q.parsed.tee) if q.parsed else "",
+        status=q.status,
+        advisories=q.advisories,
+        binding=binding,
+        measurement=q.parsed.measurement if q.parsed else None,
+        failures=tuple(fails),
+        simulated=bool(q.parsed and q.parsed.simulated),
+        details=details,
+    )
+
+
+def verify_quote(
+    raw: bytes, collateral: Any, now: int, opts: VerifyOptions, *, parsed: ParsedQuote | None = None
+) -> QuoteResult:
+    """Genuineness, TCB policy, TEE type and debug checks of one quote (no binding)."""
+    fails: list[Failure] = []
+    if parsed is None:
+        try:
+            parsed = parse_quote_bytes(raw)
+        except QuoteError as e:
+            return QuoteResult(None, "", (), (Failure(Reason.QUOTE_MALFORMED, str(e)),))
+    status, advisories = "", tuple[str, ...]()
+    if parsed.tee is TeeType.SEV_SNP:
+        status = "Unverified"
+        fails.append(
+            Failure(Reason.UNVERIFIED_TEE, "SEV-SNP report signatures are not verified yet")
+        )
+    elif parsed.simulated:
+        trusted = any(hmac.compare_digest(k, parsed.attestation_key) for k in opts.trusted_dev_keys)
+        if not trusted:
+            status = "Simulated"
+            fails.append(
+                Failure(
+                    Reason.SIMULATED_UNTRUSTED,
+                    "quote is SIMULATED (no TEE) and its development key is not trusted",
+                )
+            )
+        elif not verify_simulated_signature(parsed):
+            status = "Simulated"
+            fails.append(Failure(Reason.QUOTE_SIGNATURE, "simulated quote signature is invalid"))
+        else:
+            status = "SimulatedTrustedDevKey"
+    elif collateral is None:
+        fails.append(Failure(Reason.COLLATERAL_MISSING, "no collateral to verify the quote"))
+    else:
+        try:
+            report = dcap_qvl.verify(parsed.raw, collateral, int(now))
+        except ValueError as e:
+            msg = str(e).splitlines()[0]
+            fails.append(Failure(_dcap_reason(msg), msg))
+        else:
+            status = str(report.status)
+            advisories = tuple(str(a) for a in report.advisory_ids)
+            if status == "Revoked" or not opts.tcb.allows(status):
+                fails.append(
+                    Failure(Reason.TCB_STATUS, f"TCB status {status} is not accepted by policy")
+                )
+            denied: list[str] = sorted(set(advisories) & opts.tcb.deny_advisories)
+            if denied:
+                fails.append(Failure(Reason.ADVISORY, f"denied advisories: {', '.join(denied)}"))
+    if opts.expect_tee is not None and parsed.tee is not opts.expect_tee:
+        fails.append(Failure(Reason.TEE_TYPE, f"expected {opts.expect_tee}, got {parsed.tee}"))
+    if parsed.measurement.debug:
+        fails.append(Failure(Reason.DEBUG, "TEE runs in debug mode (host can read its memory)"))
+    return QuoteResult(parsed, status, advisories, tuple(fails))
+
+
+def check_binding(report_data: bytes, expected: bytes) -> list[Failure]:
+    """report_data[:32] must equal expected[:32] and report_data[32:] must be zero."""
+    fails: list[Failure] = []
+    if len(report_data) != 64 or len(expected) != 64:
+        return [Failure(Reason.REPORT_DATA, "report_data must be 64 bytes")]
+    if not hmac.compare_digest(report_data[:32], expected[:32]):
+        fails.append(Failure(Reason.REPORT_DATA, "report_data does not hash the claims"))
+    if report_data[32:] != bytes(32):
+        fails.append(Failure(Reason.REPORT_DATA_PADDING, "report_data[32:64] is not all zero"))
+    return fails
+
+
+def _measurement_decision(m: Measurement, opts: VerifyOptions) -> list[Failure]:
+    if opts.any_measurement:
+        return []
+    if opts.policy is None:
+        return [
+            Failure(Reason.NO_MEASUREMENT_POLICY, "no allowlist or policy to judge the measurement")
+        ]
+    decision = opts.policy(measurement_id(m), m)
+    return [] if decision.allowed else [Failure(Reason.MEASUREMENT, decision.reason)]
+
+
+def parse_signing_address(claims: Mapping[str, Any]) -> tuple[bytes | None, list[Failure]]:
+    """The ``"signing-address"`` claim as 20 bytes: (None, []) when absent.
+
+    Strict: a CBOR text string ``0x`` followed by exactly 40 lowercase hex digits, the one
+    form teeproxy emits (no EIP-55 mixed case, no bytes, no whitespace); anything else is a
+    :attr:`Reason.SIGNING_ADDRESS` failure and no address.
+    """
+    if "signing-address" not in claims:
+        return None, []
+    value = claims["signing-address"]
+    if type(value) is str and _ADDRESS.fullmatch(value) is not None:
+        return bytes.fromhex(value[2:]), []
+    shown = repr(value)[:60]
+    return None, [
+        Failure(
+            Reason.SIGNING_ADDRESS,
+            f"claim signing-address must be 0x + 40 lowercase hex digits, got {shown}",
+        )
+    ]
+
+
+def signing_address_agreement(certificate: Verdict, evidence: Verdict) -> list[Failure]:
+    """The certificate and the fresh evidence must name the same signing address (or none).
+
+    Both come from the same TEE at about the same time; a difference means one of them is
+    not what this proxy signs receipts with, so neither can be used.
+    """
+    a, b = certificate.signing_address, evidence.signing_address
+    if a is None and b is None:
+        return []
+    if a is not None and b is not None and hmac.compare_digest(a, b):
+        return []
+
+    def show(x: bytes | None) -> str:
+        return "0x" + x.hex() if x is not None else "none"
+
+    return [
+        Failure(
+            Reason.SIGNING_ADDRESS_MISMATCH,
+            f"certificate names signing address {show(a)}, evidence names {show(b)}",
+        )
+    ]
+
+
+def verify_certificate(
+    data: bytes,
+    collateral: Any,
+    opts: VerifyOptions,
+    *,
+    now: float | None = None,
+    parsed: RaTlsCert | None = None,
+) -> Verdict:
+    """Verify an RA-TLS certificate (PEM or DER) completely; see the module docstring."""
+    now = time.time() if now is None else now
+    if parsed is None:
+        try:
+            parsed = parse_certificate(data)
+        except RaTlsError as e:
+            return Verdict(failures=(Failure(_ratls_reason(e), str(e)),))
+    fails: list[Failure] = []
+    if not parsed.self_signature_ok:
+        fails.append(Failure(Reason.SELF_SIGNATURE, "certificate self-signature does not verify"))
+    when = dt.datetime.fromtimestamp(now, dt.UTC)
+    if not parsed.not_before <= when < parsed.not_after:
+        fails.append(
+            Failure(
+                Reason.VALIDITY,
+                f"certificate valid {parsed.not_before:%Y-%m-%dT%H:%M:%SZ} .. "
+                f"{parsed.not_after:%Y-%m-%dT%H:%M:%SZ}, not now",
+            )
+        )
+    q = verify_quote(parsed.quote, collateral, int(now), opts)
+    fails.extend(q.failures)
+    binding = False
+    if q.parsed is not None:
+        bind_fails = check_binding(q.parsed.report_data, expected_report_data(parsed))
+        if not pubkey_hash_matches(parsed):
+            bind_fails.insert(
+                0, Failure(Reason.PUBKEY_HASH, "claims pubkey-hash is not this certificate's key")
+            )
+        binding = not bind_fails
+        fails.extend(bind_fails)
+        if not q.failures:
+            fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    address, address_fails = parse_signing_address(parsed.claims)
+    fails.extend(address_fails)
+    return _verdict(
+        q,
+        fails,
+        binding,
+        {
+            "format": parsed.format,
+            "spki_sha256": parsed.spki_sha256.hex(),
+            "not_before": parsed.not_before.isoformat(),
+            "not_after": parsed.not_after.isoformat(),
+            "claims": _printable(parsed.claims),
+        },
+        address,
+    )
+
+
+def verify_quote_verdict(
+    raw: bytes, collateral: Any, opts: VerifyOptions, *, now: int, report_data: bytes | None = None
+) -> Verdict:
+    """Verify a bare quote (``teeproxy verify-quote``); binding only if report_data is given."""
+    q = verify_quote(raw, collateral, now, opts)
+    fails = list(q.failures)
+    binding = False
+    if q.parsed is not None and report_data is not None:
+        b = check_binding(q.parsed.report_data, report_data)
+        binding = not b
+        fails.extend(b)
+    if q.parsed is not None and not q.failures:
+        fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    return _verdict(
+        q, fails, binding, {"report_data": q.parsed.report_data.hex()} if q.parsed else {}
+    )
+
+
+def _ratls_reason(e: RaTlsError) -> Reason:
+    msg = str(e)
+    if "duplicate extension" in msg:
+        return Reason.DUPLICATE_EXTENSION
+    if "CBOR" in msg or "claims" in msg or "extension" in msg:
+        return Reason.CBOR
+    return Reason.CERT_MALFORMED
+
+
+def _printable(claims: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in claims.items():
+        out[k] = _printable_value(v)
+    return out
+
+
+def _printable_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.hex()
+    if isinstance(v, list | tuple):
+        return [_printable_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _printable_value(x) for k, x in v.items()}
+    if isinstance(v, str | int | float | bool) or v is None:
+        return v
+    return repr(v)
+
+
+def merge_failures(v: Verdict, extra: Iterable[Failure], **details: Any) -> Verdict:
+    """A copy of ``v`` with more failures and details (used by the evidence check)."""
+    more = tuple(extra)
+    return Verdict(
+        tee=v.tee,
+        status=v.status,
+        advisories=v.advisories,
+        binding=v.binding and not more,
+        measurement=v.measurement,
+        failures=v.failures + more,
+        simulated=v.simulated,
+        details={**v.details, **details},
+        signing_address=v.signing_address,
+    )
+
+
+def verify_evidence(
+    body: bytes,
+    nonce: bytes,
+    connection_spki_sha256: bytes,
+    collateral: Any,
+    opts: VerifyOptions,
+    *,
+    now: float | None = None,
+) -> Verdict:
+    """Verify a ``/.well-known/tee/attestation`` answer for the client's ``nonce``.
+
+    ``connection_spki_sha256`` is the SHA-256 of the SPKI of the certificate the client
+    received on the connection the evidence came over.
+    """
+    now = time.time() if now is None else now
+    try:
+        ev = parse_evidence_json(body)
+    except EvidenceError as e:
+        return Verdict(failures=(Failure(Reason.EVIDENCE_MALFORMED, str(e)),))
+    q = verify_quote(ev.quote, collateral, int(now), opts)
+    fails = list(q.failures)
+    binding = False
+    if q.parsed is not None:
+        bind = check_binding(q.parsed.report_data, report_data_for_claims(ev.claims_bytes))
+        got_nonce = ev.claims.get("nonce")
+        if not isinstance(got_nonce, bytes) or not hmac.compare_digest(got_nonce, nonce):
+            bind.append(Failure(Reason.NONCE, "evidence does not echo the client's nonce"))
+        ph = ev.claims.get("pubkey-hash")
+        if not (
+            isinstance(ph, list)
+            and len(ph) == 2
+            and ph[0] == 1
+            and isinstance(ph[1], bytes)
+            and hmac.compare_digest(ph[1], connection_spki_sha256)
+        ):
+            bind.append(Failure(Reason.SPKI, "evidence names another key than this connection's"))
+        binding = not bind
+        fails.extend(bind)
+        if not q.failures:
+            fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    address, address_fails = parse_signing_address(ev.claims)
+    fails.extend(address_fails)
+    return _verdict(
+        q,
+        fails,
+        binding,
+        {"claims": _printable(ev.claims), "provider": ev.provider, "gpu": ev.gpu},
+        address,
+    )

@@ -1,0 +1,145 @@
+"""Every exception certmgr raises on purpose, under one base.
+
+Callers catch :class:`CertmgrError` for "anything the library refused", or one class for
+one failure. Each class also inherits the builtin it resembles (aiohttp's
+``ClientOSError(ClientConnectionError, OSError)`` habit), so code written against the
+builtin (``except ValueError`` around parsing, ``except OSError`` around a device) keeps
+working, and carries its context as attributes rather than only in the message.
+
+    CertmgrError
+    ├── SettingsError (ValueError)        a settings object is invalid; .field names it
+    ├── CertError (ValueError)            a certificate or key cannot be served
+    ├── SealError (ValueError)            a sealed blob is malformed or fails authentication
+    │   └── SealingUnavailable (OSError)  the TEE sealing provider gives no key
+    ├── AcmeError (RuntimeError)          an ACME order failed with every CA; .retry_after
+    ├── IssuedCertError (ValueError)      an issued certificate fails a check
+    ├── ChallengeError (RuntimeError)     a challenge was not published / propagated; .name
+    ├── CAAError (PermissionError)        CAA records forbid issuance; .name
+    ├── QuoteError (ValueError)           bytes are not a well-formed quote or report
+    ├── QuoteProviderError (OSError)      the TEE produced no quote
+    │   └── QuoteRateLimited              more quotes asked for than the rate allows
+    ├── RaTlsError (ValueError)           an RA-TLS certificate is malformed
+    ├── EvidenceError (ValueError)        a nonce evidence document or nonce is malformed
+    ├── VerifyError (ValueError)          bad verifier input (collateral, allowlist, key)
+    ├── PolicyError (ValueError)          a policy value or RPC answer is malformed
+    ├── ReceiptError (ValueError)         a receipt is malformed or does not verify
+    └── SigningKeyError (ValueError)      the receipt signing key is missing or unusable
+
+A verifier's *verdict* (untrusted evidence) is not an exception: it is
+:class:`certmgr.attest.verify.Verdict` with its failures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+__all__ = [
+    "AcmeError",
+    "CAAError",
+    "CertError",
+    "CertmgrError",
+    "ChallengeError",
+    "EvidenceError",
+    "IssuedCertError",
+    "PolicyError",
+    "QuoteError",
+    "QuoteProviderError",
+    "QuoteRateLimited",
+    "RaTlsError",
+    "ReceiptError",
+    "SealError",
+    "SealingUnavailable",
+    "SettingsError",
+    "SigningKeyError",
+    "VerifyError",
+]
+
+
+class CertmgrError(Exception):
+    """Base of every error certmgr raises on purpose."""
+
+
+class SettingsError(CertmgrError, ValueError):
+    """A settings object is invalid; ``field`` names the setting (dotted, relative to the
+    settings object: an application prefixes its own section name)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class CertError(CertmgrError, ValueError):
+    """A certificate or key cannot be served (unreadable, mismatched, expired, no names)."""
+
+
+class SealError(CertmgrError, ValueError):
+    """A sealed blob is malformed, from another provider, or fails authentication."""
+
+
+class SealingUnavailable(SealError, OSError):
+    """The configured TEE sealing provider cannot give us a key."""
+
+
+class AcmeError(CertmgrError, RuntimeError):
+    """An order failed with every configured CA; ``retry_after`` is the CA's hint, if any."""
+
+    def __init__(self, message: str, retry_after: dt.datetime | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class IssuedCertError(CertmgrError, ValueError):
+    """An issued certificate fails a check; it is neither stored nor served."""
+
+
+class ChallengeError(CertmgrError, RuntimeError):
+    """A challenge could not be published, propagated or removed; ``name`` says for what."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+
+
+class CAAError(CertmgrError, PermissionError):
+    """CAA records forbid issuance for ``name`` by the configured CA or account."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"CAA forbids issuance for {name}: {message}")
+        self.name = name
+
+
+class QuoteError(CertmgrError, ValueError):
+    """The bytes are not a well-formed quote or report of a supported version."""
+
+
+class QuoteProviderError(CertmgrError, OSError):
+    """The TEE did not produce a quote (device missing, busy, malformed answer)."""
+
+
+class QuoteRateLimited(QuoteProviderError):
+    """More quotes were asked for than the configured rate allows."""
+
+
+class RaTlsError(CertmgrError, ValueError):
+    """The certificate or its attestation extension is malformed or inconsistent."""
+
+
+class EvidenceError(CertmgrError, ValueError):
+    """Malformed evidence document or nonce."""
+
+
+class VerifyError(CertmgrError, ValueError):
+    """Bad verifier input (unreadable collateral, allowlist or key), not a verdict."""
+
+
+class PolicyError(CertmgrError, ValueError):
+    """A policy value (measurement id, snapshot, RPC answer) is malformed."""
+
+
+class ReceiptError(CertmgrError, ValueError):
+    """A receipt is malformed, or does not verify (the message says which check failed)."""
+
+
+class SigningKeyError(CertmgrError, ValueError):
+    """The signing key is missing, does not unseal, or is not a valid secp256k1 key."""

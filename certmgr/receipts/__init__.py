@@ -1,0 +1,1 @@
+"""Signed inference receipts: the format, the signing key, off-chain verification."""
