@@ -320,8 +320,8 @@ def run_async(coro: Awaitable[T]) -> T:
 
 # --------------------------------------------------------------------------- test (f)
 
-RECEIPT_HEADER = "Teeproxy-Receipt"  # proxy.receipts.RECEIPT_HEADER
-RECEIPT_ID_HEADER = "Teeproxy-Receipt-Id"  # proxy.receipts.ID_HEADER
+RECEIPT_HEADER = "Teeproxy-Receipt"  # proxy.dataplane.receipts.RECEIPT_HEADER
+RECEIPT_ID_HEADER = "Teeproxy-Receipt-Id"  # proxy.dataplane.receipts.ID_HEADER
 JSON_HEADERS = {"Content-Type": "application/json", "Accept": "application/json"}
 
 

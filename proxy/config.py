@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,8 +21,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
-
-from eth_utils.address import is_hex_address
 
 from certmgr.acme.settings import AcmeSettings
 from certmgr.errors import PolicyError, SettingsError
@@ -49,9 +48,12 @@ __all__ = [
     "default_toml",
     "load",
     "loads",
+    "reloadable",
+    "validate_governance",
 ]
 
 GOVERNANCE_MODES = ("off", "monitor", "enforce")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)  # an Ethereum address, any case
 
 # GET /v1/receipts/{id}: signed receipts of streamed responses, answered by the proxy.
 RECEIPTS_PATH = "/v1/receipts/"
@@ -294,6 +296,17 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def reloadable(running: Config, new: Config) -> Config:
+    """The running config with the sections a SIGHUP reload applies taken from ``new``."""
+    return running.replace(
+        tls=new.tls,
+        dev_ca=new.dev_ca,
+        backend=new.backend,
+        limits=new.limits,
+        logging=new.logging,
+    )
 
 
 @functools.cache
@@ -566,7 +579,7 @@ def validate_governance(g: GovernanceConfig) -> None:
                 raise ConfigError(f"governance.rpc_urls[{i}]", f"expected http(s)://, got {url!r}")
         if len(set(g.rpc_urls)) != len(g.rpc_urls):
             raise ConfigError("governance.rpc_urls", "an endpoint is listed twice")
-        if not is_hex_address(g.contract):
+        if _ADDRESS.fullmatch(g.contract) is None:
             raise ConfigError("governance.contract", "expected 0x + 40 hex digits")
     n = len(g.rpc_urls) or 1
     if not 1 <= g.quorum <= n:

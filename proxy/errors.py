@@ -1,11 +1,31 @@
-"""The proxy's exception hierarchy.
+"""Every exception the proxy raises on purpose, under one base.
 
-Few exceptions, each caught somewhere. Each also inherits the closest stdlib type so that
+Few exceptions, each caught somewhere. Each also inherits the closest builtin so that
 generic handlers (``except TimeoutError``) keep working, and carries its context as
-attributes rather than only in the message.
+attributes rather than only in the message (h11's ``error_status_hint`` habit: the data
+plane's errors name the HTTP status they answer with). The library's errors are
+:class:`certmgr.errors.CertmgrError`.
+
+    ProxyError
+    ├── ConfigError (ValueError)         a config value is invalid; .field (dotted path)
+    ├── BackendError (ConnectionError)   the backend broke the exchange       -> 502
+    ├── BackendTimeout (TimeoutError)    a backend timeout; .phase, .seconds  -> 504
+    ├── ClientRequestError (ValueError)  the client's request is bad; .status -> 400/408/413
+    ├── GovernanceError (RuntimeError)   governance cannot run                -> exit 3
+    └── UsageError (ValueError)          a command's input is unusable        -> exit 1/2
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "BackendTimeout",
+    "ClientRequestError",
+    "ConfigError",
+    "GovernanceError",
+    "ProxyError",
+    "UsageError",
+]
 
 
 class ProxyError(Exception):
@@ -44,3 +64,12 @@ class ClientRequestError(ProxyError, ValueError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class GovernanceError(ProxyError, RuntimeError):
+    """Governance cannot run: no measurement id, no policy at start, embedded chain failure."""
+
+
+class UsageError(ProxyError, ValueError):
+    """A ``teeproxy`` command's input (arguments, files, keystore, connection) is unusable;
+    the command prints the message and exits non-zero (each command documents its codes)."""

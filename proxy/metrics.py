@@ -74,7 +74,7 @@ CERT_EXPIRY = Gauge(
     multiprocess_mode="max",
 )
 
-# On-chain policy (proxy/governance.py): set by the supervisor alone.
+# On-chain policy (proxy/control/governance.py): set by the supervisor alone.
 POLICY_SERVING = Gauge(
     "teeproxy_policy_serving",
     "1 while the policy lets this build serve (always 1 in monitor mode), else 0.",
@@ -109,7 +109,7 @@ POLICY_ENDPOINT_FAULTS = Counter(
 
 RECEIPTS = Counter(
     "teeproxy_receipts",
-    "Signed receipts (issue 6): header (in the response headers), stored (for "
+    "Signed receipts: header (in the response headers), stored (for "
     "GET /v1/receipts/{id}), incomplete (a streamed response that did not finish: unsigned).",
     ["delivery"],
 )

@@ -7,13 +7,12 @@ garbage-collected mid-flight, and an exception nobody awaits vanishes silently.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["cancel_all", "spawn"]
+from proxy.log import tasks_log as log
 
-log = logging.getLogger("teeproxy.tasks")
+__all__ = ["cancel_all", "spawn"]
 
 T = TypeVar("T")
 _tasks: set[asyncio.Task[Any]] = set()

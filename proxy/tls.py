@@ -13,11 +13,12 @@ later handshakes.
 
 from __future__ import annotations
 
-import logging
 import ssl
 from collections.abc import Callable
 
+from certmgr.acme.challenges.tlsalpn01 import offers_alpn
 from certmgr.store import StoreHolder
+from proxy.log import tls_log as log
 
 __all__ = [
     "MOZILLA_INTERMEDIATE_TLS12_CIPHERS",
@@ -25,8 +26,6 @@ __all__ = [
     "listener_context",
     "set_acme_tls_hook",
 ]
-
-log = logging.getLogger("teeproxy.tls")
 
 # Mozilla intermediate, TLS 1.2 part, restricted to ECDHE (we do not configure DH params).
 MOZILLA_INTERMEDIATE_TLS12_CIPHERS = ":".join(
@@ -117,11 +116,9 @@ def _acme_msg_callback(
     msg_type: object,
     data: bytes,
 ) -> None:
-    if direction == "read" and msg_type == ssl._TLSMessageType.CLIENT_HELLO:  # type: ignore[attr-defined]
-        from certmgr.acme.challenges.tlsalpn01 import offers_alpn  # noqa: PLC0415
-
-        if offers_alpn(data):
-            setattr(conn, _ACME_TLS_ATTR, True)
+    hello = ssl._TLSMessageType.CLIENT_HELLO  # type: ignore[attr-defined]
+    if direction == "read" and msg_type == hello and offers_alpn(data):
+        setattr(conn, _ACME_TLS_ATTR, True)
 
 
 def set_acme_tls_hook(ctx: ssl.SSLContext, enabled: bool) -> None:

@@ -37,7 +37,8 @@ fi
 import importlib, pkgutil, sys
 import proxy, certmgr
 names = [m.name for pkg in (proxy, certmgr)
-         for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")]
+         for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + ".")
+         if not m.name.endswith(".__main__")]  # python -m entry points run on import
 for name in names:
     importlib.import_module(name)
 from proxy.config import default_toml

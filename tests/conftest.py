@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certmgr.store import CertStore, entry_from_key
 from proxy.config import Config, loads
-from proxy.server import Worker
+from proxy.dataplane.worker import Worker
 from proxy.tls import context_factory
 
 
@@ -110,7 +110,7 @@ async def proxy_factory(leaf: trustme.LeafCert) -> AsyncIterator[ProxyFactory]:
         if store is None:
             store = await asyncio.to_thread(store_from_leaf, leaf)
         worker = Worker(cfg, store, reuse_port=False)
-        worker.receipts = receipts  # a proxy.receipts.ReceiptIssuer (issue 6) or None
+        worker.receipts = receipts  # a proxy.dataplane.receipts.ReceiptIssuer or None
         await worker.start()
         started.append(worker)
         return RunningProxy(worker, worker.ports[0])

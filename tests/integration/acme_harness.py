@@ -24,10 +24,12 @@ from cryptography import x509
 import certmgr.acme.caa
 import certmgr.acme.client
 from certmgr.keys import InsecureDevSealer
-from proxy.acme_runtime import AcmeManager
-from proxy.certs import build_store, prepare_certificates
 from proxy.config import Config, loads
-from proxy.server import Worker
+from proxy.control.acme import AcmeManager
+from proxy.control.certificates import prepare_certificates
+from proxy.dataplane.certstore import build_store
+from proxy.dataplane.worker import Worker
+from proxy.runtime import build_runtime
 from tests.integration.acme_peers import Knot, Pebble, acme_toml
 
 # Keep the library imports (certmgr.acme.client, certmgr.acme.caa) done at collection, off the loop.
@@ -100,7 +102,11 @@ async def start_harness(
     )
     cfg = await asyncio.to_thread(loads, text)
     sealer = InsecureDevSealer()
-    await asyncio.to_thread(prepare_certificates, cfg, sealer)
+    await asyncio.to_thread(
+        prepare_certificates,
+        cfg,
+        await asyncio.to_thread(build_runtime, cfg, prepare=True, sealer=sealer),
+    )
     store = await asyncio.to_thread(build_store, cfg, sealer)
     worker = Worker(cfg, store, reuse_port=False)
     await worker.start()

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import measurement_id
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.unit.certmgr.attest_helpers import DATA, DEV_KEY, T_SGX, T_TDX, make_ratls
 
 

@@ -17,10 +17,10 @@ from certmgr.attest.ratls import parse_certificate
 from certmgr.attest.ratls_store import ratls_dir
 from certmgr.policy.artifacts import ABI
 from certmgr.receipts.signing import load_signing_key, sign_receipt
-from proxy.certs import default_sealer
 from proxy.config import Config, loads
-from proxy.governance import Governor, self_measurement_id
-from proxy.wellknown import prepare_attestation
+from proxy.control.attestation import prepare_attestation
+from proxy.control.governance import Governor, governed_measurement_id
+from proxy.runtime import build_runtime, sealer_for
 from tests.integration.chain_peers import web3_for
 
 
@@ -33,8 +33,10 @@ def _config(state: Path, extra: str = "") -> Config:
 
 
 async def _start(cfg: Config) -> Governor:
-    mid = await asyncio.to_thread(self_measurement_id, cfg.governance, cfg)
-    gov = Governor(cfg, mid)
+    runtime = await asyncio.to_thread(build_runtime, cfg, prepare=True)
+    mid = governed_measurement_id(cfg.governance, runtime)
+    signer = runtime.signing_key.address if runtime.signing_key is not None else None
+    gov = Governor(cfg, mid, signer=signer)
     await gov.start()
     return gov
 
@@ -45,10 +47,14 @@ async def test_demo_chain_verifies_the_proxys_own_receipts(tmp_path: Path) -> No
     try:
         assert gov.chain is not None
         # What a verifier learns from the attestation: the certificate's signing address.
-        await asyncio.to_thread(prepare_attestation, cfg, default_sealer(cfg))
+        await asyncio.to_thread(
+            prepare_attestation,
+            cfg,
+            await asyncio.to_thread(build_runtime, cfg, prepare=True, sealer=sealer_for(cfg)),
+        )
         pem = await asyncio.to_thread((ratls_dir(tmp_path) / "ratls.pem").read_bytes)
         attested = parse_certificate(pem).claims["signing-address"]
-        key = await asyncio.to_thread(load_signing_key, tmp_path, default_sealer(cfg))
+        key = await asyncio.to_thread(load_signing_key, tmp_path, sealer_for(cfg))
         assert attested == "0x" + key.address.hex()
         receipt = sign_receipt(
             key,

@@ -30,8 +30,11 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
 from certmgr.policy.model import PolicyDecision, PolicyStatus
-from proxy.governance import GovernanceConfig, WorkerGate, next_gate, state_path
-from proxy.server import Worker
+from proxy.config import GovernanceConfig
+from proxy.control.governance import next_gate
+from proxy.dataplane.gate import WorkerGate
+from proxy.dataplane.worker import Worker
+from proxy.gatestate import state_path
 from tests.conftest import make_config, store_from_leaf
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     Anvil,

@@ -15,7 +15,7 @@ import time
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from proxy.server import Worker
+from proxy.dataplane.worker import Worker
 from tests.conftest import ProxyFactory
 from tests.integration.conftest import (
     Recorder,

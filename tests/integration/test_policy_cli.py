@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     AnvilFactory,
     anvil,
@@ -154,7 +154,7 @@ async def test_keystore_password_handling(
 def test_register_signer_timeouts_do_not_collide() -> None:
     """``policy --timeout`` (transaction wait) and ``register-signer --timeout`` (the
     attestation connection, an option shared with ``teeproxy verify``) are separate."""
-    from proxy.cli import build_parser
+    from proxy.cli.main import build_parser
 
     args = build_parser().parse_args(
         ["policy", "--timeout", "7", "register-signer", "https://h:1", "--timeout", "3"]

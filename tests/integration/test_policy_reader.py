@@ -13,9 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from certmgr.keys import InsecureDevSealer
 from certmgr.policy.model import PolicyStatus
 from certmgr.policy.rpc import PolicyReader, check_measurement
-from proxy.governance import GateState, Governor, state_path
+from proxy.config import Config
+from proxy.control.governance import Governor, governed_measurement_id
+from proxy.gatestate import GateState, state_path
+from proxy.runtime import Runtime
 from tests.conftest import make_config
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     Anvil,
@@ -134,13 +138,17 @@ def _governance_config(state: Path, chain: Chain, **extra: object) -> str:
     return "[governance]\n" + "\n".join(f"{k} = {v}" for k, v in opts.items())
 
 
+def _governed(cfg: Config) -> bytes:
+    return governed_measurement_id(cfg.governance, Runtime(InsecureDevSealer()))
+
+
 async def test_outage_shorter_than_bound_keeps_last_good_longer_fails_closed(
     chain: Chain, tmp_path: Path
 ) -> None:
     cfg = await asyncio.to_thread(
         make_config, "http://127.0.0.1:1", _governance_config(tmp_path, chain), tmp_path
     )
-    gov = Governor(cfg)
+    gov = Governor(cfg, _governed(cfg))
     await gov.start()
     try:
         state = await gov.refresh()
@@ -173,7 +181,7 @@ async def test_revocation_and_reallow_as_configured(chain: Chain, tmp_path: Path
         state_dir = tmp_path / str(resume)
         text = _governance_config(state_dir, chain, resume_when_allowed=str(resume).lower())
         cfg = await asyncio.to_thread(make_config, "http://127.0.0.1:1", text, state_dir)
-        gov = Governor(cfg)
+        gov = Governor(cfg, _governed(cfg))
         await gov.start()
         try:
             assert (await gov.refresh()).serving

@@ -23,13 +23,8 @@ from certmgr.errors import ReceiptError
 from certmgr.receipts.format import Receipt
 from certmgr.receipts.signing import SigningKey
 from certmgr.receipts.verify import verify_receipt
-from proxy.receipts import (
-    ID_HEADER,
-    RECEIPT_HEADER,
-    LocalStore,
-    ReceiptIssuer,
-    ReceiptStore,
-)
+from proxy.dataplane.receipt_store import LocalStore, ReceiptStore
+from proxy.dataplane.receipts import ID_HEADER, RECEIPT_HEADER, ReceiptIssuer
 from tests.conftest import ProxyFactory, RunningProxy, make_config
 
 MID = hashlib.sha256(b"test measurement").digest()

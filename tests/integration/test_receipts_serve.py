@@ -26,7 +26,7 @@ from certmgr.attest.measurement import measurement_id
 from certmgr.attest.quote import parse_evidence
 from certmgr.receipts.format import Receipt
 from certmgr.receipts.verify import verify_receipt
-from proxy.receipts import ID_HEADER, RECEIPT_HEADER
+from proxy.dataplane.receipts import ID_HEADER, RECEIPT_HEADER
 from tests.integration.test_serve import (  # noqa: F401 - fixtures
     Launch,
     Served,

@@ -28,7 +28,7 @@ from certmgr.attest.ratls_store import ratls_dir
 from certmgr.policy.artifacts import ABI
 from certmgr.receipts.format import Receipt
 from certmgr.receipts.verify import verify_receipt
-from proxy.cli import main
+from proxy.cli.main import main
 from tests.integration.chain_peers import (  # noqa: F401 - fixtures
     AnvilFactory,
     anvil,

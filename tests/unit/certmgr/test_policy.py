@@ -168,7 +168,8 @@ def test_importing_the_ethereum_stack_keeps_the_recursion_limit() -> None:
 
     code = (
         "import sys; before = sys.getrecursionlimit()\n"
-        "import certmgr.policy.rpc, certmgr.policy.devchain, proxy.governance, proxy.cli_policy\n"
+        "import certmgr.policy.rpc, certmgr.policy.devchain\n"
+        "import proxy.control.governance, proxy.cli.policy\n"
         "import argparse; ns = argparse.Namespace(policy_command='create-keystore')\n"
         "import eth_account, web3\n"
         "print(before, sys.getrecursionlimit())\n"

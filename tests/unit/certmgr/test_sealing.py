@@ -14,9 +14,9 @@ import pytest
 
 from certmgr.errors import SealError, SealingUnavailable
 from certmgr.sealing import DstackSealer, GramineSealer, make_sealer
-from proxy.certs import default_sealer
 from proxy.config import loads
 from proxy.errors import ConfigError
+from proxy.runtime import sealer_for
 
 
 def test_gramine_roundtrip_and_binding(tmp_path: Path) -> None:
@@ -127,11 +127,11 @@ def test_config_selects_provider_and_fails_closed(tmp_path: Path) -> None:
     key = tmp_path / "_sgx_mrsigner"
     key.write_bytes(b"\x07" * 16)
     cfg = loads(f'[sealing]\nprovider = "gramine"\ngramine_key_path = "{key}"\n')
-    assert default_sealer(cfg).provider == "gramine-sgx-mrsigner"
-    assert default_sealer(loads("")).provider == "insecure-development"
+    assert sealer_for(cfg).provider == "gramine-sgx-mrsigner"
+    assert sealer_for(loads("")).provider == "insecure-development"
     missing = loads(f'[sealing]\nprovider = "gramine"\ngramine_key_path = "{tmp_path}/none"\n')
     with pytest.raises(ConfigError) as e:
-        default_sealer(missing)
+        sealer_for(missing)
     assert e.value.field == "sealing.provider"
     with pytest.raises(ConfigError) as e2:
         loads('[sealing]\nprovider = "tpm"\n')

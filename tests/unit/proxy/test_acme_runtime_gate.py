@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from certmgr.keys import InsecureDevSealer
-from proxy.acme_runtime import AcmeManager
 from proxy.config import loads
+from proxy.control.acme import AcmeManager
 
 
 class RecordingIssuer:

@@ -12,8 +12,10 @@ from cryptography.hazmat.primitives import serialization
 from certmgr.devca import renewal_due
 from certmgr.keys import InsecureDevSealer
 from certmgr.store import entry_from_files
-from proxy.certs import build_store, next_renewal, prepare_certificates, served_certificates
 from proxy.config import Config, ConfigError, loads
+from proxy.control.certificates import next_renewal, prepare_certificates, served_certificates
+from proxy.dataplane.certstore import build_store
+from proxy.runtime import build_runtime
 from proxy.tls import context_factory
 
 PASSWORD_ENV = "TP_TEST_CERT_KEY_PASSWORD"
@@ -95,13 +97,13 @@ def test_served_certificates_reads_public_files(leaf: trustme.LeafCert, tmp_path
     [(source, served)] = served_certificates(_config(cert, key))
     assert source == f"file:{cert}"
     assert served.public_bytes(serialization.Encoding.PEM) == leaf.cert_chain_pems[0].bytes()
-    assert next_renewal(_config(cert, key), InsecureDevSealer()) is None
+    assert next_renewal(_config(cert, key)) is None
 
 
 def test_dev_ca_prepare_then_build(tmp_path: Path) -> None:
     cfg = loads(f'state_dir = "{tmp_path}"\n[dev_ca]\nnames = ["localhost", "127.0.0.1"]')
     sealer = InsecureDevSealer()
-    prepare_certificates(cfg, sealer)
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=sealer))
     store = build_store(cfg, sealer)
     [entry] = store.entries
     assert entry.source == "dev-ca"
@@ -110,11 +112,11 @@ def test_dev_ca_prepare_then_build(tmp_path: Path) -> None:
     [(source, cert)] = served_certificates(cfg)
     assert source == "dev-ca"
     assert cert.not_valid_after_utc == entry.not_after
-    due = next_renewal(cfg, sealer)
+    due = next_renewal(cfg)
     assert due == renewal_due(cert)
     assert entry.not_before < due < entry.not_after
     # Preparing again while fresh keeps the same certificate.
-    prepare_certificates(cfg, sealer)
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=sealer))
     assert served_certificates(cfg)[0][1] == cert
 
 
@@ -123,5 +125,5 @@ def test_prepare_is_a_no_op_with_configured_certificates(
 ) -> None:
     cert, key = _files(leaf, tmp_path)
     cfg = _config(cert, key).replace(state_dir=str(tmp_path / "state"))
-    prepare_certificates(cfg, InsecureDevSealer())
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=InsecureDevSealer()))
     assert not (tmp_path / "state").exists()

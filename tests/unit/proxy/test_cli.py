@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from proxy import __version__
-from proxy.cli import main
+from proxy.cli.main import main
 from proxy.config import default_toml
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from certmgr.receipts.format import Receipt
 from certmgr.receipts.signing import SigningKey, sign_receipt
-from proxy.cli import main
+from proxy.cli.main import main
 
 KEY = SigningKey.generate()
 OTHER = SigningKey.generate()

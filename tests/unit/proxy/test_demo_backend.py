@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from proxy.demo_backend import BYTES_CAP, DemoBackendConfig, make_app, start_demo_backend
+from proxy.cli.demo_backend import BYTES_CAP, DemoBackendConfig, make_app, start_demo_backend
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -431,7 +431,7 @@ async def test_start_demo_backend_unix(tmp_path: Path) -> None:
 
 def test_main_runs_until_sigterm() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy.demo_backend", "--port", "0", "--tokens-per-second", "0"],
+        [sys.executable, "-m", "proxy.cli.demo_backend", "--port", "0", "--tokens-per-second", "0"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -457,7 +457,7 @@ def test_main_runs_until_sigterm() -> None:
 
 
 def test_main_rejects_bad_rate() -> None:
-    from proxy.demo_backend import main
+    from proxy.cli.demo_backend import main
 
     with pytest.raises(SystemExit) as exc_info:
         main(["--tokens-per-second", "-5"])

@@ -8,17 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from certmgr.keys import InsecureDevSealer
 from certmgr.policy.model import PolicyDecision, PolicyStatus
 from proxy.config import GovernanceConfig, loads, validate_governance
-from proxy.errors import ConfigError
-from proxy.governance import (
-    DEV_MEASUREMENT_ID,
-    GateState,
-    GovernanceError,
-    WorkerGate,
-    next_gate,
-    self_measurement_id,
-)
+from proxy.control.governance import DEV_MEASUREMENT_ID, governed_measurement_id, next_gate
+from proxy.dataplane.gate import WorkerGate
+from proxy.errors import ConfigError, GovernanceError
+from proxy.gatestate import GateState
+from proxy.runtime import Runtime, build_runtime
 
 ADDR = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 MID = b"\x01" * 32
@@ -78,24 +75,26 @@ def test_valid_variants() -> None:
     validate_governance(GovernanceConfig())  # off: nothing else is checked
 
 
+NO_TEE = Runtime(InsecureDevSealer())
+
+
 def test_self_measurement_sources() -> None:
-    assert self_measurement_id(dataclasses.replace(OK, self_measurement="dev")) == (
-        DEV_MEASUREMENT_ID
-    )
+    dev = dataclasses.replace(OK, self_measurement="dev")
+    assert governed_measurement_id(dev, NO_TEE) == DEV_MEASUREMENT_ID
     hexed = dataclasses.replace(OK, self_measurement="0x" + "cd" * 32)
-    assert self_measurement_id(hexed) == b"\xcd" * 32
+    assert governed_measurement_id(hexed, NO_TEE) == b"\xcd" * 32
+    auto = dataclasses.replace(OK, self_measurement="auto")
+    attested = Runtime(InsecureDevSealer(), measurement_id=b"\x07" * 32)
+    assert governed_measurement_id(auto, attested) == b"\x07" * 32
 
 
-def test_auto_outside_a_tee_fails_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_outside_a_tee_fails_closed(tmp_path: Path) -> None:
     """No attestation provider -> GovernanceError (the supervisor exits 3), never a default."""
-    import certmgr.attest.providers.factory
-
-    def no_tee() -> bytes:
-        raise FileNotFoundError("/sys/kernel/config/tsm/report")
-
-    monkeypatch.setattr(certmgr.attest.providers.factory, "self_measurement_id", no_tee)
+    cfg = loads(f'state_dir = "{tmp_path}"\n[attestation]\nprovider = "auto"\n')
+    runtime = build_runtime(cfg, prepare=True)  # no TEE interface on this machine
+    assert runtime.provider is None and runtime.measurement_id is None
     with pytest.raises(GovernanceError, match="measurement id"):
-        self_measurement_id(dataclasses.replace(OK, self_measurement="auto"))
+        governed_measurement_id(dataclasses.replace(OK, self_measurement="auto"), runtime)
 
 
 def decision(verdict: PolicyStatus, version: int = 3) -> PolicyDecision:
@@ -181,16 +180,16 @@ def test_auto_names_the_same_measurement_as_the_served_ratls_certificate(
     from certmgr.attest.quote import parse_evidence
     from certmgr.attest.ratls import parse_certificate
     from certmgr.attest.ratls_store import ratls_dir
-    from proxy.certs import default_sealer
     from proxy.config import loads
-    from proxy.wellknown import prepare_attestation
+    from proxy.control.attestation import prepare_attestation
 
     cfg = loads(
         f'state_dir = "{tmp_path}"\n[attestation]\nprovider = "simulated"\n'
         '[governance]\nmode = "monitor"\nself_measurement = "auto"\nembedded_chain = true\n'
     )
-    governed = self_measurement_id(cfg.governance, cfg)
-    prepare_attestation(cfg, default_sealer(cfg))
+    runtime = build_runtime(cfg, prepare=True)
+    governed = governed_measurement_id(cfg.governance, runtime)
+    prepare_attestation(cfg, runtime)
     pem = ratls_dir(tmp_path) / "ratls.pem"
     served = parse_certificate(pem.read_bytes())
     assert governed == measurement_id(parse_evidence(served.quote).measurement)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.errors import ClientRequestError
-from proxy.headers import (
+from proxy.dataplane.headers import (
     HOP_BY_HOP,
     check_request_framing,
     forwarded_element,
     request_headers_for_backend,
     response_headers_for_client,
 )
+from proxy.errors import ClientRequestError
 
 H = list[tuple[str, str]]
 

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.receipts import BodyFields, ReceiptStore, is_event_stream, new_receipt_id
+from proxy.dataplane.body_fields import BodyFields, is_event_stream
+from proxy.dataplane.receipt_store import ReceiptStore
+from proxy.dataplane.receipts import new_receipt_id
 
 
 class Clock:

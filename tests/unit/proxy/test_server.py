@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
-from proxy.config import loads
+from proxy.config import loads, reloadable
+from proxy.control.certificates import check_certificates
+from proxy.control.supervisor import Supervisor
+from proxy.dataplane.worker import host_without_port
 from proxy.errors import ConfigError
-from proxy.server import Supervisor, check_certificates, host_without_port, reloadable
 from proxy.tasks import spawn
 
 

@@ -30,10 +30,12 @@ from certmgr.attest.verify import (
     verify_evidence,
 )
 from certmgr.keys import InsecureDevSealer
-from proxy.certs import build_store, next_renewal, prepare_certificates
 from proxy.config import Config, ConfigError, loads
-from proxy.server import Worker
-from proxy.wellknown import make_endpoint
+from proxy.control.certificates import next_renewal, prepare_certificates
+from proxy.dataplane.attestation import make_endpoint
+from proxy.dataplane.certstore import build_store
+from proxy.dataplane.worker import Worker
+from proxy.runtime import build_runtime
 from tests.conftest import store_from_leaf
 
 NAME = "attest.test"
@@ -56,7 +58,7 @@ def _cfg(state: Path, extra: str = "") -> Config:
 def _prepare(state: Path, extra: str = "") -> tuple[Config, Any]:
     cfg = _cfg(state, extra)
     sealer = InsecureDevSealer()
-    prepare_certificates(cfg, sealer)
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=sealer))
     return cfg, build_store(cfg, sealer)
 
 
@@ -66,7 +68,11 @@ async def worker(tmp_path: Path) -> AsyncIterator[Worker]:
         _prepare, tmp_path / "state", "quote_rate = 0.01\nquote_burst = 3\n"
     )
     w = Worker(cfg, store, reuse_port=False)
-    w.attestation = await asyncio.to_thread(make_endpoint, cfg, w.holder, InsecureDevSealer())
+    w.attestation = make_endpoint(
+        cfg,
+        w.holder,
+        await asyncio.to_thread(build_runtime, cfg, prepare=False, sealer=InsecureDevSealer()),
+    )
     await w.start()
     yield w
     await w.drain(grace=1.0)
@@ -152,7 +158,11 @@ async def test_no_provider_answers_503(tmp_path: Path) -> None:
     cfg, store = await asyncio.to_thread(_prepare, tmp_path / "state")
     w = Worker(cfg, store, reuse_port=False)
     none_cfg = cfg.replace(attestation=cfg.attestation.__class__(provider="none"))
-    w.attestation = await asyncio.to_thread(make_endpoint, none_cfg, w.holder, InsecureDevSealer())
+    w.attestation = make_endpoint(
+        none_cfg,
+        w.holder,
+        await asyncio.to_thread(build_runtime, none_cfg, prepare=False, sealer=InsecureDevSealer()),
+    )
     await w.start()
     try:
         status, body, _ = await _get(
@@ -171,17 +181,21 @@ def test_renewal_at_two_thirds_and_on_change(tmp_path: Path) -> None:
     assert due is not None
     nb = parse_certificate(pem1).not_before
     assert abs((due - nb).total_seconds() - 2400) < 2
-    nr = next_renewal(cfg, InsecureDevSealer())
+    nr = next_renewal(cfg)
     assert nr is not None and nr <= due
     sealer = InsecureDevSealer()
-    prepare_certificates(cfg, sealer, now=due - dt.timedelta(seconds=10))
+    prepare_certificates(
+        cfg, build_runtime(cfg, prepare=True, sealer=sealer), now=due - dt.timedelta(seconds=10)
+    )
     assert (ratls_dir(state) / "ratls.pem").read_bytes() == pem1  # not due yet
-    prepare_certificates(cfg, sealer, now=due + dt.timedelta(seconds=1))
+    prepare_certificates(
+        cfg, build_runtime(cfg, prepare=True, sealer=sealer), now=due + dt.timedelta(seconds=1)
+    )
     pem2 = (ratls_dir(state) / "ratls.pem").read_bytes()
     assert pem2 != pem1
     assert parse_certificate(pem2).spki_der != parse_certificate(pem1).spki_der  # fresh key
     renamed = _cfg(state, 'cert_lifetime = 3600.0\nserver_name = "other.test"\n')
-    prepare_certificates(renamed, sealer)
+    prepare_certificates(renamed, build_runtime(renamed, prepare=True, sealer=sealer))
     assert (
         parse_certificate((ratls_dir(state) / "ratls.pem").read_bytes()).claims["hostname"]
         == "other.test"
@@ -233,7 +247,7 @@ def test_unavailable_provider_fails_closed(tmp_path: Path) -> None:
         )
     )
     with pytest.raises(ConfigError) as ei:
-        prepare_certificates(bad, InsecureDevSealer())
+        prepare_certificates(bad, build_runtime(bad, prepare=True, sealer=InsecureDevSealer()))
     assert ei.value.field == "attestation.provider"
 
 
@@ -248,7 +262,7 @@ _ = trustme, store_from_leaf
 async def test_evidence_attests_acme_account_and_keys(
     worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import proxy.acme_runtime
+    import proxy.dataplane.attestation
     from proxy.config import AcmeConfig
 
     doc = {
@@ -256,7 +270,9 @@ async def test_evidence_attests_acme_account_and_keys(
         "certificate_keys": [{"spki_sha256": "11" * 32}, {"spki_sha256": "22" * 32}],
         "format": "teeproxy-acme-evidence/1",
     }
-    monkeypatch.setattr(proxy.acme_runtime, "read_evidence", lambda _s: json.dumps(doc).encode())
+    monkeypatch.setattr(
+        proxy.dataplane.attestation, "read_evidence", lambda _s: json.dumps(doc).encode()
+    )
     endpoint = worker.attestation
     endpoint.cfg = endpoint.cfg.replace(acme=AcmeConfig(enabled=True))
     status, body, der = await _get(
@@ -289,14 +305,14 @@ def test_ratls_certificate_binds_the_signing_address(
     sealer = InsecureDevSealer()
     cfg = _receipts_cfg(state, True)
     assert cfg.receipts.enabled  # the default
-    prepare_certificates(cfg, sealer)
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=sealer))
     address = load_signing_key(state, sealer).address
     pem = (ratls_dir(state) / "ratls.pem").read_bytes()
     assert parse_certificate(pem).claims["signing-address"] == "0x" + address.hex()
     v = verify_certificate(pem, None, _dev_opts(state))
     assert v.trusted and v.signing_address == address
     # Restart: the same key, address and certificate.
-    prepare_certificates(cfg, sealer)
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=sealer))
     assert load_signing_key(state, sealer).address == address
     assert (ratls_dir(state) / "ratls.pem").read_bytes() == pem
     # The key is on disk only sealed, and never in a log.
@@ -313,11 +329,17 @@ def test_receipts_off_means_no_claim_and_turning_on_reissues(tmp_path: Path) -> 
 
     state = tmp_path / "state"
     sealer = InsecureDevSealer()
-    prepare_certificates(_receipts_cfg(state, False), sealer)
+    prepare_certificates(
+        _receipts_cfg(state, False),
+        build_runtime(_receipts_cfg(state, False), prepare=True, sealer=sealer),
+    )
     pem = (ratls_dir(state) / "ratls.pem").read_bytes()
     assert "signing-address" not in parse_certificate(pem).claims
     assert not signing_dir(state).exists()  # no key made while receipts are off
-    prepare_certificates(_receipts_cfg(state, True), sealer)
+    prepare_certificates(
+        _receipts_cfg(state, True),
+        build_runtime(_receipts_cfg(state, True), prepare=True, sealer=sealer),
+    )
     pem2 = (ratls_dir(state) / "ratls.pem").read_bytes()
     assert pem2 != pem and "signing-address" in parse_certificate(pem2).claims
 
@@ -328,7 +350,7 @@ def test_no_provider_no_signing_key(tmp_path: Path) -> None:
     state = tmp_path / "state"
     cfg = _receipts_cfg(state, True)
     cfg = cfg.replace(attestation=cfg.attestation.__class__(provider="none"))
-    prepare_certificates(cfg, InsecureDevSealer())
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=InsecureDevSealer()))
     assert not signing_dir(state).exists()
 
 
@@ -338,13 +360,13 @@ def test_unsealable_signing_key_stops_start_up(tmp_path: Path) -> None:
     state = tmp_path / "state"
     sealer = InsecureDevSealer()
     cfg = _receipts_cfg(state, True)
-    prepare_certificates(cfg, sealer)
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=sealer))
     key_file = signing_dir(state) / KEY_FILE
     blob = bytearray(key_file.read_bytes())
     blob[-1] ^= 1
     key_file.write_bytes(bytes(blob))
     with pytest.raises(ConfigError) as ei:
-        prepare_certificates(cfg, sealer)
+        prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=sealer))
     assert ei.value.field == "receipts.enabled"
     assert str(key_file) in str(ei.value) and "failed authentication" in str(ei.value)
     assert key_file.read_bytes() == bytes(blob)  # kept for the operator, not replaced
@@ -358,7 +380,9 @@ async def test_evidence_names_the_signing_address(tmp_path: Path) -> None:
     sealer = InsecureDevSealer()
     address = (await asyncio.to_thread(load_signing_key, state, sealer)).address
     w = Worker(cfg, store, reuse_port=False)
-    w.attestation = await asyncio.to_thread(make_endpoint, cfg, w.holder, sealer)
+    w.attestation = make_endpoint(
+        cfg, w.holder, await asyncio.to_thread(build_runtime, cfg, prepare=False, sealer=sealer)
+    )
     await w.start()
     try:
         nonce = "0a" * 16
@@ -380,12 +404,16 @@ async def test_verify_cli_refuses_certificate_and_evidence_naming_different_sign
 ) -> None:
     """``teeproxy verify`` (the client) against a worker whose evidence names another
     address than its certificate: refused with its own reason."""
-    from proxy.cli import main
+    from proxy.cli.main import main
 
     state = tmp_path / "state"
     cfg, store = await asyncio.to_thread(_prepare, state)
     w = Worker(cfg, store, reuse_port=False)
-    w.attestation = await asyncio.to_thread(make_endpoint, cfg, w.holder, InsecureDevSealer())
+    w.attestation = make_endpoint(
+        cfg,
+        w.holder,
+        await asyncio.to_thread(build_runtime, cfg, prepare=False, sealer=InsecureDevSealer()),
+    )
     await w.start()
     dev_key = str(ratls_dir(state) / "dev-attestation-key.pub.pem")
     args = ["verify", f"https://127.0.0.1:{w.ports[0]}", "--sni", NAME]

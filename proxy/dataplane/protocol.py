@@ -15,7 +15,6 @@ duplicate framing headers) and enforces line, field and count limits. Added here
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from aiohttp import web
@@ -26,10 +25,10 @@ from aiohttp.web_request import BaseRequest
 
 from proxy import metrics
 from proxy.config import LimitsConfig
+from proxy.dataplane.endpoints import Handler
+from proxy.log import server_log as log
 
 __all__ = ["ProxyHTTPServer"]
-
-log = logging.getLogger("teeproxy.server")
 
 
 class _Handler(RequestHandler):
@@ -119,7 +118,7 @@ class ProxyHTTPServer(web.Server):
 
     def __init__(
         self,
-        handler: Any,
+        handler: Handler,
         limits: LimitsConfig,
         *,
         tls: bool = True,

@@ -23,15 +23,29 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-if TYPE_CHECKING:
-    from certmgr.attest.verify import Verdict
+from certmgr.attest.collateral import CollateralCache
+from certmgr.attest.measurement import TeeType, measurement_id
+from certmgr.attest.quote import parse_evidence
+from certmgr.attest.ratls import parse_certificate
+from certmgr.attest.verify import (
+    TcbPolicy,
+    Verdict,
+    VerifyOptions,
+    load_dev_key,
+    signing_address_agreement,
+    verify_certificate,
+    verify_evidence,
+    verify_quote_verdict,
+)
+from certmgr.errors import QuoteError, RaTlsError, VerifyError
+from certmgr.policy.allowlist import load_allowlist
+from proxy.errors import UsageError
 
 __all__ = [
     "DEFAULT_ATTESTATION_NAME",
-    "AttestInputError",
     "Attested",
     "add_attest_options",
     "add_parsers",
@@ -44,14 +58,10 @@ MAX_RESPONSE = 512 * 1024
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from certmgr.attest.measurement import TeeType  # noqa: PLC0415
-    from certmgr.attest.verify import TcbPolicy, VerifyOptions, load_dev_key  # noqa: PLC0415
-    from certmgr.policy.allowlist import load_allowlist  # noqa: PLC0415
-
     keys = tuple(load_dev_key(Path(p).read_bytes()) for p in args.trust_dev_key or ())
     policy: Any = load_allowlist(args.allowlist) if args.allowlist else None
     if getattr(args, "policy_rpc", None):  # issue 5: the on-chain policy, k-of-n RPC quorum
-        from certmgr.policy.rpc import policy_from_chain  # noqa: PLC0415
+        from certmgr.policy.rpc import policy_from_chain  # noqa: PLC0415 - web3: slow import
 
         if not args.policy_address:
             raise ValueError("--policy-rpc needs --policy-address")
@@ -70,10 +80,6 @@ def _options(args: argparse.Namespace) -> Any:
 
 def _collateral(args: argparse.Namespace, quote_bytes: bytes, now: float) -> Any:
     """Collateral for an Intel quote, or None (simulated, SNP, or unparseable quotes)."""
-    from certmgr.attest.collateral import CollateralCache  # noqa: PLC0415
-    from certmgr.attest.measurement import TeeType  # noqa: PLC0415
-    from certmgr.attest.quote import parse_evidence  # noqa: PLC0415
-    from certmgr.errors import QuoteError  # noqa: PLC0415
 
     try:
         q = parse_evidence(quote_bytes)
@@ -114,10 +120,6 @@ def _now(args: argparse.Namespace) -> float:
 
 
 def cmd_measure(args: argparse.Namespace) -> int:
-    from certmgr.attest.measurement import measurement_id  # noqa: PLC0415
-    from certmgr.attest.quote import parse_evidence  # noqa: PLC0415
-    from certmgr.errors import QuoteError  # noqa: PLC0415
-
     try:
         q = parse_evidence(Path(args.file).read_bytes())
     except (OSError, QuoteError) as e:
@@ -135,9 +137,6 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_quote(args: argparse.Namespace) -> int:
-    from certmgr.attest.verify import verify_quote_verdict  # noqa: PLC0415
-    from certmgr.errors import VerifyError  # noqa: PLC0415
-
     try:
         raw = Path(args.file).read_bytes()
         opts = _options(args)
@@ -154,13 +153,6 @@ def cmd_verify_quote(args: argparse.Namespace) -> int:
 
 
 def cmd_verify_cert(args: argparse.Namespace) -> int:
-    from certmgr.attest.ratls import parse_certificate  # noqa: PLC0415
-    from certmgr.attest.verify import verify_certificate  # noqa: PLC0415
-    from certmgr.errors import (  # noqa: PLC0415
-        RaTlsError,
-        VerifyError,
-    )
-
     try:
         data = Path(args.file).read_bytes()
         opts = _options(args)
@@ -215,10 +207,6 @@ def _content_length(head: bytes) -> int | None:
     return None
 
 
-class AttestInputError(ValueError):
-    """``teeproxy verify``'s input is unusable (URL, options, connection): exit code 2."""
-
-
 @dataclass(frozen=True, slots=True)
 class Attested:
     """What ``teeproxy verify https://HOST`` found, for commands that build on it.
@@ -240,8 +228,6 @@ class Attested:
 
     @property
     def measurement_id(self) -> bytes | None:
-        from certmgr.attest.measurement import measurement_id  # noqa: PLC0415
-
         m = self.verdict.measurement
         return measurement_id(m) if self.trusted and m is not None else None
 
@@ -250,24 +236,18 @@ def attest(args: argparse.Namespace) -> Attested:
     """Connect to ``args.url``, verify its RA-TLS certificate, then fresh evidence.
 
     ``args`` carries the options of :func:`add_attest_options` (``url``, ``sni``,
-    ``timeout``, ``no_nonce`` and the trust options). Raises :class:`AttestInputError` for
+    ``timeout``, ``no_nonce`` and the trust options). Raises :class:`UsageError` for
     usage and connection errors; a verdict that is not trusted is returned, not raised.
     """
-    from certmgr.attest.ratls import parse_certificate  # noqa: PLC0415
-    from certmgr.attest.verify import signing_address_agreement, verify_certificate, verify_evidence  # noqa: PLC0415
-    from certmgr.errors import (  # noqa: PLC0415
-        RaTlsError,
-        VerifyError,
-    )
 
     url = urlsplit(args.url)
     if url.scheme != "https" or not url.hostname:
-        raise AttestInputError("expected https://HOST[:PORT]")
+        raise UsageError("expected https://HOST[:PORT]")
     try:
         port = url.port or 443
         opts = _options(args)
     except (OSError, ValueError, VerifyError) as e:
-        raise AttestInputError(str(e)) from e
+        raise UsageError(str(e)) from e
     # Certificate checking is ours (RA-TLS), not the WebPKI's: the handshake accepts any
     # certificate and nothing is sent before the verdict on it.
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -324,14 +304,14 @@ def attest(args: argparse.Namespace) -> Attested:
                 out["evidence"] = ev_json
                 out["trusted"] = evidence_ok
     except (OSError, ValueError, VerifyError) as e:
-        raise AttestInputError(f"{args.url}: {e}") from e
+        raise UsageError(f"{args.url}: {e}") from e
     return Attested(verdict.trusted and evidence_ok, verdict, ev, out)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
         result = attest(args)
-    except AttestInputError as e:
+    except UsageError as e:
         print(f"teeproxy verify: {e}", file=sys.stderr)
         return 2
     _print(result.report, args.json)

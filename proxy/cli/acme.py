@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from urllib.parse import urlsplit
 
+from certmgr.acme.caa import evaluate, pinning_records, relevant_records, resolver_for
+from certmgr.acme.storage import AcmeStore
+from certmgr.keys import InsecureDevSealer
 from proxy.config import Config, ConfigError, load, loads
 
 __all__ = ["add_caa_parser", "cmd_caa", "known_identity"]
@@ -25,8 +29,6 @@ _KNOWN = {
 
 
 def known_identity(directory_url: str) -> str | None:
-    from urllib.parse import urlsplit  # noqa: PLC0415
-
     host = (urlsplit(directory_url).hostname or "").lower()
     for suffix, ident in _KNOWN.items():
         if host == suffix or host.endswith("." + suffix):
@@ -42,10 +44,6 @@ def _identities(cfg: Config) -> list[str]:
 
 
 def cmd_caa(args: argparse.Namespace) -> int:
-    from certmgr.acme.caa import evaluate, pinning_records, relevant_records  # noqa: PLC0415
-    from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
-    from certmgr.keys import InsecureDevSealer  # noqa: PLC0415
-
     try:
         cfg = load(args.config) if args.config else loads("")
     except ConfigError as e:
@@ -71,8 +69,6 @@ def cmd_caa(args: argparse.Namespace) -> int:
     for line in pinning_records(domain, idents, account, methods, wildcard):
         print(line)
     if args.check:
-        from certmgr.acme.caa import resolver_for  # noqa: PLC0415
-
         owner, records = relevant_records(domain, resolver_for(cfg.acme))
         print(f"; relevant CAA records now ({owner or 'none found'}):")
         for r in records:

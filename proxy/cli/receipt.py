@@ -32,15 +32,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from certmgr.errors import ReceiptError
+from proxy.cli.attest import add_attest_options, attest
+from proxy.errors import UsageError
+
 __all__ = ["DEFAULT_MAX_BODY", "add_parsers", "cmd_receipt_verify"]
 
 DEFAULT_MAX_BODY = 256 * 1024 * 1024
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)
 _MEASUREMENT = re.compile(r"0x[0-9a-fA-F]{64}", re.ASCII)
-
-
-class _InputError(ValueError):
-    """Unusable input (exit code 2)."""
 
 
 def _read_prefix(path: str, size: int, what: str) -> bytes:
@@ -49,13 +49,13 @@ def _read_prefix(path: str, size: int, what: str) -> bytes:
         with Path(path).open("rb") as f:
             return f.read(size)
     except OSError as e:
-        raise _InputError(f"{what} {path}: {e.strerror or e}") from e
+        raise UsageError(f"{what} {path}: {e.strerror or e}") from e
 
 
 def _read_capped(path: str, cap: int, what: str) -> bytes:
     data = _read_prefix(path, cap + 1, what)
     if len(data) > cap:
-        raise _InputError(f"{what} {path} is larger than {cap} bytes (--max-body-bytes)")
+        raise UsageError(f"{what} {path} is larger than {cap} bytes (--max-body-bytes)")
     return data
 
 
@@ -64,7 +64,7 @@ def _hex_arg(value: str | None, pattern: re.Pattern[str], name: str) -> bytes | 
         return None
     if pattern.fullmatch(value) is None:
         digits = 40 if pattern is _ADDRESS else 64
-        raise _InputError(f"{name} must be 0x followed by {digits} hex digits")
+        raise UsageError(f"{name} must be 0x followed by {digits} hex digits")
     return bytes.fromhex(value[2:])
 
 
@@ -96,15 +96,14 @@ def _result(out: dict[str, Any], as_json: bool, valid: bool, reason: str | None 
 
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
-    from certmgr.errors import ReceiptError  # noqa: PLC0415
-    from certmgr.receipts.format import MAX_JSON_BYTES, Receipt  # noqa: PLC0415
-    from certmgr.receipts.verify import verify_receipt  # noqa: PLC0415
+    from certmgr.receipts.format import MAX_JSON_BYTES, Receipt  # noqa: PLC0415 - eth stack: slow import
+    from certmgr.receipts.verify import verify_receipt  # noqa: PLC0415 - eth stack: slow import
 
     try:
         signer = _hex_arg(args.signer, _ADDRESS, "--signer")
         measurement = _hex_arg(args.measurement, _MEASUREMENT, "--measurement")
         if args.max_body_bytes < 0:
-            raise _InputError("--max-body-bytes must be >= 0")
+            raise UsageError("--max-body-bytes must be >= 0")
         request = _read_capped(args.request, args.max_body_bytes, "request body")
         response = _read_capped(args.response, args.max_body_bytes, "response body")
         # One byte over the format's cap, so that Receipt.from_json refuses an oversized
@@ -114,7 +113,7 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
             if args.receipt is not None
             else None
         )
-    except _InputError as e:
+    except UsageError as e:
         print(f"teeproxy receipt verify: {e}", file=sys.stderr)
         return 2
 
@@ -135,11 +134,9 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     out["receipt"] = receipt.to_dict()
 
     if args.url:
-        from proxy.cli_attest import AttestInputError, attest  # noqa: PLC0415
-
         try:
             attested = attest(args)
-        except AttestInputError as e:
+        except UsageError as e:
             print(f"teeproxy receipt verify: {e}", file=sys.stderr)
             return 2
         out["attestation"] = attested.report
@@ -183,7 +180,6 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register ``teeproxy receipt ...`` on ``teeproxy``'s subparsers."""
-    from proxy.cli_attest import add_attest_options  # noqa: PLC0415
 
     r = sub.add_parser("receipt", help="signed inference receipts (docs/RECEIPTS.md)")
     rsub = r.add_subparsers(dest="receipt_command", required=True)

@@ -4,25 +4,28 @@ Guarantees (each has a test under tests/integration):
 - Bodies stream both ways chunk by chunk as they arrive, and each SSE event is written to
   the client as soon as the backend's bytes arrive. Two bounded exceptions: a request body
   declaring at most 64 KiB is read whole first and sent with the headers (cheaper, and a
-  stalled client never reaches the backend), and a signed response (issue 6) of at most
-  ``receipts.max_buffered_body`` is held back to carry its receipt in the headers.
+  stalled client never reaches the backend), and a tap (:mod:`proxy.dataplane.hooks`) may
+  ask for a response of bounded size to be held back (receipts put their signature in the
+  headers of such a response).
 - Bodies are relayed byte for byte: no decompression, no compression (Content-Encoding and
   the client's Accept-Encoding pass through; the HTTP client adds no headers of its own).
 - Framing is re-established on each hop: the client's framing is validated
-  (:func:`proxy.headers.check_request_framing`) and never copied upstream.
+  (:func:`proxy.dataplane.headers.check_request_framing`) and never copied upstream.
 - A client disconnect cancels the handler (aiohttp ``handler_cancellation``), which closes
   the backend connection at once instead of returning it to the pool.
 - Failures before the response starts give 502 (backend broken) or 504 (backend timeout)
   with a JSON body; after it started, the client connection is aborted so a truncated body
   can never look complete.
+
+What the proxy answers itself (evidence, receipts) is looked up in a
+:class:`proxy.dataplane.endpoints.LocalEndpoints` before forwarding; what observes the
+relayed bytes (receipts) is a tap from a :class:`proxy.dataplane.hooks.TapFactory`.
+WebSocket upgrades are relayed by :mod:`proxy.dataplane.websocket`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -31,27 +34,27 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from certmgr.receipts.format import IncrementalHash
 from proxy import metrics
-from proxy.config import RECEIPTS_PATH, Config
-from proxy.deadline import Deadline
-from proxy.errors import BackendError, BackendTimeout, ClientRequestError
-from proxy.headers import (
+from proxy.config import Config
+from proxy.dataplane.endpoints import LocalEndpoints
+from proxy.dataplane.headers import (
     check_request_framing,
     request_headers_for_backend,
     response_headers_for_client,
 )
-from proxy.receipts import ID_HEADER, RECEIPT_HEADER, ReceiptIssuer, new_receipt_id
-from proxy.tasks import spawn
+from proxy.dataplane.hooks import STREAM, ExchangeTap, TapFactory
+from proxy.dataplane.responses import json_error
+from proxy.dataplane.websocket import is_websocket_upgrade, relay_websocket
+from proxy.deadline import Deadline
+from proxy.errors import BackendError, BackendTimeout, ClientRequestError
+from proxy.log import access_log
+from proxy.log import forward_log as log
 
 __all__ = ["Forwarder", "make_session"]
-
-access_log = logging.getLogger("teeproxy.access")
-log = logging.getLogger("teeproxy.forward")
 
 # Headers aiohttp's client would otherwise add on its own (and so change what the backend
 # sees: an Accept-Encoding the client never sent would let the backend compress).
@@ -93,14 +96,6 @@ def make_session(cfg: Config) -> aiohttp.ClientSession:
     )
 
 
-def error_response(status: int, kind: str, message: str) -> web.Response:
-    """An OpenAI-style JSON error body; the connection is closed after it."""
-    body = json.dumps({"error": {"message": message, "type": kind, "code": status}})
-    resp = web.Response(status=status, text=body, content_type="application/json")
-    resp.force_close()
-    return resp
-
-
 class _RelayResponse(web.StreamResponse):
     """A StreamResponse that adds no Content-Type of its own and can coalesce its headers.
 
@@ -137,49 +132,26 @@ class _Exchange:
     body_out: int = 0
     body_error: ClientRequestError | None = None
     response: web.StreamResponse | None = None
-    # Issue 6: SHA-256 of the request body as forwarded, when this exchange is signed.
-    request_hash: IncrementalHash | None = None
-
-
-class _Tap:
-    """A streamed, signed response: every relayed byte is hashed, the receipt is stored
-    before the last byte goes out (so a client that saw the end can fetch it)."""
-
-    __slots__ = ("fields", "hash", "issuer", "request_hash", "rid")
-
-    def __init__(
-        self, issuer: ReceiptIssuer, rid: str, request_hash: IncrementalHash, ctype: str
-    ) -> None:
-        self.issuer = issuer
-        self.rid = rid
-        self.request_hash = request_hash
-        self.hash = IncrementalHash()
-        self.fields = issuer.fields(ctype)
-
-    def update(self, chunk: bytes) -> None:
-        self.hash.update(chunk)
-        self.fields.feed(chunk)
-
-    async def complete(self) -> None:
-        self.fields.finish()
-        # The request digest is taken now, not when the response started: a backend may
-        # answer before the upload ended, and the receipt covers every byte forwarded.
-        receipt = self.issuer.sign(self.request_hash.digest(), self.hash.digest(), self.fields)
-        await self.issuer.publish(self.rid, receipt)
+    tap: ExchangeTap | None = None  # sees this exchange's bytes (hooks.TapFactory)
 
 
 class Forwarder:
     """Handles every request on the TLS listener by relaying it to the backend."""
 
-    def __init__(self, cfg: Config, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        session: aiohttp.ClientSession,
+        *,
+        endpoints: LocalEndpoints | None = None,
+        taps: TapFactory | None = None,
+    ) -> None:
         self.cfg = cfg
         self.session = session
+        self.endpoints = endpoints or LocalEndpoints()
+        self.taps = taps
         self._hsts = _hsts_value(cfg)
         self.draining = False
-        # proxy.wellknown.AttestationEndpoint (issue 4), set by the worker; None: forwarded.
-        self.attestation: Any = None
-        # Issue 6: signs exchanges on the configured routes; None: receipts are off.
-        self.receipts: ReceiptIssuer | None = None
 
     def reconfigure(self, cfg: Config, session: aiohttp.ClientSession) -> None:
         """Take a new config (SIGHUP); requests already running keep what they started with."""
@@ -216,15 +188,11 @@ class Forwarder:
         self, request: web.BaseRequest, cfg: Config, ex: _Exchange
     ) -> web.StreamResponse:
         try:
-            if request.path.startswith("/.well-known/tee/"):  # evidence served by the proxy
-                local = await _tee_wellknown(request, cfg, self.attestation)
-                if local is not None:
-                    ex.status = local.status
-                    return local
-            if self.receipts is not None and request.path.startswith(RECEIPTS_PATH):
-                local = await self.receipts.handle_get(request)
-                ex.status = local.status
-                return local
+            local = self.endpoints.find(request.method, request.path)
+            if local is not None:  # answered by the proxy itself
+                resp = await local(request)
+                ex.status = resp.status
+                return resp
             return await self._forward(request, cfg, ex)
         except ClientRequestError as e:
             return self._fail(request, ex, e.status, "invalid_request", e.message)
@@ -243,7 +211,7 @@ class Forwarder:
             _abort(request)
             return ex.response
         ex.status = status
-        return error_response(status, kind, message)
+        return json_error(status, kind, message, close=True, no_store=False)
 
     # -- plain HTTP --------------------------------------------------------------------
 
@@ -257,7 +225,7 @@ class Forwarder:
         if limit and content_length is not None and content_length > limit:
             raise ClientRequestError(413, f"request body exceeds {limit} bytes")
 
-        if _is_websocket_upgrade(request):
+        if is_websocket_upgrade(request):
             return await self._websocket(request, cfg, headers, target, ex)
 
         if request.headers.get("Expect", "").lower() == "100-continue":
@@ -268,8 +236,8 @@ class Forwarder:
         up_headers = CIMultiDict(
             request_headers_for_backend(headers, client_ip=ex.client_ip, proto="https", host=host)
         )
-        if self.receipts is not None and self.receipts.applies(request.method, request.path):
-            ex.request_hash = IncrementalHash()
+        if self.taps is not None:
+            ex.tap = self.taps.tap(request.method, request.path)
         has_body = request.body_exists and content_length != 0
         data: bytes | AsyncIterator[bytes] | None = None
         if has_body and content_length is not None and content_length <= _INLINE_BODY:
@@ -304,7 +272,9 @@ class Forwarder:
             metrics.CONNECTIONS_REJECTED.labels("send_timeout").inc()
             log.info("client stopped reading for %.0f s: closing", seconds)
             _abort(request)
-            return ex.response or error_response(408, "send_timeout", "client stopped reading")
+            return ex.response or json_error(
+                408, "send_timeout", "client stopped reading", close=True, no_store=False
+            )
         if phase == "idle":
             log.warning("backend idle for %.0f s mid-response: aborting", seconds)
         raise BackendTimeout(phase, seconds)
@@ -356,38 +326,37 @@ class Forwarder:
             # one write; otherwise the headers go now, before the first chunk exists, so a
             # streaming client sees them as soon as the backend sent them.
             resp.send_headers_early = not upstream.content.is_eof()
-            tap = None
-            issuer = self.receipts
-            if issuer is not None:  # only the proxy speaks for its receipts
-                resp.headers.popall(RECEIPT_HEADER, None)
-                resp.headers.popall(ID_HEADER, None)
-            if ex.request_hash is not None and issuer is not None and 200 <= upstream.status < 300:
-                ctype = upstream.headers.get("Content-Type", "")
-                if issuer.buffers(ctype, upstream.content_length):
-                    return await self._relay_whole_signed(
-                        request, resp, upstream, cfg, ex, issuer=issuer, deadline=deadline
-                    )
-                tap = _Tap(issuer, new_receipt_id(), ex.request_hash, ctype)
-                resp.headers[ID_HEADER] = tap.rid
-                issuer.pending.add(tap.rid)
+            tap = ex.tap
+            hold = (
+                tap.response_headers(upstream.status, resp.headers, upstream.content_length)
+                if tap is not None
+                else STREAM
+            )
+            if hold is not STREAM:
+                return await self._relay_held(
+                    request, resp, upstream, cfg, ex, limit=hold, deadline=deadline
+                )
             deadline.set(cfg.limits.send_timeout, "send")
+            completed = False
             try:
                 await resp.prepare(request)
                 ex.status = upstream.status
-                await self._relay_body(request, resp, upstream, cfg, ex, deadline=deadline, tap=tap)
+                completed = await self._relay_body(
+                    request, resp, upstream, cfg, ex, deadline=deadline
+                )
             except ConnectionResetError:
                 # The client went away mid-response: nothing to answer, nothing to log
                 # above debug; aiohttp finishes the dead connection quietly.
                 log.debug("client disconnected mid-response")
             finally:
-                if tap is not None and tap.rid in tap.issuer.pending:  # it did not complete
-                    spawn(tap.issuer.publish(tap.rid, None), "receipt-incomplete")
+                if tap is not None and not completed:
+                    tap.error()
             return resp
         finally:
             # Not release(): a response not read to the end must not go back to the pool.
             upstream.close()
 
-    async def _relay_whole_signed(
+    async def _relay_held(
         self,
         request: web.BaseRequest,
         resp: _RelayResponse,
@@ -395,37 +364,38 @@ class Forwarder:
         cfg: Config,
         ex: _Exchange,
         *,
-        issuer: ReceiptIssuer,
+        limit: int,
         deadline: Deadline,
     ) -> web.StreamResponse:
-        """A bounded response read whole, signed, and sent with its ``Teeproxy-Receipt``.
+        """A response of at most ``limit`` bytes read whole, shown to the tap, then sent
+        with the headers the tap completed, in one write.
 
         Nothing has gone to the client yet, so a backend failure here is still a clean 502.
         """
-        assert ex.request_hash is not None  # noqa: S101 - the caller checked
+        tap = ex.tap
+        assert tap is not None  # noqa: S101 - only a tap asks to hold
         idle = cfg.backend.idle_timeout
-        limit = issuer.cfg.max_buffered_body
         content = upstream.content
         body = bytearray()
-        while True:
-            deadline.set(idle, "idle")
-            try:
-                chunk = await content.readany()
-            except (aiohttp.ClientError, OSError) as e:
-                metrics.BACKEND_ERRORS.labels("broken_response").inc()
-                raise BackendError(f"backend response broke mid-body: {_describe(e)}") from e
-            if not chunk:
-                break
-            body += chunk
-            if len(body) > limit:  # the client enforces Content-Length; never trust it blindly
-                raise BackendError(f"backend response exceeds its {limit}-byte Content-Length")
-        data = bytes(body)
-        fields = issuer.fields(upstream.headers.get("Content-Type", ""))
-        fields.feed(data)
-        fields.finish()
-        receipt = issuer.sign(ex.request_hash.digest(), hashlib.sha256(data).digest(), fields)
-        resp.headers[RECEIPT_HEADER] = receipt.to_header()
-        metrics.RECEIPT_HEADER.inc()
+        try:
+            while True:
+                deadline.set(idle, "idle")
+                try:
+                    chunk = await content.readany()
+                except (aiohttp.ClientError, OSError) as e:
+                    metrics.BACKEND_ERRORS.labels("broken_response").inc()
+                    raise BackendError(f"backend response broke mid-body: {_describe(e)}") from e
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > limit:  # the client enforces Content-Length; never trust it
+                    raise BackendError(f"backend response exceeds its {limit}-byte Content-Length")
+            data = bytes(body)
+            tap.response_body(data)
+            await tap.response_end()
+        except BaseException:
+            tap.error()
+            raise
         resp.send_headers_early = False
         deadline.set(cfg.limits.send_timeout, "send")
         try:
@@ -448,18 +418,20 @@ class Forwarder:
         ex: _Exchange,
         *,
         deadline: Deadline,
-        tap: _Tap | None = None,
-    ) -> None:
+    ) -> bool:
         """Copy the backend body to the client as it arrives, then end the response.
 
-        The deadline guards each wait: ``idle`` while reading from the backend, ``send``
-        while the client drains what was written. The last chunk is written together with
-        the end of the response (one write, one TLS record, for a small body). A backend
-        failure mid-body aborts the client connection instead of ending the response.
+        True when the body was relayed whole. The deadline guards each wait: ``idle``
+        while reading from the backend, ``send`` while the client drains what was written.
+        The last chunk is written together with the end of the response (one write, one
+        TLS record, for a small body); a tap's ``response_end`` runs before that write. A
+        backend failure mid-body aborts the client connection instead of ending the
+        response.
         """
         idle = cfg.backend.idle_timeout
         send_timeout = cfg.limits.send_timeout
         content = upstream.content
+        tap = ex.tap
         while True:
             deadline.set(idle, "idle")
             try:
@@ -468,14 +440,14 @@ class Forwarder:
                 metrics.BACKEND_ERRORS.labels("broken_response").inc()
                 log.warning("backend response broke mid-body: %s", _describe(e))
                 _abort(request)
-                return
+                return False
             deadline.set(send_timeout, "send")
             last = not chunk or content.at_eof()
             if tap is not None:
                 if chunk:
-                    tap.update(chunk)
+                    tap.response_body(chunk)
                 if last:
-                    await tap.complete()
+                    await tap.response_end()
             if last:
                 await resp.write_eof(chunk)
             else:
@@ -484,7 +456,7 @@ class Forwarder:
                 ex.body_out += len(chunk)
                 metrics.BYTES_OUT.inc(len(chunk))
             if last:
-                return
+                return True
 
     async def _read_small_body(
         self, request: web.BaseRequest, cfg: Config, ex: _Exchange, size: int
@@ -503,8 +475,8 @@ class Forwarder:
             raise ClientRequestError(400, f"malformed request body: {e}") from e
         ex.body_in += size
         metrics.BYTES_IN.inc(size)
-        if ex.request_hash is not None:
-            ex.request_hash.update(body)
+        if ex.tap is not None:
+            ex.tap.request_body(body)
         return body
 
     async def _pump_body(
@@ -531,8 +503,8 @@ class Forwarder:
             if not chunk:
                 return
             ex.body_in += len(chunk)
-            if ex.request_hash is not None:
-                ex.request_hash.update(chunk)
+            if ex.tap is not None:
+                ex.tap.request_body(chunk)
             if limit and ex.body_in > limit:
                 ex.body_error = ClientRequestError(413, f"request body exceeds {limit} bytes")
                 raise ex.body_error
@@ -592,104 +564,13 @@ class Forwarder:
             )
             await client.prepare(request)
             ex.status = 101
-            await _ws_relay(client, upstream, cfg.limits.send_timeout)
+            await relay_websocket(client, upstream, cfg.limits.send_timeout)
             return client
         finally:
             await upstream.close()
 
 
-@dataclass(slots=True)
-class _WsClose:
-    """Why the relay is closing, shared by both directions so each hop gets the same code."""
-
-    code: int | None = None
-
-
-async def _ws_pipe(
-    src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    send_timeout: float,
-    reason: _WsClose,
-) -> None:
-    async for msg in src:  # ends on CLOSE/CLOSING/CLOSED; close_code then holds the peer's
-        if msg.type is WSMsgType.ERROR:
-            log.info("WebSocket relay error: %s", msg.data)
-            # The reason (1009 too big, 1007 bad UTF-8, ...): src.close_code may since have
-            # become 1006, its own failed closing handshake with the misbehaving peer.
-            reason.code = reason.code or getattr(msg.data, "code", None) or 1011
-            break
-        try:
-            # A peer that stops reading must not pin the relay (limits.send_timeout).
-            async with asyncio.timeout(send_timeout):
-                if msg.type is WSMsgType.TEXT:
-                    await dst.send_str(msg.data)
-                elif msg.type is WSMsgType.BINARY:
-                    await dst.send_bytes(msg.data)
-        except TimeoutError:
-            metrics.CONNECTIONS_REJECTED.labels("send_timeout").inc()
-            log.info("WebSocket peer stopped reading for %.0f s: closing", send_timeout)
-            reason.code = reason.code or WSCloseCode.POLICY_VIOLATION
-            # Tell the healthy side first: the stalled one may never take a close frame.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(send_timeout):
-                    await src.close(code=reason.code)
-            break
-    reason.code = reason.code or src.close_code
-    if not dst.closed:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(send_timeout):
-                await dst.close(code=_wire_close_code(reason.code))
-
-
-def _wire_close_code(code: int | None) -> int:
-    """A close code that may be sent in a Close frame (RFC 6455 7.4.1)."""
-    if code is None or code in (WSCloseCode.OK, 1005):  # 1005: "no status received"
-        return WSCloseCode.OK
-    if code in (1004, 1006, 1015) or not 1000 <= code < 5000:  # reserved, never on the wire
-        return WSCloseCode.INTERNAL_ERROR
-    return code
-
-
-async def _ws_relay(
-    client: web.WebSocketResponse,
-    upstream: aiohttp.ClientWebSocketResponse,
-    send_timeout: float,
-) -> None:
-    loop = asyncio.get_running_loop()
-    reason = _WsClose()
-    up = loop.create_task(
-        _ws_pipe(client, upstream, send_timeout, reason), name="ws-client-to-backend"
-    )
-    down = loop.create_task(
-        _ws_pipe(upstream, client, send_timeout, reason), name="ws-backend-to-client"
-    )
-    try:
-        _, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-        # One side finished: give the other a moment to forward the close, then stop it.
-        if pending:
-            await asyncio.wait(pending, timeout=5)
-    finally:
-        for t in (up, down):
-            t.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
-    if not client.closed:
-        await client.close()
-
-
 # -- helpers ------------------------------------------------------------------------------
-
-
-async def _tee_wellknown(
-    request: web.BaseRequest, cfg: Config, attestation: Any = None
-) -> web.StreamResponse | None:
-    """Dispatch for ``/.well-known/tee/*`` paths the proxy answers itself (None: forward)."""
-    if request.path == "/.well-known/tee/attestation" and attestation is not None:
-        return await attestation.handle(request)  # type: ignore[no-any-return]  # issue 4
-    if request.path == "/.well-known/tee/acme" and request.method in ("GET", "HEAD"):
-        from proxy.acme_runtime import acme_evidence_response  # noqa: PLC0415
-
-        return await acme_evidence_response(cfg)
-    return None
 
 
 def _hsts_value(cfg: Config) -> str:
@@ -710,14 +591,6 @@ def _origin_form(raw_target: str) -> str:
         path = parts.path or "/"
         return f"{path}?{parts.query}" if parts.query else path
     raise ClientRequestError(400, "unsupported request target form")
-
-
-def _is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    if request.method != "GET":
-        return False
-    upgrade = request.headers.get("Upgrade", "").lower()
-    conn = {t.strip().lower() for t in request.headers.get("Connection", "").split(",")}
-    return upgrade == "websocket" and "upgrade" in conn
 
 
 def _client_ip(request: web.BaseRequest) -> str:

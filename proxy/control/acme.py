@@ -1,15 +1,12 @@
-"""ACME in the running server: the supervisor's renewal loop and the workers' answers.
+"""ACME in the supervisor: the renewal loop, and publishing challenge answers to workers.
 
-Control plane (:class:`AcmeManager`, in the supervisor): reuses a stored, still-valid
-certificate on start, otherwise orders one; renews at the ARI window or two thirds of the
-lifetime; on failure keeps the current certificate serving and retries with backoff (each
-retry logged with its time). A new certificate is verified before it is stored
-(:func:`certmgr.acme_store.verify_issued`) and loaded by the workers on their next store
-build (they swap the whole immutable store). Blocking ACME and DNS work runs in a thread.
-
-Data plane (workers): :func:`http01_response` answers HTTP-01 on the plain-HTTP listener;
-:func:`acme_store_parts` puts the ACME certificate and any pending TLS-ALPN-01 challenge
-certificate into the store a worker builds.
+:class:`AcmeManager` reuses a stored, still-valid certificate on start, otherwise orders
+one; renews at the ARI window or two thirds of the lifetime; on failure keeps the current
+certificate serving and retries with backoff (each retry logged with its time). A new
+certificate is verified before it is stored (:func:`certmgr.acme.storage.verify_issued`)
+and loaded by the workers on their next store build (they swap the whole immutable store).
+Blocking ACME and DNS work runs in a thread. The workers' half (answering challenges,
+serving the certificate) is :mod:`proxy.dataplane.acme`.
 """
 
 from __future__ import annotations
@@ -19,119 +16,23 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import importlib
-import json
-import logging
 import random
-import ssl
+import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
-
-from certmgr.acme.challenges import http01
-from certmgr.errors import CertError, SettingsError
-from certmgr.keys import Sealer
-from certmgr.store import CertEntry, entry_from_key
+from certmgr.acme.challenges import http01, tlsalpn01
+from certmgr.acme.renewal import in_emergency, next_attempt, renewal_time, retry_delay
+from certmgr.acme.storage import AcmeStore
+from certmgr.errors import AcmeError, SettingsError
+from certmgr.keys import Sealer, generate_p256
 from proxy.config import Config
+from proxy.log import acme_log as log
 
 if TYPE_CHECKING:
     from certmgr.acme.client import AcmeIssuer
 
-__all__ = [
-    "HTTP01_PREFIX",
-    "AcmeManager",
-    "StateDirPublisher",
-    "acme_evidence_response",
-    "acme_store_parts",
-    "http01_response",
-]
-
-log = logging.getLogger("teeproxy.acme")
-
-HTTP01_PREFIX = http01.PATH_PREFIX
-EVIDENCE_PATH = "/.well-known/tee/acme"
-
-
-# -- data plane -----------------------------------------------------------------------------
-
-
-async def http01_response(state_dir: str, path: str) -> web.Response:
-    """The key authorization for ``/.well-known/acme-challenge/TOKEN``, or 404."""
-    token = path[len(HTTP01_PREFIX) :]
-    data = await asyncio.to_thread(http01.lookup, state_dir, token)
-    if data is None:
-        return web.Response(status=404, text="no such challenge\n")
-    return web.Response(body=data, content_type="application/octet-stream")
-
-
-def acme_store_parts(
-    cfg: Config,
-    sealer: Sealer,
-    factory: Callable[[], ssl.SSLContext],
-    now: dt.datetime | None = None,
-) -> tuple[list[CertEntry], dict[str, ssl.SSLContext]]:
-    """Worker step (blocking): the stored ACME certificate, if usable, and challenge contexts.
-
-    An expired, mismatched or name-missing certificate is not returned, so never served.
-    """
-    if not cfg.acme.enabled:
-        return [], {}
-    from certmgr.acme.challenges import tlsalpn01  # noqa: PLC0415
-    from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
-
-    now = now or dt.datetime.now(dt.UTC)
-    entries: list[CertEntry] = []
-    stored = AcmeStore(cfg.state_dir, sealer).load_usable(cfg.acme.names, now)
-    if stored is not None:
-        entries.append(entry_from_key(stored.chain_pem, stored.key, factory, source="acme"))
-    challenges: dict[str, ssl.SSLContext] = {}
-    for ch in tlsalpn01.load_published(cfg.state_dir, sealer):
-        try:
-            entry = entry_from_key(ch.cert_pem, ch.key, _alpn_factory(factory), source="acme-tls/1")
-        except CertError as e:
-            log.warning("tls-alpn-01 challenge certificate for %s not usable: %s", ch.name, e)
-            continue
-        challenges[ch.name] = entry.context
-    return entries, challenges
-
-
-def _alpn_factory(factory: Callable[[], ssl.SSLContext]) -> Callable[[], ssl.SSLContext]:
-    from certmgr.acme.challenges.tlsalpn01 import ALPN_ACME_TLS  # noqa: PLC0415
-
-    def make() -> ssl.SSLContext:
-        ctx = factory()
-        ctx.set_alpn_protocols([ALPN_ACME_TLS])  # RFC 8737 3: the only protocol offered
-        return ctx
-
-    return make
-
-
-def read_evidence(state_dir: str) -> bytes:
-    """The evidence document (blocking): account URI and every certificate key's SPKI hash."""
-    from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
-    from certmgr.keys import InsecureDevSealer  # noqa: PLC0415
-
-    ev = AcmeStore(state_dir, InsecureDevSealer()).evidence()  # reads public JSON only
-    raw = ev.get("keys")
-    keys = [k for k in raw if isinstance(k, str)] if isinstance(raw, list) else []
-    doc = {
-        "account_uri": ev.get("account_uri"),
-        "certificate_keys": [{"spki_sha256": k} for k in keys],
-        "format": "teeproxy-acme-evidence/1",
-    }
-    return json.dumps(doc, sort_keys=True).encode()
-
-
-async def acme_evidence_response(cfg: Config) -> web.Response:
-    """``GET /.well-known/tee/acme`` (JSON): for comparing Certificate Transparency logs."""
-    if not (cfg.acme.enabled and cfg.acme.evidence_endpoint):
-        return web.Response(status=404, text="ACME is not configured\n")
-    body = await asyncio.to_thread(read_evidence, cfg.state_dir)
-    return web.Response(body=body, content_type="application/json")
-
-
-# -- control plane --------------------------------------------------------------------------
+__all__ = ["AcmeManager", "StateDirPublisher", "wait_reloaded"]
 
 
 class StateDirPublisher:
@@ -161,8 +62,6 @@ class StateDirPublisher:
         self._tokens.append(token)
 
     def publish_tlsalpn01(self, name: str, key_authorization: str) -> None:
-        from certmgr.acme.challenges import tlsalpn01  # noqa: PLC0415
-        from certmgr.keys import generate_p256  # noqa: PLC0415
 
         tlsalpn01.publish(self.state_dir, name, key_authorization, self.sealer, generate_p256())
         self._alpn.append(name)
@@ -178,7 +77,6 @@ class StateDirPublisher:
             self._run_reload()
 
     def cleanup(self) -> None:
-        from certmgr.acme.challenges import tlsalpn01  # noqa: PLC0415
 
         for token in self._tokens:
             http01.remove(self.state_dir, token)
@@ -222,6 +120,8 @@ class AcmeManager:
 
     def issuer(self) -> AcmeIssuer:
         if self._issuer is None:
+            # The acme library (and requests) load many files: step() imported them in a
+            # thread first, so these imports are dictionary lookups.
             from certmgr.acme.caa import caa_checker  # noqa: PLC0415
             from certmgr.acme.client import AcmeIssuer  # noqa: PLC0415
 
@@ -242,7 +142,6 @@ class AcmeManager:
         return self._issuer
 
     def _current_window(self) -> tuple[dt.datetime, dt.datetime] | None:
-        from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
 
         stored = AcmeStore(self.cfg.state_dir, self.sealer).load_usable(
             self.cfg.acme.names, self._clock()
@@ -253,9 +152,7 @@ class AcmeManager:
         return leaf.not_valid_before_utc, leaf.not_valid_after_utc
 
     async def _compute_due(self, window: tuple[dt.datetime, dt.datetime]) -> dt.datetime:
-        from certmgr.acme.client import ari_window_or_none  # noqa: PLC0415
-        from certmgr.acme.renewal import renewal_time  # noqa: PLC0415
-        from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
+        from certmgr.acme.client import ari_window_or_none  # noqa: PLC0415 - see issuer()
 
         ari: tuple[dt.datetime, dt.datetime] | None = None
         pem = await asyncio.to_thread(AcmeStore(self.cfg.state_dir, self.sealer).cert_pem)
@@ -268,8 +165,6 @@ class AcmeManager:
         # First use imports the acme library (reads many files): off the event loop.
         for mod in ("certmgr.acme.client", "certmgr.acme.caa"):
             await asyncio.to_thread(importlib.import_module, mod)
-        from certmgr.acme.renewal import in_emergency, next_attempt, retry_delay  # noqa: PLC0415
-        from certmgr.errors import AcmeError  # noqa: PLC0415
 
         now = self._clock()
         window = await asyncio.to_thread(self._current_window)
@@ -352,14 +247,8 @@ class AcmeManager:
                 await asyncio.wait_for(self.wakeup.wait(), timeout=delay)
 
 
-def state_file(state_dir: str, *parts: str) -> Path:
-    return Path(state_dir, "acme", *parts)
-
-
 def wait_reloaded(conns: list[Any], timeout: float) -> None:
     """Block until every worker pipe reported a reload (blocking: run in a thread)."""
-    import time  # noqa: PLC0415
-
     deadline = time.monotonic() + timeout
     for conn in conns:
         remaining = deadline - time.monotonic()

@@ -39,14 +39,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from certmgr.attest.verify import Reason
+from certmgr.errors import PolicyError
+from certmgr.keys import atomic_write
+from certmgr.policy.model import parse_measurement_id
+from proxy.cli.attest import add_attest_options, attest
+from proxy.errors import UsageError
+
 __all__ = ["add_parsers", "run"]
 
 DEFAULT_PASSWORD_ENV = "TEEPROXY_POLICY_PASSWORD"  # noqa: S105 - a variable name
 _MAX_KEYSTORE = 64 * 1024
-
-
-class CliError(Exception):
-    """A user-facing failure: printed as ``teeproxy policy: <message>``, exit status 1."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,6 @@ def add_parsers(sub: Any) -> None:
         "its measurement (owner)",
     )
     rs.add_argument("url", help="https://HOST[:PORT] of the proxy")
-    from proxy.cli_attest import add_attest_options  # noqa: PLC0415
 
     add_attest_options(rs)  # the trust options of `teeproxy verify`; its --timeout connects
     us = ps.add_parser("unregister-signer", help="unregister a receipt signer (owner or guardian)")
@@ -125,11 +127,11 @@ def run(args: argparse.Namespace) -> int:
     from certmgr.eth import eth_import_guard  # noqa: PLC0415
 
     with eth_import_guard():  # web3 and eth-account raise the recursion limit on import
-        import eth_account  # noqa: F401, PLC0415
-        import web3  # noqa: F401, PLC0415
+        import eth_account  # noqa: F401, PLC0415 - eth stack: slow import
+        import web3  # noqa: F401, PLC0415 - web3: slow import
     try:
         return _run(args)
-    except CliError as e:
+    except UsageError as e:
         print(f"teeproxy policy: {e}", file=sys.stderr)
         return 1
 
@@ -143,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
             _address(args.signer)
         return asyncio.run(_read(args, target))
     if not target.keystore:
-        raise CliError("--keystore is required to sign a transaction")
+        raise UsageError("--keystore is required to sign a transaction")
     if args.policy_command == "register-signer":
         # The attestation first: no password is asked for a proxy that does not verify.
         args.attested_signer, args.attested_measurement = _attested_signer(args, target)
@@ -170,14 +172,14 @@ def _target(args: argparse.Namespace) -> Target:
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise CliError(f"cannot read {info_path} (is `teeproxy demo` running?): {e}") from e
+            raise UsageError(f"cannot read {info_path} (is `teeproxy demo` running?): {e}") from e
         rpc = rpc or str(info["rpc"])
         address = address or str(info["contract"])
         keystore = keystore or str(info["keystore"])
     if not rpc:
-        raise CliError("no RPC endpoint: pass --rpc URL (or --embedded STATE_DIR)")
+        raise UsageError("no RPC endpoint: pass --rpc URL (or --embedded STATE_DIR)")
     if not address and args.policy_command != "deploy":
-        raise CliError("no contract: pass --address 0x... (or --embedded STATE_DIR)")
+        raise UsageError("no contract: pass --address 0x... (or --embedded STATE_DIR)")
     return Target(rpc, address, keystore, args.password_env)
 
 
@@ -189,23 +191,22 @@ def _password(env: str, *, confirm: bool = False) -> str:
     if value is not None:
         return value
     if not sys.stdin.isatty():
-        raise CliError(f"no password: set {env} or run in a terminal to be prompted")
+        raise UsageError(f"no password: set {env} or run in a terminal to be prompted")
     first = getpass.getpass("keystore password: ")
     if confirm and getpass.getpass("again: ") != first:
-        raise CliError("passwords differ")
+        raise UsageError("passwords differ")
     return first
 
 
 def _create_keystore(path: Path, env: str) -> int:
-    from eth_account import Account  # noqa: PLC0415
+    from eth_account import Account  # noqa: PLC0415 - eth stack: slow import
 
     if path.exists():
-        raise CliError(f"{path} exists: refusing to overwrite a keystore")
+        raise UsageError(f"{path} exists: refusing to overwrite a keystore")
     password = _password(env, confirm=True)
     if len(password) < 8:
-        raise CliError("use a password of at least 8 characters")
+        raise UsageError("use a password of at least 8 characters")
     acct = Account.create()
-    from certmgr.keys import atomic_write  # noqa: PLC0415
 
     atomic_write(path, json.dumps(Account.encrypt(acct.key, password)).encode(), 0o600)
     print(f"keystore {path}: address {acct.address}")
@@ -214,21 +215,21 @@ def _create_keystore(path: Path, env: str) -> int:
 
 def _unlock(path: Path, env: str) -> Any:
     """Decrypt the keystore into a LocalAccount (in memory only)."""
-    from eth_account import Account  # noqa: PLC0415
+    from eth_account import Account  # noqa: PLC0415 - eth stack: slow import
 
     try:
         with path.open("rb") as f:
             data = f.read(_MAX_KEYSTORE + 1)
         if len(data) > _MAX_KEYSTORE:
-            raise CliError(f"{path} is too large for a keystore")
+            raise UsageError(f"{path} is too large for a keystore")
         keyfile = json.loads(data)
     except (OSError, ValueError) as e:
-        raise CliError(f"cannot read keystore {path}: {e}") from e
+        raise UsageError(f"cannot read keystore {path}: {e}") from e
     password = _password(env)
     try:
         key = Account.decrypt(keyfile, password)
     except ValueError as e:
-        raise CliError(f"cannot decrypt keystore {path}: {e}") from e
+        raise UsageError(f"cannot decrypt keystore {path}: {e}") from e
     return Account.from_key(key)
 
 
@@ -236,20 +237,17 @@ def _unlock(path: Path, env: str) -> Any:
 
 
 def _mid(text: str) -> bytes:
-    from certmgr.errors import PolicyError  # noqa: PLC0415
-    from certmgr.policy.model import parse_measurement_id  # noqa: PLC0415
-
     try:
         return parse_measurement_id(text)
     except PolicyError as e:
-        raise CliError(str(e)) from e
+        raise UsageError(str(e)) from e
 
 
 async def _read(args: argparse.Namespace, target: Target) -> int:
-    from web3.exceptions import Web3Exception  # noqa: PLC0415
+    from web3.exceptions import Web3Exception  # noqa: PLC0415 - web3: slow import
 
-    from certmgr.policy.artifacts import ABI  # noqa: PLC0415
-    from certmgr.policy.rpc import make_web3  # noqa: PLC0415
+    from certmgr.policy.artifacts import ABI  # noqa: PLC0415 - eth stack: slow import
+    from certmgr.policy.rpc import make_web3  # noqa: PLC0415 - web3: slow import
 
     w3 = make_web3(target.rpc, args.tx_timeout)
     try:
@@ -282,7 +280,7 @@ async def _read(args: argparse.Namespace, target: Target) -> int:
             return 0 if allowed else 3
         return 0
     except (Web3Exception, OSError, ValueError) as e:
-        raise CliError(f"{target.rpc}: {type(e).__name__}: {e}") from e
+        raise UsageError(f"{target.rpc}: {type(e).__name__}: {e}") from e
     finally:
         await w3.provider.disconnect()
 
@@ -306,12 +304,10 @@ async def _read_signer(c: Any, signer: str, block: int) -> int:
 def _attested_signer(args: argparse.Namespace, target: Target) -> tuple[bytes, bytes]:
     """Verify ``args.url`` like ``teeproxy verify``; its (signing address, measurement id).
 
-    Raises :class:`CliError` unless the verdict (certificate and fresh evidence) is trusted
+    Raises :class:`UsageError` unless the verdict (certificate and fresh evidence) is trusted
     and names a signing address. Without a measurement option of its own, the measurement is
     judged by the target contract (one endpoint: the one we are about to send to).
     """
-    from certmgr.attest.verify import Reason  # noqa: PLC0415
-    from proxy.cli_attest import AttestInputError, attest  # noqa: PLC0415
 
     if not (args.allowlist or args.policy_rpc or args.any_measurement):
         args.policy_rpc = [target.rpc]
@@ -321,8 +317,8 @@ def _attested_signer(args: argparse.Namespace, target: Target) -> tuple[bytes, b
         args.policy_address = target.address  # a quorum of endpoints reading this contract
     try:
         result = attest(args)
-    except AttestInputError as e:
-        raise CliError(f"cannot verify the attestation of {args.url}: {e}") from e
+    except UsageError as e:
+        raise UsageError(f"cannot verify the attestation of {args.url}: {e}") from e
     report = result.report
     if not result.trusted:
         failures = list(report.get("failures", []))
@@ -334,12 +330,12 @@ def _attested_signer(args: argparse.Namespace, target: Target) -> tuple[bytes, b
         not_allowed = Reason.MEASUREMENT.value
         if any(f["reason"] == not_allowed for f in failures) and "measurement_id" in report:
             hint = f"\n  (allow it first: teeproxy policy allow {report['measurement_id']})"
-        raise CliError(
+        raise UsageError(
             f"the attestation of {args.url} is NOT TRUSTED; nothing registered:{lines}{hint}"
         )
     signer, mid = result.signing_address, result.measurement_id
     if signer is None or mid is None:
-        raise CliError(
+        raise UsageError(
             f"{args.url} attests no receipt signing address (are [receipts] enabled on the "
             "proxy?); nothing registered"
         )
@@ -375,19 +371,19 @@ def _call_for(args: argparse.Namespace, c: Any, sender: str) -> tuple[str, Any]:
         return "registerSigner", c.functions.registerSigner(signer, args.attested_measurement)
     if cmd == "unregister-signer":
         return "unregisterSigner", c.functions.unregisterSigner(_address(args.signer))
-    raise CliError(f"unknown command {cmd} for {sender}")
+    raise UsageError(f"unknown command {cmd} for {sender}")
 
 
 def _address(text: str) -> str:
-    from eth_utils.address import is_hex_address, to_checksum_address  # noqa: PLC0415
+    from eth_utils.address import is_hex_address, to_checksum_address  # noqa: PLC0415 - eth stack: slow import
 
     if not is_hex_address(text):
-        raise CliError(f"not an address: {text!r}")
+        raise UsageError(f"not an address: {text!r}")
     return str(to_checksum_address(text))
 
 
 def _revert_text(e: Exception) -> str:
-    from certmgr.policy.contract import decode_revert  # noqa: PLC0415
+    from certmgr.policy.contract import decode_revert  # noqa: PLC0415 - eth stack: slow import
 
     data = getattr(e, "data", None)
     if isinstance(data, str) and data.startswith("0x"):
@@ -399,10 +395,10 @@ def _revert_text(e: Exception) -> str:
 
 
 async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
-    from web3.exceptions import ContractLogicError, Web3Exception  # noqa: PLC0415
+    from web3.exceptions import ContractLogicError, Web3Exception  # noqa: PLC0415 - web3: slow import
 
-    from certmgr.policy.artifacts import ABI, BYTECODE  # noqa: PLC0415
-    from certmgr.policy.rpc import make_web3  # noqa: PLC0415
+    from certmgr.policy.artifacts import ABI, BYTECODE  # noqa: PLC0415 - eth stack: slow import
+    from certmgr.policy.rpc import make_web3  # noqa: PLC0415 - web3: slow import
 
     w3 = make_web3(target.rpc, args.tx_timeout)
     try:
@@ -418,7 +414,7 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
             if args.policy_command == "register-signer":
                 mid = args.attested_measurement
                 if not await c.functions.isAllowed(mid).call():
-                    raise CliError(
+                    raise UsageError(
                         f"measurement 0x{mid.hex()} is not allowed by {target.address}: "
                         f"allow it first (`teeproxy policy allow 0x{mid.hex()}`); "
                         "nothing registered"
@@ -475,9 +471,9 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
         print(f"version:     {version}")
         return 0
     except TimeoutError as e:
-        raise CliError(f"no receipt within {args.tx_timeout:g} s") from e
+        raise UsageError(f"no receipt within {args.tx_timeout:g} s") from e
     except (Web3Exception, OSError, ValueError) as e:
-        raise CliError(f"{target.rpc}: {type(e).__name__}: {e}") from e
+        raise UsageError(f"{target.rpc}: {type(e).__name__}: {e}") from e
     finally:
         await w3.provider.disconnect()
 
@@ -490,8 +486,8 @@ def demo_banner(cfg: Any, measurement_id: bytes | None = None) -> str:
     g = cfg.governance
     if g.mode == "off" or not g.embedded_chain:
         return ""
-    from certmgr.policy.devchain import DEV_KEYSTORE_PASSWORD  # noqa: PLC0415
-    from proxy.governance import DEV_MEASUREMENT_ID  # noqa: PLC0415
+    from certmgr.policy.devchain import DEV_KEYSTORE_PASSWORD  # noqa: PLC0415 - py-evm: slow import
+    from proxy.control.governance import DEV_MEASUREMENT_ID  # noqa: PLC0415 - prometheus_client
 
     state = cfg.state_dir
     mid = "0x" + (measurement_id or DEV_MEASUREMENT_ID).hex()

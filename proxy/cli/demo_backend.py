@@ -53,7 +53,7 @@ from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 
-log = logging.getLogger("teeproxy.demo")
+from proxy.log import demo_log as log
 
 MIB: Final = 1024 * 1024
 BYTES_CAP: Final = 64 * MIB

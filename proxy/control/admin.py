@@ -14,24 +14,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from cryptography import x509
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from proxy import metrics
 from proxy.config import Config
+from proxy.control.certificates import served_certificates
 from proxy.errors import ConfigError
+from proxy.log import admin_log as log
 
-if TYPE_CHECKING:
-    from proxy.server import Supervisor
+__all__ = ["AdminServer", "PolicyStatus", "SupervisorView", "backend_reachable", "readiness"]
 
-__all__ = ["AdminServer", "backend_reachable", "readiness"]
 
-log = logging.getLogger("teeproxy.admin")
+class PolicyStatus(Protocol):
+    """What ``/ready`` shows of governance (:class:`proxy.control.governance.Governor`)."""
+
+    def status(self) -> dict[str, Any]: ...
+
+    def ready_problem(self) -> str | None: ...
+
+
+class SupervisorView(Protocol):
+    """What the admin listener reads of the supervisor that runs it."""
+
+    @property
+    def cfg(self) -> Config: ...
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def governor(self) -> PolicyStatus | None: ...
+
+    def worker_pids(self) -> list[int]: ...
 
 
 async def backend_reachable(cfg: Config) -> str | None:
@@ -42,8 +68,6 @@ async def backend_reachable(cfg: Config) -> str | None:
             if b.unix_path:
                 _, writer = await asyncio.open_unix_connection(b.unix_path)
             else:
-                from urllib.parse import urlsplit  # noqa: PLC0415
-
                 parts = urlsplit(b.url)
                 _, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
     except TimeoutError:
@@ -58,8 +82,6 @@ async def readiness(
     cfg: Config, workers_alive: int, workers_expected: int
 ) -> tuple[bool, dict[str, Any]]:
     """The readiness verdict and its details (pure apart from the backend probe)."""
-    from proxy.certs import served_certificates  # noqa: PLC0415
-
     reasons: list[str] = []
     if workers_alive < workers_expected:
         reasons.append(f"{workers_alive} of {workers_expected} workers alive")
@@ -89,8 +111,6 @@ def _record_expiry(served: list[tuple[str, x509.Certificate]]) -> None:
 
 async def refresh_certificate_metrics(cfg: Config) -> None:
     """Set the certificate expiry gauge from the served certificates (best effort)."""
-    from proxy.certs import served_certificates  # noqa: PLC0415
-
     try:
         served = await asyncio.to_thread(served_certificates, cfg)
     except (OSError, ValueError) as e:
@@ -102,7 +122,7 @@ async def refresh_certificate_metrics(cfg: Config) -> None:
 class AdminServer:
     """Runs the admin app in the supervisor process."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: SupervisorView) -> None:
         self.sup = supervisor
         self._runner: web.AppRunner | None = None
 
@@ -148,8 +168,8 @@ class AdminServer:
             len(self.sup.worker_pids()) if self.sup.ready else 0,
             self.sup.cfg.server.worker_count,
         )
-        governor = getattr(self.sup, "governor", None)
-        if governor is not None:  # issue 5: on-chain policy state
+        governor = self.sup.governor
+        if governor is not None:  # on-chain policy state
             body["policy"] = governor.status()
             problem = governor.ready_problem()
             if problem:
@@ -169,8 +189,6 @@ class AdminServer:
 
 def _collect() -> bytes:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess  # noqa: PLC0415
-
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)

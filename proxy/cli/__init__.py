@@ -1,0 +1,1 @@
+"""The ``teeproxy`` commands (:mod:`proxy.cli.main`) and the demo backend."""

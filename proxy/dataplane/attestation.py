@@ -1,0 +1,141 @@
+"""The fresh-evidence endpoint of each worker: ``GET /.well-known/tee/attestation?nonce=HEX``.
+
+It answers a fresh quote whose report_data binds the nonce and the SPKI hash of the
+certificate used on *this* connection (ACME, RA-TLS or any other), plus the ACME account
+and keys when ACME is on, and the receipt signing address when receipts are on. Quotes are
+serialized and rate-limited per worker (:class:`certmgr.attest.providers.gate.QuoteGate`);
+over the limit the answer is 429. The handshake never waits for a quote. JSON shape:
+:mod:`certmgr.attest.evidence` and docs/ATTESTATION.md. The RA-TLS certificate itself is
+prepared by the supervisor (:mod:`proxy.control.attestation`) and loaded by
+:mod:`proxy.dataplane.certstore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Final
+
+from aiohttp import web
+
+from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_nonce
+from certmgr.attest.providers.gate import QuoteGate
+from certmgr.attest.quote import parse_evidence
+from certmgr.attest.ratls import report_data_for_claims
+from certmgr.errors import EvidenceError, QuoteError, QuoteProviderError, QuoteRateLimited
+from certmgr.store import CertEntry, StoreHolder
+from proxy.config import Config
+from proxy.dataplane.acme import read_evidence
+from proxy.dataplane.endpoints import LocalEndpoints
+from proxy.dataplane.responses import json_error, json_response
+from proxy.log import attest_log as log
+from proxy.runtime import Runtime
+
+__all__ = ["ATTESTATION_PATH", "AttestationEndpoint", "make_endpoint"]
+
+ATTESTATION_PATH: Final = "/.well-known/tee/attestation"
+
+
+class AttestationEndpoint:
+    """``GET /.well-known/tee/attestation?nonce=HEX`` in one worker."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        holder: StoreHolder,
+        gate: QuoteGate | None,
+        *,
+        tee: str = "",
+        signing_address: str = "",
+    ) -> None:
+        self.cfg = cfg
+        self.holder = holder
+        self.gate = gate
+        self.tee = tee
+        self.signing_address = signing_address  # "0x" + 40 hex, or "" (receipts off)
+
+    def _connection_entry(self, request: web.BaseRequest) -> CertEntry | None:
+        transport = request.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if sslobj is None:
+            return None
+        ctx = sslobj.context
+        for entry in self.holder.current.entries:
+            if entry.context is ctx:
+                return entry
+        return None
+
+    def register(self, endpoints: LocalEndpoints) -> None:
+        endpoints.add(ATTESTATION_PATH, self.handle)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return json_error(405, "method_not_allowed", "use GET", headers={"Allow": "GET, HEAD"})
+        if self.gate is None:
+            return json_error(503, "attestation_unavailable", "no TEE attestation provider")
+        try:
+            nonce = parse_nonce(request.query.get("nonce", ""))
+        except EvidenceError as e:
+            return json_error(400, "invalid_nonce", str(e))
+        entry = self._connection_entry(request)
+        if entry is None:
+            # The certificate of this connection was rotated out since the handshake (or
+            # the request did not come over TLS): the client should reconnect.
+            return json_error(503, "certificate_rotated", "reconnect and ask again")
+        acme_account, acme_keys = await self._acme()
+        claims = encode_evidence_claims(
+            nonce,
+            entry.spki_sha256,
+            int(time.time()),
+            acme_account=acme_account,
+            acme_keys=acme_keys,
+            signing_address=self.signing_address,
+        )
+        try:
+            quote = await asyncio.wait_for(
+                self.gate.quote(report_data_for_claims(claims)),
+                self.cfg.attestation.quote_timeout,
+            )
+        except QuoteRateLimited:
+            return json_error(
+                429, "rate_limited", "too many attestation requests", headers={"Retry-After": "1"}
+            )
+        except (QuoteProviderError, TimeoutError) as e:
+            log.error("quote for the evidence endpoint failed: %s", e)
+            return json_error(503, "quote_failed", "the TEE did not produce a quote")
+        tee = self.tee
+        if not tee:
+            try:
+                tee = str(parse_evidence(quote).tee)
+            except QuoteError:
+                tee = "unknown"
+        doc = build_evidence(quote, claims, tee=tee, provider=self.gate.provider.name, gpu=None)
+        return json_response(200, doc)
+
+    async def _acme(self) -> tuple[str, list[bytes]]:
+        if not self.cfg.acme.enabled:
+            return "", []
+        try:
+            doc = json.loads(await asyncio.to_thread(read_evidence, self.cfg.state_dir))
+            keys = [bytes.fromhex(k["spki_sha256"]) for k in doc.get("certificate_keys", [])]
+            return str(doc.get("account_uri") or ""), keys
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("ACME evidence unreadable, attesting without it: %s", e)
+            return "", []
+
+
+def make_endpoint(cfg: Config, holder: StoreHolder, runtime: Runtime) -> AttestationEndpoint | None:
+    """The worker's endpoint with its gate over the runtime's provider (None: disabled).
+
+    The address it names comes from the unsealed key, as the certificate's does. A worker
+    that could not unseal it (the supervisor could a moment ago) attests no address: a
+    verifier then sees the certificate and the evidence disagree and refuses, instead of
+    trusting an address this process cannot sign with.
+    """
+    if not cfg.attestation.endpoint:
+        return None
+    a = cfg.attestation
+    provider = runtime.provider
+    gate = QuoteGate(provider, rate=a.quote_rate, burst=a.quote_burst) if provider else None
+    return AttestationEndpoint(cfg, holder, gate, signing_address=runtime.signing_address)
