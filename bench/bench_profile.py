@@ -1,0 +1,100 @@
+"""--profile: an extra, unreported run of (a) with `py-spy record` attached to teeproxy
+(--subprocesses, 100 Hz); writes bench/profile_a.txt (top frames by self and inclusive
+time, summarize_folded) and bench/profile_a.folded (py-spy's collapsed stacks). Entry: run().
+
+Not named profile.py: bench/ is first on sys.path, so that would shadow the standard
+library's `profile` module (which cProfile imports) in the whole run."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import procs
+import wrk
+from harness import BENCH_DIR, WRK, Target
+
+
+def run(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path) -> Path:
+    """An extra run of (a) with py-spy attached to teeproxy; top frames to a text file."""
+    assert target.proc is not None  # noqa: S101
+    raw = tmp / "profile.folded"
+    duration = max(5, round(args.duration))
+    spy = procs.Proc(
+        "py-spy",
+        [
+            *(pyspy, "record", "--pid", str(target.proc.pid), "--subprocesses"),
+            *("--rate", "100", "--format", "raw"),
+            *("--duration", str(duration), "-o", str(raw)),
+        ],
+        tmp / "py-spy.log",
+    )
+    try:
+        time.sleep(1.0)  # py-spy attaches
+        res = wrk.run(
+            target.url + "/small",
+            duration=duration - 2,
+            threads=args.threads,
+            connections=args.connections,
+            wrk=WRK,
+        )
+        spy.popen.wait(timeout=duration + 30)
+    finally:
+        spy.stop(timeout=5, sig=signal.SIGINT)
+    if not raw.exists():
+        raise RuntimeError(f"py-spy wrote no profile:\n{spy.log_tail()}")
+    out = BENCH_DIR / "profile_a.txt"
+    out.write_text(
+        summarize_folded(
+            raw.read_text(),
+            header=f"py-spy profile of teeproxy (workers=1) during test (a): "
+            f"{res.requests_per_s:.0f} req/s while sampled (100 Hz)\n",
+        )
+    )
+    shutil.copy(raw, BENCH_DIR / "profile_a.folded")
+    return out
+
+
+_IDLE_LEAF = re.compile(r"^_worker \(concurrent/futures/thread\.py:\d+\)$")
+_PROCESS_FRAME = re.compile(r'^(?:process \d+:"[^"]*"(?:;|$))+')
+
+
+def summarize_folded(text: str, header: str, top: int = 40) -> str:
+    """Self and inclusive sample counts per frame from py-spy's collapsed-stack output."""
+    own: Counter[str] = Counter()
+    incl: Counter[str] = Counter()
+    total = idle = 0
+    for line in text.splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        # With --subprocesses the stack starts with 'process PID:"CMDLINE"' frames (supervisor,
+        # then worker), whose command lines may contain ';'.
+        stack = _PROCESS_FRAME.sub("", stack)
+        frames = [f for f in stack.split(";") if f]
+        if not frames or _IDLE_LEAF.match(frames[-1]):
+            idle += count
+            continue
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            incl[frame] += count
+    if total == 0:
+        return header + "no samples (was teeproxy busy?)\n"
+    lines = [
+        header,
+        f"samples: {total} (left out: {idle} of idle thread-pool threads waiting for work, "
+        "which py-spy does not recognise as idle)",
+        "",
+        f"top {top} frames by own (self) time:",
+    ]
+    lines += [f"{100 * n / total:6.2f}%  {frame}" for frame, n in own.most_common(top)]
+    lines += ["", f"top {top} frames by inclusive time:"]
+    lines += [f"{100 * n / total:6.2f}%  {frame}" for frame, n in incl.most_common(top)]
+    return "\n".join(lines) + "\n"
