@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import math
 import statistics
 import time
@@ -25,6 +26,11 @@ import clients
 import configs
 import wrk
 from harness import RX_ON, Results, Target, ensure_alive, guarded, log, run_wrk
+
+from certmgr.errors import ReceiptError
+from certmgr.receipts.format import Receipt
+from certmgr.receipts.signing import SigningKey, sign_receipt
+from certmgr.receipts.verify import verify_receipt
 
 
 def _expects_receipt(target: Target) -> bool:
@@ -78,9 +84,6 @@ def check_receipt(
 ) -> str:
     """Verify a receipt (header or JSON form) against the exact bodies sent and received,
     and its signer against the address teeproxy published; raises if it does not verify."""
-    from certmgr.receipts.format import Receipt  # noqa: PLC0415
-    from certmgr.errors import ReceiptError
-    from certmgr.receipts.verify import verify_receipt
 
     signer = signer_address(target)
     if signer is None:
@@ -103,10 +106,6 @@ def check_receipt(
 def signing_cost_ms(rounds: int = 5, count: int = 400) -> float:
     """What one receipt costs in isolation (this Python, no proxy, no I/O): sign_receipt
     over (f1)'s bodies plus the Teeproxy-Receipt encoding; median over rounds of the mean."""
-    import hashlib  # noqa: PLC0415
-
-    from certmgr.receipts.signing import sign_receipt  # noqa: PLC0415
-    from certmgr.receipts.signing import SigningKey  # noqa: PLC0415
 
     key = SigningKey.from_private_bytes(hashlib.sha256(b"teeproxy bench key").digest())
     req = hashlib.sha256(configs.CHAT_REQUEST.encode()).digest()
