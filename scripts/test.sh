@@ -2,7 +2,8 @@
 # Quickstart (b): install everything the tests need on Debian 12 and run the whole suite.
 #   - Debian packages: the real peers the tests run against (see APT_PACKAGES);
 #   - Python: runtime + test tools from requirements-test.lock into .venv;
-#   - then lint (ruff), types (mypy --strict) and every test (pytest).
+#   - then lint (ruff), types (mypy --strict), the import layering (lint-imports: the
+#     contracts in pyproject.toml) and every test (pytest).
 # Extra arguments go to pytest (e.g. scripts/test.sh -k smuggling).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
@@ -39,4 +40,5 @@ fi
 
 echo "== ruff"; "$here/.venv/bin/ruff" check . && "$here/.venv/bin/ruff" format --check .
 echo "== mypy"; "$here/.venv/bin/mypy"
+echo "== import layering"; "$here/.venv/bin/lint-imports" --no-cache
 echo "== pytest"; exec "$here/.venv/bin/python" -m pytest "$@"

@@ -18,7 +18,7 @@ Checks, each failing with its own reason code (:class:`Reason`):
    SHA-256(claims) and report_data[32:] is all zero (DESIGN "Trust formats");
 5. the certificate's validity window contains ``now``; its self-signature verifies;
 6. the TEE is not in debug mode, and is of the expected type when one is required;
-7. the measurement id is allowed, by a :class:`certmgr.policy.model.PolicyCheck` (an
+7. the measurement id is allowed, by a :class:`certmgr.attest.policycheck.PolicyCheck` (an
    allowlist file, or the on-chain policy);
 8. the ``"signing-address"`` claim (the receipt signing key, :mod:`certmgr.receipts.signing`), when
    present, is ``0x`` + 40 lowercase hex: :attr:`Verdict.signing_address` (20 bytes). A
@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
+from certmgr.attest.policycheck import PolicyCheck
 from certmgr.attest.quote import parse_evidence as parse_quote_bytes
 from certmgr.attest.ratls import (
     RaTlsCert,
@@ -56,7 +57,6 @@ from certmgr.attest.ratls import (
 )
 from certmgr.attest.simulated import verify_simulated_signature
 from certmgr.errors import EvidenceError, QuoteError, RaTlsError, VerifyError
-from certmgr.policy.model import PolicyCheck
 
 __all__ = [
     "KNOWN_TCB_STATUSES",

@@ -1,4 +1,4 @@
-"""An allowlist file as a :class:`certmgr.policy.model.PolicyCheck`: offline measurement policy.
+"""An allowlist file as a :class:`certmgr.attest.policycheck.PolicyCheck` (offline policy).
 
 File format: one hex bytes32 measurement id per line (``0x`` optional), ``#`` comments.
 Compared in constant time. Reading the file is the only I/O (:func:`load_allowlist`).
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from certmgr.attest.measurement import Measurement
+from certmgr.attest.policycheck import CheckResult
 from certmgr.errors import VerifyError
-from certmgr.policy.model import CheckResult
 
 __all__ = ["MAX_ALLOWLIST_SIZE", "AllowlistPolicy", "load_allowlist"]
 

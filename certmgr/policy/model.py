@@ -9,9 +9,9 @@ Owns:
   chain); endpoints that failed or had not reached the block are reported with the reason.
 - :func:`decide`: may this measurement id serve (proxy) or be trusted (verifier) now?
   Fail closed: no snapshot, or one older than ``max_staleness`` seconds, is a denial.
-- :class:`PolicyCheck`: the verifier's question "may this measurement id be trusted?", and
-  :class:`SnapshotPolicy`, which answers it from one snapshot (allowlist files:
-  :mod:`certmgr.policy.allowlist`).
+- :class:`SnapshotPolicy`: the verifier's question "may this measurement id be trusted?"
+  (:class:`certmgr.attest.policycheck.PolicyCheck`) answered from one snapshot (allowlist
+  files: :mod:`certmgr.policy.allowlist`).
 
 The I/O side (AsyncWeb3, one or more RPC endpoints) is :mod:`certmgr.policy.rpc`. The
 measurement id itself (a bytes32 over the TEE type and its launch/runtime measurements) is
@@ -23,17 +23,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from certmgr.attest.measurement import Measurement
+from certmgr.attest.policycheck import CheckResult
 from certmgr.errors import PolicyError
 
 __all__ = [
     "MAX_LABEL_BYTES",
     "MAX_MEASUREMENTS",
-    "CheckResult",
     "EndpointResult",
-    "PolicyCheck",
     "PolicyDecision",
     "PolicySnapshot",
     "PolicyStatus",
@@ -251,31 +249,10 @@ def decide(
     )
 
 
-# -- the verifier's question -------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """A :class:`PolicyCheck`'s answer: allowed or not, and why."""
-
-    allowed: bool
-    reason: str = ""
-
-
-class PolicyCheck(Protocol):
-    """Decides whether a measurement may serve (allowlist file, on-chain contract, ...).
-
-    Called synchronously with the measurement id (bytes32,
-    :func:`certmgr.attest.measurement.measurement_id`) and the parsed measurement; an
-    on-chain implementation answers from its current snapshot.
-    """
-
-    def __call__(self, mid: bytes, measurement: Measurement, /) -> CheckResult: ...
-
-
 @dataclass(frozen=True, slots=True)
 class SnapshotPolicy:
-    """A verifier policy check (a :class:`PolicyCheck`) answering from one snapshot.
+    """A verifier policy check (a :class:`certmgr.attest.policycheck.PolicyCheck`)
+    answering from one snapshot.
 
     Built by :func:`certmgr.policy.rpc.policy_from_chain` before a connection; a missing
     snapshot (no quorum) denies every measurement with the reason.

@@ -22,6 +22,7 @@ from certmgr.attest.collateral import CollateralCache, collateral_next_update, l
 from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_evidence_json
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import Measurement, TeeType, measurement_id
+from certmgr.attest.policycheck import CheckResult, PolicyCheck
 from certmgr.attest.ratls import GRAMINE_LEGACY_OID, RATLS_OID, report_data_for_claims
 from certmgr.attest.simulated import build_simulated_quote
 from certmgr.attest.verify import (
@@ -35,7 +36,6 @@ from certmgr.attest.verify import (
 )
 from certmgr.errors import EvidenceError, VerifyError
 from certmgr.policy.allowlist import AllowlistPolicy, load_allowlist
-from certmgr.policy.model import CheckResult, PolicyCheck
 from tests.unit.certmgr.attest_helpers import (
     DEV_KEY,
     DEV_KEY_RAW,
