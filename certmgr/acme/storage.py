@@ -30,7 +30,14 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certmgr.errors import IssuedCertError
-from certmgr.keys import Sealer, atomic_write, load_sealed_key, spki_sha256, store_sealed_key
+from certmgr.keys import (
+    Sealer,
+    atomic_write,
+    generate_p256,
+    load_sealed_key,
+    spki_sha256,
+    store_sealed_key,
+)
 from certmgr.log import acme_log as log
 
 __all__ = [
@@ -124,8 +131,6 @@ class AcmeStore:
         return self.root / "accounts" / hashlib.sha256(directory.encode()).hexdigest()[:16]
 
     def account_key(self, directory: str, generate: bool = True) -> ec.EllipticCurvePrivateKey:
-        from certmgr.keys import generate_p256  # noqa: PLC0415
-
         path = self._account_dir(directory) / "account.key.sealed"
         if path.exists():
             return load_sealed_key(path, self.sealer)

@@ -70,11 +70,13 @@ def _setup(
     signers: tuple[tuple[bytes, bytes], ...] = (),
 ) -> tuple[Any, str, str]:
     """Build the chain, the owner keystore, the contract (blocking: runs in a thread)."""
+    # py-evm and eth-tester take about a second to import (many files): imported here, in
+    # the thread that builds the chain, never on the event loop nor by importing this module.
     with eth_import_guard():
-        from eth_account import Account  # noqa: PLC0415
+        from eth_account import Account  # noqa: PLC0415 - see above
         from eth_tester import EthereumTester, PyEVMBackend  # type: ignore[import-untyped]  # noqa: PLC0415
-        from web3 import Web3  # noqa: PLC0415
-        from web3.providers.eth_tester import EthereumTesterProvider  # noqa: PLC0415
+        from web3 import Web3  # noqa: PLC0415 - see above
+        from web3.providers.eth_tester import EthereumTesterProvider  # noqa: PLC0415 - see above
 
     tester = EthereumTester(PyEVMBackend())
     w3 = Web3(EthereumTesterProvider(tester))

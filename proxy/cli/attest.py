@@ -60,7 +60,7 @@ MAX_RESPONSE = 512 * 1024
 def _options(args: argparse.Namespace) -> Any:
     keys = tuple(load_dev_key(Path(p).read_bytes()) for p in args.trust_dev_key or ())
     policy: Any = load_allowlist(args.allowlist) if args.allowlist else None
-    if getattr(args, "policy_rpc", None):  # issue 5: the on-chain policy, k-of-n RPC quorum
+    if getattr(args, "policy_rpc", None):  # the on-chain policy, k-of-n RPC quorum
         from certmgr.policy.rpc import policy_from_chain  # noqa: PLC0415 - web3: slow import
 
         if not args.policy_address:

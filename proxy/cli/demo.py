@@ -79,7 +79,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 async def _demo(cfg: Config, sock: Path, rate: float) -> int:
     # After PROMETHEUS_MULTIPROC_DIR is set (proxy.cli.main's docstring says why).
-    from proxy.control.supervisor import Supervisor  # noqa: PLC0415
+    from proxy.control.supervisor import Supervisor  # noqa: PLC0415 - prometheus_client
 
     runner, _url = await start_demo_backend(
         DemoBackendConfig(tokens_per_second=rate), unix_path=str(sock)

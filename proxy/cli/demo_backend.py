@@ -472,7 +472,7 @@ async def _serve(cfg: DemoBackendConfig, host: str, port: int, unix_path: str | 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     try:
-        import uvloop  # noqa: PLC0415  (optional dependency)
+        import uvloop  # noqa: PLC0415 - an optional dependency
     except ImportError:
         return None
     return uvloop.new_event_loop

@@ -38,7 +38,7 @@ def serve_config(cfg: Config, config_path: str | None) -> int:
     metrics_dir = with_metrics_dir()
     try:
         # After PROMETHEUS_MULTIPROC_DIR is set (see the module docstring).
-        from proxy.control.supervisor import Supervisor  # noqa: PLC0415
+        from proxy.control.supervisor import Supervisor  # noqa: PLC0415 - prometheus_client
 
         install_uvloop()
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,8 +1,10 @@
-"""``teeproxy policy ...``: the operator CLI for the MeasurementPolicy contract (issue 5).
+"""``teeproxy policy ...``: the operator CLI for the MeasurementPolicy contract.
+
+See docs/GOVERNANCE.md.
 
 Subcommands: ``create-keystore``, ``deploy``, ``allow``, ``revoke``, ``replace``, ``list``,
 ``status``, ``set-guardian``, ``transfer-ownership``, ``accept-ownership``; and for receipts
-(issue 6, docs/GOVERNANCE.md "Receipt signers"): ``register-signer https://HOST``,
+(docs/GOVERNANCE.md "Receipt signers"): ``register-signer https://HOST``,
 ``unregister-signer ADDRESS``, ``signer ADDRESS``.
 
 ``register-signer`` never takes an address or a measurement id from the operator: it first
@@ -41,6 +43,7 @@ from typing import Any
 
 from certmgr.attest.verify import Reason
 from certmgr.errors import PolicyError
+from certmgr.eth import eth_import_guard
 from certmgr.keys import atomic_write
 from certmgr.policy.model import parse_measurement_id
 from proxy.cli.attest import add_attest_options, attest
@@ -124,8 +127,6 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from certmgr.eth import eth_import_guard  # noqa: PLC0415
-
     with eth_import_guard():  # web3 and eth-account raise the recursion limit on import
         import eth_account  # noqa: F401, PLC0415 - eth stack: slow import
         import web3  # noqa: F401, PLC0415 - web3: slow import

@@ -122,8 +122,8 @@ class AcmeManager:
         if self._issuer is None:
             # The acme library (and requests) load many files: step() imported them in a
             # thread first, so these imports are dictionary lookups.
-            from certmgr.acme.caa import caa_checker  # noqa: PLC0415
-            from certmgr.acme.client import AcmeIssuer  # noqa: PLC0415
+            from certmgr.acme.caa import caa_checker  # noqa: PLC0415 - see above
+            from certmgr.acme.client import AcmeIssuer  # noqa: PLC0415 - see above
 
             publisher = StateDirPublisher(
                 self.cfg.state_dir,
@@ -186,7 +186,7 @@ class AcmeManager:
         if not decision.renew:
             return decision.at
         if self._may_order is not None and not self._may_order():
-            # Issue 5: a build the policy does not allow requests no certificate.
+            # docs/GOVERNANCE.md: a build the policy does not allow requests no certificate.
             log.warning(
                 "ACME: not ordering (%s): governance does not allow this build", decision.reason
             )

@@ -25,7 +25,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from multiprocessing.process import BaseProcess
 
 from prometheus_client import multiprocess
 
@@ -67,7 +67,7 @@ class Supervisor:
         self.cfg = cfg
         self.config_path = config_path
         self._ctx = multiprocessing.get_context("spawn")
-        self._workers: list[tuple[Any, multiprocessing.connection.Connection]] = []
+        self._workers: list[tuple[BaseProcess, multiprocessing.connection.Connection]] = []
         self._reserved: list[socket.socket] = []
         self._stopping = False
         self._configured_server = cfg.server  # as written, before ports are resolved

@@ -66,8 +66,6 @@ def acme_store_parts(
     """
     if not cfg.acme.enabled:
         return [], {}
-    from certmgr.acme.storage import AcmeStore  # noqa: PLC0415
-
     now = now or dt.datetime.now(dt.UTC)
     entries: list[CertEntry] = []
     stored = AcmeStore(cfg.state_dir, sealer).load_usable(cfg.acme.names, now)
