@@ -8,7 +8,7 @@ Subcommands: ``create-keystore``, ``deploy``, ``allow``, ``revoke``, ``replace``
 ``unregister-signer ADDRESS``, ``signer ADDRESS``.
 
 ``register-signer`` never takes an address or a measurement id from the operator: it first
-verifies the proxy's attestation exactly as ``teeproxy verify`` does (``proxy.cli_attest.attest``:
+verifies the proxy's attestation exactly as ``teeproxy verify`` does (``proxy.cli.attest.attest``:
 the RA-TLS certificate, then fresh evidence over the same connection, with the same trust
 options), refuses unless that verdict is trusted, and registers the signing address and the
 measurement id the verified attestation names. With no measurement option of its own

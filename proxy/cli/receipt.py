@@ -1,6 +1,6 @@
 """``teeproxy receipt verify``: check a signed receipt against the exact bodies (client side).
 
-Wraps :func:`certmgr.receipt.verify_receipt` (docs/RECEIPTS.md "Verifying off chain"): the
+Wraps :func:`certmgr.receipts.verify.verify_receipt` (docs/RECEIPTS.md "Verifying off chain"): the
 SHA-256 of the request and response bodies are recomputed here from the files (a hash
 carried by the receipt is never trusted), then the measurement id, the signature (ecrecover
 rules, EIP-2 low ``s``) and the signer are checked.
@@ -9,7 +9,7 @@ Where the expected signer comes from decides what a valid receipt proves:
 
 - ``--attest https://HOST[:PORT]`` (the strong form): the proxy's RA-TLS certificate and
   fresh evidence are verified first, exactly as ``teeproxy verify`` does with the same trust
-  options (:func:`proxy.cli_attest.attest`); the attestation must be trusted and name a
+  options (:func:`proxy.cli.attest.attest`); the attestation must be trusted and name a
   signing address. That address and the attested measurement id become the expectations.
 - ``--signer 0xADDR``: the caller vouches for the address (for example one registered on
   chain); ``--measurement`` then adds the measurement check, without it the receipt's
