@@ -131,8 +131,18 @@ def backend_nginx_conf(
             proxy_read_timeout 3600s;
         }}
         location = {CHAT_PATH} {{
+            # Without ?events=N, a small JSON completion (test f); with it, a streamed chat
+            # completion from the SSE server (test g). ("return" inside "if" ends the
+            # request there; a bare "return" would run whatever an "if" matched.)
             default_type application/json;
-            return 200 {_q(CHAT_RESPONSE)};
+            if ($arg_events = "") {{
+                return 200 {_q(CHAT_RESPONSE)};
+            }}
+            proxy_pass http://sse;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
         }}
         location = {STREAM_PATH} {{
             proxy_pass http://sse;
@@ -201,6 +211,10 @@ def proxy_nginx_conf(
             proxy_buffering off;
         }}
         location = {STREAM_PATH} {{
+            proxy_pass http://backend;
+            proxy_buffering off;
+        }}
+        location = {CHAT_PATH} {{
             proxy_pass http://backend;
             proxy_buffering off;
         }}

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import clients
 import configs
@@ -43,7 +43,7 @@ PROXIES = ("nginx", "teeproxy")
 # Test (f): nginx, and teeproxy with the simulated attestation provider, receipts off / on.
 RX_OFF, RX_ON = "teeproxy-off", "teeproxy-on"
 RX_TARGETS = ("nginx", RX_OFF, RX_ON)
-ALL_TESTS = "abcdef"
+ALL_TESTS = "abcdefg"
 T = TypeVar("T")
 
 
@@ -92,6 +92,7 @@ class Results:
     # (f) per round: ("f1", target) -> p50 latency; ("f2", target) -> p50 end after last event
     rx_round_p50: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     rx_sign_ms: float | None = None  # (f) one signature + header encoding, in this process
+    llm: dict[tuple[int, str], Any] = field(default_factory=dict)  # (g) (streams, target)
     errors: dict[str, list[str]] = field(default_factory=dict)  # target -> messages
     notes: list[str] = field(default_factory=list)
     profile_file: Path | None = None

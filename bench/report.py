@@ -12,6 +12,7 @@ import shlex
 import statistics
 import sys
 
+import bench_llm
 import clients
 import configs
 from harness import PROXIES, REPO, RX_OFF, RX_ON, RX_TARGETS, Results
@@ -23,6 +24,7 @@ TARGETS = {
     "d": ("added p99 delay", "<= 2 ms"),
     "e": ("KiB per idle stream", "<= 40 KiB"),
     "f": ("latency signing adds per request", "reported, no target"),
+    "g": ("LLM load: CPU per event, added p99 delay and TTFB", ">= 0.8, <= 2 ms, <= 10 ms"),
 }
 
 
@@ -212,6 +214,78 @@ def _receipt_section(results: Results, args: argparse.Namespace) -> list[str]:
     return out
 
 
+def _llm_summary_rows(results: Results, args: argparse.Namespace) -> list[str]:
+    """(g) at --llm-streams: CPU efficiency, added delay and TTFB, streams sustained."""
+    n = args.llm_streams
+    label = f"(g) LLM {n} streams x {args.llm_rate:g}/s"
+    rows: list[str] = []
+
+    def cpu(target: str) -> float | None:
+        r = results.llm.get((n, target))
+        return r.cpu_us_per_event if r is not None else None
+
+    ngx = cpu("nginx")
+    for target, tag in (("teeproxy-off", "receipts off"), ("teeproxy-on", "receipts on")):
+        tee = cpu(target)
+        eff = _ratio(ngx, tee)  # nginx's CPU per event / teeproxy's: 1.0 = as efficient
+        rows.append(
+            f"| {label} | CPU us per event, {tag} (ratio: nginx/teeproxy) | {_fmt(ngx, 1)} | "
+            f"{_fmt(tee, 1)} | {_fmt(eff, 2)} | >= 0.8 | "
+            f"{_status(None if eff is None else eff >= 0.8)} |"
+        )
+    for metric, what, bound_off, bound_on in (
+        ("delay_ms", "added p99 delay ms", args.llm_bound, args.llm_bound + 1.0),
+        ("ttfb_ms", "added p99 time to first byte ms", 10.0, 10.0),
+    ):
+        ngx_v = bench_llm.added(results, n, "nginx", metric, "p99")
+        for target, tag, bound in (
+            ("teeproxy-off", "receipts off", bound_off),
+            ("teeproxy-on", "receipts on", bound_on),
+        ):
+            tee_v = bench_llm.added(results, n, target, metric, "p99")
+            rows.append(
+                f"| {label} | {what}, {tag} | {_fmt(ngx_v, 2)} | {_fmt(tee_v, 2)} | | "
+                f"<= {bound:g} ms | {_status(None if tee_v is None else tee_v <= bound)} |"
+            )
+    if args.llm_scale:
+        cells = []
+        for target in ("nginx", "teeproxy-off", "teeproxy-on"):
+            best = bench_llm.sustained(results, target, args.llm_bound)
+            cells.append(f"{target} {best if best is not None else 'none'}")
+        rows.append(
+            f"| (g) LLM scaling | streams sustained with added p99 <= {args.llm_bound:g} ms "
+            f"| {cells[0]} | {cells[1]}, {cells[2]} | | reported | |"
+        )
+    return rows
+
+
+def _llm_section(results: Results, args: argparse.Namespace) -> list[str]:
+    out = ["", "### LLM-shaped load (g)", ""]
+    out += [
+        f"{args.llm_events} events per stream at {args.llm_rate:g} events/s, stream starts "
+        f"spread over {args.llm_spread:g} s, chat.completion.chunk events of about 210 bytes "
+        "(`bench/llm_client.py` in its own process). Added = the target's percentile minus "
+        "`direct`'s at the same number of streams. CPU = the proxy's whole process tree.",
+        "",
+        "| streams | target | events | failures | delay p50 ms | delay p99 ms | "
+        "added p99 ms | TTFB p50 ms | TTFB p99 ms | added TTFB p99 ms | CPU us/event |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (n, target), r in sorted(results.llm.items()):
+        add = bench_llm.added(results, n, target, "delay_ms", "p99")
+        add_t = bench_llm.added(results, n, target, "ttfb_ms", "p99")
+        out.append(
+            f"| {n} | {target} | {r.events:,}/{r.events_expected:,} | {r.failures} | "
+            f"{_fmt(r.delay_ms['p50'], 2)} | {_fmt(r.delay_ms['p99'], 2)} | "
+            f"{'' if target == 'direct' else _fmt(add, 2)} | {_fmt(r.ttfb_ms['p50'], 2)} | "
+            f"{_fmt(r.ttfb_ms['p99'], 2)} | {'' if target == 'direct' else _fmt(add_t, 2)} | "
+            f"{'' if target == 'direct' else _fmt(r.cpu_us_per_event, 1)} |"
+        )
+        if r.first_failures:
+            out.append(f"|  | failures: {'; '.join(r.first_failures[:3])} | | | | | | | | | |")
+    return out
+
+
 def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]]) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     cmd = " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv])
@@ -327,6 +401,8 @@ def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]
     )
     if "f" in args.tests:
         out += _receipt_summary_rows(results)
+    if "g" in args.tests:
+        out += _llm_summary_rows(results, args)
 
     # Raw numbers.
     out += ["", "## Raw numbers", "", "### wrk (a) (b) (c) (f)", ""]
@@ -386,6 +462,8 @@ def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]
         )
     if "f" in args.tests:
         out += _receipt_section(results, args)
+    if "g" in args.tests:
+        out += _llm_section(results, args)
     if results.profile_file is not None:
         out += ["", f"Profile of test (a): `{results.profile_file.relative_to(REPO)}`"]
     if results.errors:

@@ -9,6 +9,8 @@ TLS-terminating reverse proxy and teeproxy in front of it, measures
   (e) memory per open idle stream                2,000 streams           KiB/stream
   (f) latency signing adds per request           sequential POSTs, wrk POST, SSE streams
       (teeproxy with signed receipts on vs off, nginx as the peer)  ms added, req/s
+  (g) LLM-shaped load: 512 streamed chat completions at 25 events/s (then scaled up),
+      receipts off and on          CPU per 1,000 events, added p50/p99 delay and TTFB
 
 and writes a Markdown report to bench/RESULTS.md. See bench/README.md.
 
@@ -16,7 +18,8 @@ and writes a Markdown report to bench/RESULTS.md. See bench/README.md.
     /tmp/venv/bin/python bench/run.py --quick    # smoke run, ~1.5-2 minutes
 
 This file owns the command line and the order of the run; the tests are bench_wrk.py
-(a, b, c), bench_sse.py (d), bench_memory.py (e), bench_receipts.py (f) and
+(a, b, c), bench_sse.py (d), bench_memory.py (e), bench_receipts.py (f), bench_llm.py (g)
+and
 bench_profile.py (--profile), what they share is in harness.py, the report in report.py.
 """
 
@@ -36,6 +39,7 @@ from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_llm
 import bench_memory
 import bench_profile
 import bench_receipts
@@ -100,6 +104,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="(f) rounds over the targets (rotating order, samples pooled) [5; quick 2]",
     )
     p.add_argument(
+        "--llm-streams", type=int, default=None, help="(g) concurrent streams [512; quick 128]"
+    )
+    p.add_argument("--llm-rate", type=float, default=25.0, help="(g) events/s per stream")
+    p.add_argument("--llm-events", type=int, default=None, help="(g) events per stream [100]")
+    p.add_argument("--llm-spread", type=float, default=1.0, help="(g) seconds to start all")
+    p.add_argument(
+        "--llm-scale",
+        default=None,
+        help="(g) comma-separated stream counts to scale through [64,128,256,512,768,1024; "
+        "quick: none]",
+    )
+    p.add_argument("--llm-bound", type=float, default=2.0, help="(g) added p99 delay bound, ms")
+    p.add_argument(
         "--teeproxy-cmd",
         default=None,
         help="command that starts teeproxy (before 'serve --config FILE'); default: the "
@@ -141,6 +158,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rx_streams = 60 if args.quick else 300
     if args.rx_rounds is None:
         args.rx_rounds = 2 if args.quick else 5
+    if args.llm_streams is None:
+        args.llm_streams = 128 if args.quick else 512
+    if args.llm_events is None:
+        args.llm_events = 40 if args.quick else 100
+    if args.llm_scale is None:
+        args.llm_scale = "" if args.quick else "64,128,256,512,768,1024"
+    try:
+        args.llm_scale = [int(x) for x in args.llm_scale.split(",") if x.strip()]
+    except ValueError:
+        p.error("--llm-scale takes comma-separated integers")
+    if min([args.llm_streams, args.llm_events, *args.llm_scale]) < 1 or args.llm_rate <= 0:
+        p.error("--llm-streams, --llm-events, --llm-scale and --llm-rate must be > 0")
     args.warmup = 1.0 if args.quick else 2.0
     args.proxies = [x.strip() for x in args.proxies.split(",") if x.strip()]
     unknown = set(args.proxies) - set(PROXIES)
@@ -214,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             variants: list[tuple[str, bool | None]] = []
             if set(args.tests) - {"f"}:  # tests a-e use the default configuration
                 variants.append(("teeproxy", None))
-            if "f" in args.tests:
+            if {"f", "g"} & set(args.tests):
                 variants += [(RX_OFF, False), (RX_ON, True)]
             for name, receipts in variants:
                 tee_target = harness.start_teeproxy(
@@ -233,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                     targets[name] = tee_target
         proxies = [targets[n] for n in PROXIES if n in targets]
         rx = [targets[n] for n in RX_TARGETS if n in targets] if "f" in args.tests else []
-        rx_only = [t for t in rx if t not in proxies]
+        extra = [targets[n] for n in (RX_OFF, RX_ON) if n in targets]
+        rx_only = [t for t in extra if t not in proxies]
 
         for t in rx_only:
             harness.guarded(results, t.name, "warm-up", partial(harness.warm_up, t, args))
@@ -255,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_wrk.run(targets["direct"], proxies, args, results)  # those of a, b, c selected
         if rx:
             bench_receipts.run(rx, args, results, tmp)
+        if "g" in args.tests:
+            bench_llm.run(targets, args, results, certs.ca_file)
         if args.profile and "teeproxy" in targets:
             if pyspy is None:
                 results.notes.append("--profile skipped: py-spy not installed")

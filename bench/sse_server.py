@@ -15,6 +15,9 @@ chunked responses:
   ``data: {"id":...,"model":...,"choices":[...],"t":<unix_time_float>}``, each its own chunk
   on the same schedule as ``/sse`` (``t`` taken right before the write), then
   ``data: [DONE]`` and the end of the body (test (f) of the benchmark).
+* ``POST /v1/chat/completions?events=N&interval=S`` -- the same, shaped like OpenAI chat
+  completion chunks (``chat.completion.chunk`` with a ``delta``, about 210 bytes each):
+  test (g), LLM-shaped load.
 
 Run: ``python bench/sse_server.py --host 127.0.0.1 --port 0`` -- prints
 ``LISTENING <port>`` on stdout once bound.
@@ -36,6 +39,7 @@ MAX_EVENTS = 1_000_000
 MAX_HEADER_BYTES = 16384
 MAX_BODY_BYTES = 1024 * 1024
 STREAM_PATH = "/v1/completions"
+CHAT_STREAM_PATH = "/v1/chat/completions"
 
 SSE_HEAD = (
     b"HTTP/1.1 200 OK\r\n"
@@ -119,6 +123,19 @@ async def _completion_stream(writer: asyncio.StreamWriter, events: int, interval
     await _paced(writer, events, interval, _completion_event, _chunk(b"data: [DONE]\n\n"))
 
 
+def _chat_event(seq: int) -> bytes:
+    return _chunk(
+        b'data: {"id":"chatcmpl-bench0001","object":"chat.completion.chunk",'
+        b'"created":1700000000,"model":"bench-model","system_fingerprint":"fp_bench",'
+        b'"choices":[{"index":0,"delta":{"content":" token%d"},"logprobs":null,'
+        b'"finish_reason":null}],"t":%.6f}\n\n' % (seq, time.time())
+    )
+
+
+async def _chat_stream(writer: asyncio.StreamWriter, events: int, interval: float) -> None:
+    await _paced(writer, events, interval, _chat_event, _chunk(b"data: [DONE]\n\n"))
+
+
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes | None:
     """The request body by Content-Length (None: missing, chunked, invalid or too large)."""
     if "transfer-encoding" in headers:
@@ -159,7 +176,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             keep_alive = headers.get("connection", "").lower() != "close"
             url = urlsplit(target)
             query = parse_qs(url.query)
-            if method == "POST" and url.path == STREAM_PATH:
+            if method == "POST" and url.path in (STREAM_PATH, CHAT_STREAM_PATH):
                 body = await _read_body(reader, headers)
                 shape = _stream_query(query)
                 if body is None:
@@ -167,6 +184,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     keep_alive = False
                 elif shape is None:
                     writer.write(_simple("400 Bad Request", b"bad query\n", keep_alive))
+                elif url.path == CHAT_STREAM_PATH:
+                    await _chat_stream(writer, *shape)
                 else:
                     await _completion_stream(writer, *shape)
             elif method != "GET":
