@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from certmgr.acme.challenges.dns01 import DnsSettings
 from certmgr.errors import SettingsError
 
 __all__ = [
@@ -31,6 +30,7 @@ __all__ = [
     "KEY_TYPES",
     "PROFILES",
     "AcmeSettings",
+    "DnsSettings",
     "parse_host_port",
     "valid_dns_name",
 ]
@@ -73,6 +73,23 @@ def parse_host_port(value: str, fld: str) -> tuple[str, int]:
     if not (port_s.isascii() and port_s.isdigit()) or not 0 <= int(port_s) <= 65535:
         raise SettingsError(fld, f"port must be 0-65535, got {port_s!r}")
     return host, int(port_s)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """What the RFC 2136 updater (:mod:`certmgr.acme.challenges.dns01`) needs."""
+
+    update_host: str
+    update_port: int
+    key_name: str
+    secret_b64: str
+    algorithm: str = "hmac-sha256"
+    zone: str = ""
+    resolver: tuple[str, int] | None = None
+    auth_port: int = 53
+    ttl: int = 60
+    timeout: float = 5.0
+    propagation_timeout: float = 120.0
 
 
 def _pos(value: float, fld: str) -> None:

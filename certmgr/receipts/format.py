@@ -18,8 +18,8 @@ Owns:
 
 The exact format is documented in ``docs/RECEIPTS.md``; keep the two in step. No I/O here.
 
-The Ethereum libraries are imported inside :func:`certmgr.eth.eth_import_guard` (py_ecc
-raises the process-wide recursion limit on import).
+keccak-256 is pycryptodome's; the Ethereum libraries are not imported (the tests
+cross-check against eth-account's EIP-712 implementation).
 """
 
 from __future__ import annotations
@@ -37,10 +37,6 @@ from typing import Any, Final
 from Crypto.Hash import keccak as _pycryptodome_keccak
 
 from certmgr.errors import ReceiptError
-from certmgr.eth import eth_import_guard
-
-with eth_import_guard():
-    from eth_utils.crypto import keccak
 
 __all__ = [
     "DEFAULT_DOMAIN",
@@ -59,6 +55,7 @@ __all__ = [
     "check_bytes",
     "domain_separator",
     "hash_struct",
+    "keccak256",
     "typed_data_hash",
 ]
 
@@ -68,7 +65,6 @@ RECEIPT_TYPE: Final = (
     "Receipt(bytes32 requestHash,bytes32 responseHash,string model,string responseId,"
     "uint64 timestamp,bytes32 measurementId)"
 )
-RECEIPT_TYPEHASH: Final = keccak(text=RECEIPT_TYPE)
 
 MAX_TEXT_BYTES: Final = 256  # model and response id, UTF-8 encoded
 MAX_TIMESTAMP: Final = 2**64 - 1  # uint64, as in the signed type
@@ -138,16 +134,19 @@ class Domain:
 DEFAULT_DOMAIN: Final = Domain()
 
 
-def _keccak256(data: bytes) -> bytes:
+def keccak256(data: bytes) -> bytes:
     """keccak256 straight from pycryptodome (eth-utils' ``keccak`` wraps the same code with
     about 8 us of dispatch per call; a receipt takes three). Tests compare the two."""
     return _pycryptodome_keccak.new(digest_bits=256, data=data).digest()
 
 
+RECEIPT_TYPEHASH: Final = keccak256(RECEIPT_TYPE.encode())
+
+
 @functools.lru_cache(maxsize=256)
 def _text_hash(text: str) -> bytes:
     """keccak256 of a short UTF-8 string that repeats (the model name): cached."""
-    return _keccak256(text.encode("utf-8"))
+    return keccak256(text.encode("utf-8"))
 
 
 def _uint256(value: int) -> bytes:
@@ -158,15 +157,15 @@ def _uint256(value: int) -> bytes:
 def domain_separator(domain: Domain = DEFAULT_DOMAIN) -> bytes:
     """``hashStruct(eip712Domain)`` (EIP-712 "Definition of domainSeparator"); cached."""
     parts = [
-        keccak(text=domain.type_string()),
-        keccak(text=domain.name),
-        keccak(text=domain.version),
+        keccak256(domain.type_string().encode()),
+        keccak256(domain.name.encode()),
+        keccak256(domain.version.encode()),
     ]
     if domain.chain_id is not None:
         parts.append(_uint256(domain.chain_id))
     if domain.verifying_contract is not None:
         parts.append(b"\x00" * 12 + domain.verifying_contract)
-    return keccak(b"".join(parts))
+    return keccak256(b"".join(parts))
 
 
 def hash_struct(
@@ -191,12 +190,12 @@ def hash_struct(
         timestamp=timestamp,
         measurement_id=measurement_id,
     )
-    return _keccak256(
+    return keccak256(
         RECEIPT_TYPEHASH
         + request_sha256
         + response_sha256
         + _text_hash(model)
-        + _keccak256(response_id.encode("utf-8"))
+        + keccak256(response_id.encode("utf-8"))
         + _uint256(timestamp)
         + measurement_id
     )
@@ -213,7 +212,7 @@ def typed_data_hash(
     domain: Domain = DEFAULT_DOMAIN,
 ) -> bytes:
     """The signed digest: ``keccak256("\\x19\\x01" || domainSeparator || hashStruct(message))``."""
-    return _keccak256(
+    return keccak256(
         b"\x19\x01"
         + domain_separator(domain)
         + hash_struct(

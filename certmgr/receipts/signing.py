@@ -39,7 +39,6 @@ from typing import Final, NoReturn, Protocol, runtime_checkable
 import coincurve
 
 from certmgr.errors import ReceiptError, SealError, SigningKeyError
-from certmgr.eth import eth_import_guard
 from certmgr.keys import Sealer, atomic_write
 from certmgr.log import signing_log as log
 from certmgr.receipts.format import (
@@ -48,14 +47,9 @@ from certmgr.receipts.format import (
     Domain,
     Receipt,
     check_bytes,
+    keccak256,
     typed_data_hash,
 )
-
-with eth_import_guard():
-    from eth_account.signers.local import LocalAccount
-    from eth_keys.datatypes import PrivateKey
-    from eth_utils.crypto import keccak
-    from eth_utils.exceptions import ValidationError as EthValidationError
 
 __all__ = [
     "ADDRESS_FILE",
@@ -93,7 +87,7 @@ class SigningKey:
     def __init__(self, key: coincurve.PrivateKey) -> None:
         self._key = key
         public = key.public_key.format(compressed=False)  # 0x04 || X || Y
-        self._address: bytes = keccak(public[1:])[-20:]
+        self._address: bytes = keccak256(public[1:])[-20:]
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -234,23 +228,25 @@ class DigestSigner(Protocol):
     def sign_digest(self, digest: bytes) -> bytes: ...
 
 
-def _private_key(key: LocalAccount | bytes) -> PrivateKey:
-    if isinstance(key, LocalAccount):
-        raw = bytes(key.key)
-    elif type(key) is bytes:
+def _key_from(key: object) -> SigningKey:
+    """32 raw private-key bytes, or an eth-account ``LocalAccount`` (anything with a 32-byte
+    ``key``, read without importing eth-account), as a :class:`SigningKey`."""
+    if type(key) is bytes:
         raw = key
+    elif isinstance(getattr(key, "key", None), bytes):
+        raw = bytes(key.key)  # type: ignore[attr-defined]  # LocalAccount.key (HexBytes)
     else:
         raise ReceiptError("signing key must be a LocalAccount or 32 private-key bytes")
     if len(raw) != 32:
         raise ReceiptError("a secp256k1 private key is 32 bytes")
     try:
-        return PrivateKey(raw)
-    except (EthValidationError, ValueError):
+        return SigningKey.from_private_bytes(raw)
+    except SigningKeyError:
         raise ReceiptError("not a valid secp256k1 private key") from None
 
 
 def sign_receipt(
-    key: LocalAccount | bytes | DigestSigner,
+    key: DigestSigner | bytes | object,
     *,
     request_sha256: bytes,
     response_sha256: bytes,
@@ -271,21 +267,14 @@ def sign_receipt(
         domain=domain,
     )
     # Not isinstance(key, DigestSigner): a runtime Protocol check costs ~20 us per call.
-    if not isinstance(key, LocalAccount | bytes):
-        sign_digest = getattr(key, "sign_digest", None)
-        if not callable(sign_digest):
-            raise ReceiptError("signing key must be a DigestSigner, a LocalAccount or 32 bytes")
+    sign_digest = getattr(key, "sign_digest", None)
+    if callable(sign_digest):
         signature = sign_digest(digest)
         check_bytes("signature", signature, 65)
-        signer = key.address
+        signer = key.address  # type: ignore[union-attr]  # a DigestSigner
     else:
-        private = _private_key(key)
-        sig = private.sign_msg_hash(digest)
-        r, s, v = sig.r, sig.s, sig.v
-        if s > SECP256K1_N // 2:  # normalise to low s (EIP-2); the backend already does
-            s, v = SECP256K1_N - s, 1 - v
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big") + bytes([v + 27])
-        signer = private.public_key.to_canonical_address()
+        own = _key_from(key)
+        signature, signer = own.sign_digest(digest), own.address
     return Receipt(
         request_sha256=request_sha256,
         response_sha256=response_sha256,

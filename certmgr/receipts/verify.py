@@ -10,16 +10,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import coincurve
+
 from certmgr.attest.measurement import measurement_id
 from certmgr.attest.verify import Verdict
 from certmgr.errors import ReceiptError
-from certmgr.eth import eth_import_guard
-from certmgr.receipts.format import DEFAULT_DOMAIN, SECP256K1_N, Domain, Receipt, check_bytes
-
-with eth_import_guard():
-    from eth_keys.datatypes import Signature
-    from eth_keys.exceptions import BadSignature
-    from eth_utils.exceptions import ValidationError as EthValidationError
+from certmgr.receipts.format import (
+    DEFAULT_DOMAIN,
+    SECP256K1_N,
+    Domain,
+    Receipt,
+    check_bytes,
+    keccak256,
+)
 
 __all__ = ["recover_signer", "verify_attested_receipt", "verify_receipt"]
 
@@ -41,11 +44,13 @@ def recover_signer(digest: bytes, signature: bytes) -> bytes:
         raise ReceiptError("signature r is out of range")
     if not 0 < s <= SECP256K1_N // 2:
         raise ReceiptError("signature s is zero or not low-s (EIP-2)")
-    try:
-        public = Signature(vrs=(v - 27, r, s)).recover_public_key_from_msg_hash(digest)
-    except (BadSignature, EthValidationError, ValueError):
+    try:  # libsecp256k1's recovery, as the EVM's ecrecover precompile does it
+        public = coincurve.PublicKey.from_signature_and_message(
+            signature[:64] + bytes([v - 27]), digest, hasher=None
+        )
+    except (ValueError, TypeError):
         raise ReceiptError("signature does not recover to a public key") from None
-    return public.to_canonical_address()
+    return keccak256(public.format(compressed=False)[1:])[-20:]
 
 
 def verify_receipt(

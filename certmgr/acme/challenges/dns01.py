@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import dns.exception
 import dns.flags
@@ -29,6 +28,7 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
+from certmgr.acme.settings import DnsSettings
 from certmgr.errors import ChallengeError
 from certmgr.log import acme_log as log
 
@@ -42,21 +42,6 @@ def record_name(identifier: str) -> str:
     """The TXT record owner for an identifier (``*.`` dropped, RFC 8555 section 8.4)."""
     base = identifier[2:] if identifier.startswith("*.") else identifier
     return f"_acme-challenge.{base.rstrip('.')}."
-
-
-@dataclass(frozen=True, slots=True)
-class DnsSettings:
-    update_host: str
-    update_port: int
-    key_name: str
-    secret_b64: str
-    algorithm: str = "hmac-sha256"
-    zone: str = ""
-    resolver: tuple[str, int] | None = None
-    auth_port: int = 53
-    ttl: int = 60
-    timeout: float = 5.0
-    propagation_timeout: float = 120.0
 
 
 def make_resolver(resolver: tuple[str, int] | None, timeout: float) -> dns.resolver.Resolver:
