@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ from proxy.log import setup_logging
 from proxy.runtime import install_uvloop, with_metrics_dir
 from proxy.tasks import spawn
 
-__all__ = ["add_parser", "cmd_demo", "demo_governance_text"]
+__all__ = ["add_parser", "cmd_demo", "demo_governance_text", "runnable", "teeproxy_command"]
 
 
 def _demo_state_dir() -> Path:
@@ -101,10 +102,35 @@ def demo_governance_text(cfg: Config, measurement_id: bytes | None) -> str:
     return demo_banner(cfg, measurement_id)
 
 
+def teeproxy_command() -> str:
+    """How to run ``teeproxy`` from a shell: the bare name when that is this installation,
+    else the full path of its script (``scripts/demo.sh`` installs into a venv that is not
+    on PATH, and a banner of commands that fail with "command not found" helps nobody)."""
+    here = Path(sys.executable).parent / "teeproxy"
+    found = shutil.which("teeproxy")
+    if found is not None and (not here.exists() or Path(found).resolve() == here.resolve()):
+        return "teeproxy"
+    return (
+        shlex.quote(str(here)) if here.exists() else f"{shlex.quote(sys.executable)} -m proxy.cli"
+    )
+
+
+def runnable(text: str, command: str) -> str:
+    """The banner with every command line that starts with ``teeproxy`` made runnable."""
+    if command == "teeproxy":
+        return text
+    return "\n".join(
+        line.replace("teeproxy ", command + " ", 1)
+        if line.lstrip().startswith("teeproxy ")
+        else line
+        for line in text.split("\n")
+    )
+
+
 def _print_demo_banner(cfg: Config, port: int, measurement_id: bytes | None = None) -> None:
     root = Path(cfg.state_dir) / "dev-ca" / "root.pem"
     url = f"https://localhost:{port}"
-    print(
+    banner = runnable(
         f"""
 teeproxy demo is running: {url}
   backend: built-in OpenAI-compatible demo model (streams tokens)
@@ -121,8 +147,9 @@ Python clients: SSL_CERT_FILE={root} (or pass the file as the CA bundle).
 {demo_governance_text(cfg, measurement_id)}{demo_attestation_text(cfg, port)}
 Press Ctrl-C to stop.
 """,
-        flush=True,
+        teeproxy_command(),
     )
+    print(banner, flush=True)
 
 
 def add_parser(sub: Any) -> None:

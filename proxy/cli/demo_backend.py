@@ -11,6 +11,10 @@ OpenAI-compatible routes:
 * ``GET /v1/models`` -> an OpenAI model list holding the one configured model
 * ``POST /v1/chat/completions`` -> chat completion, streamed as SSE when ``stream`` is true
 * ``POST /v1/completions`` -> legacy text completion (``prompt`` string or list of strings)
+* ``POST /v1/embeddings`` -> one deterministic unit vector per input (``input`` a string or a
+  non-empty list of strings; ``dimensions`` 1..4096, default 64; ``encoding_format``
+  ``float`` or ``base64`` (little-endian float32, as OpenAI encodes it)); the same text always
+  gives the same vector (SHA-256 in counter mode, mapped to [-1, 1), normalised)
 
 Generation is deterministic: the reply cycles through ``You said: <words of the last user
 message>``, one word plus a trailing space per token. Without ``max_tokens`` (or
@@ -39,12 +43,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import itertools
 import json
 import logging
 import math
 import secrets
 import signal
+import struct
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -208,6 +215,51 @@ def _parse_prompt(body: dict[str, Any]) -> tuple[list[str], int]:
     return words, len(words)
 
 
+MAX_EMBEDDING_DIMENSIONS: Final = 4096
+MAX_EMBEDDING_INPUTS: Final = 2048
+
+
+def embedding(text: str, dimensions: int) -> list[float]:
+    """A deterministic unit vector for ``text`` (no model: a stand-in with the right shape)."""
+    raw = b"".join(
+        hashlib.sha256(b"%d:" % i + text.encode("utf-8")).digest()
+        for i in range((dimensions * 4 + 31) // 32)
+    )
+    values = [
+        int.from_bytes(raw[4 * k : 4 * k + 4], "little") / 2**31 - 1.0 for k in range(dimensions)
+    ]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
+def _parse_embedding_request(body: dict[str, Any]) -> tuple[list[str], int, str]:
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [items]
+    if (
+        not isinstance(items, list)
+        or not items
+        or len(items) > MAX_EMBEDDING_INPUTS
+        or not all(isinstance(i, str) for i in items)
+    ):
+        raise _ApiError(
+            f"'input' must be a string or a list of 1 to {MAX_EMBEDDING_INPUTS} strings", "input"
+        )
+    dims = body.get("dimensions", 64)
+    if (
+        isinstance(dims, bool)
+        or not isinstance(dims, int)
+        or not 1 <= dims <= MAX_EMBEDDING_DIMENSIONS
+    ):
+        raise _ApiError(
+            f"'dimensions' must be an integer from 1 to {MAX_EMBEDDING_DIMENSIONS}", "dimensions"
+        )
+    fmt = body.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        raise _ApiError("'encoding_format' must be 'float' or 'base64'", "encoding_format")
+    return items, dims, fmt
+
+
 class _Demo:
     """Request handlers bound to one configuration."""
 
@@ -283,6 +335,29 @@ class _Demo:
         body = await self._json_body(request)
         gen = self._generation(body, *_parse_prompt(body))
         return await self._answer(request, gen, chat=False)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise _ApiError("'model' must be a string", "model")
+        items, dims, fmt = _parse_embedding_request(body)
+        data: list[dict[str, Any]] = []
+        for i, text in enumerate(items):
+            vector = embedding(text, dims)
+            value: Any = vector
+            if fmt == "base64":
+                value = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode("ascii")
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        tokens = sum(len(t.split()) for t in items)
+        return web.json_response(
+            {
+                "object": "list",
+                "data": data,
+                "model": self.cfg.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
 
     async def _answer(
         self, request: web.Request, gen: _Generation, *, chat: bool
@@ -409,6 +484,7 @@ def make_app(cfg: DemoBackendConfig) -> web.Application:
     app.router.add_get("/v1/models", demo.models)
     app.router.add_post("/v1/chat/completions", demo.chat)
     app.router.add_post("/v1/completions", demo.completions)
+    app.router.add_post("/v1/embeddings", demo.embeddings)
     app.router.add_get("/_test/bytes", demo.test_bytes)
     app.router.add_get("/_test/sse", demo.test_sse)
     app.router.add_post("/_test/echo", demo.test_echo)
