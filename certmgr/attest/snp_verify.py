@@ -83,6 +83,8 @@ __all__ = [
     "SnpVerification",
     "VekExtensions",
     "amd_anchors",
+    "check_cert_chain",
+    "check_vek",
     "load_certificates",
     "vek_extensions",
     "verify_snp_report",
@@ -226,8 +228,12 @@ class SnpCollateral:
             if role in roles and roles[role] != der:
                 raise VerifyError(f"two different {role.upper()} certificates given")
             roles[role] = der
-        return cls(vek=roles.get("vek", b""), ask=roles.get("ask", b""),
-                   ark=roles.get("ark", b""), source=source)  # fmt: skip
+        return cls(
+            vek=roles.get("vek", b""),
+            ask=roles.get("ask", b""),
+            ark=roles.get("ark", b""),
+            source=source,
+        )
 
     def merged(self, other: SnpCollateral) -> SnpCollateral:
         """Self, with the certificates self lacks taken from ``other``."""
@@ -553,8 +559,7 @@ def _status(fails: list[SnpFailure]) -> str:
         SnpReason.VALIDITY,
         SnpReason.SIGNATURE,
     }
-    if any(f.reason in hard or (f.reason is SnpReason.TCB and f.check != "min-tcb")
-           for f in fails):  # fmt: skip
+    if any(f.reason in hard or (f.reason is SnpReason.TCB and f.check != "min-tcb") for f in fails):
         return "Invalid"
     if any(f.reason is SnpReason.TCB for f in fails):
         return "OutOfDate"
@@ -653,8 +658,10 @@ def _verify_chain_and_signature(
     if ark_given is not None:
         given_product = anchors.ark_product(ark_given)
         if given_product is None:
-            fail(SnpReason.CHAIN, f"the ARK given ({_common_name_or_empty(ark_given)}) is not "
-                                  "one of AMD's roots")  # fmt: skip
+            fail(
+                SnpReason.CHAIN,
+                f"the ARK given ({_common_name_or_empty(ark_given)}) is not one of AMD's roots",
+            )
         elif given_product is not product:
             fail(SnpReason.CHAIN, f"the ARK given is {given_product}'s, the VCEK is {product}'s")
         ark = ark_given
@@ -730,6 +737,33 @@ def _verify_chain_and_signature(
             if not floor.admits(tcb):
                 fail(SnpReason.TCB, f"{name} {tcb} is below the policy's minimum", "min-tcb")
     return fails, report, product, signer, chain
+
+
+def check_vek(vek: bytes, product: SnpProduct) -> SigningKey:
+    """The kind of ``vek`` when it is a VCEK or VLEK signed by ``product``'s shipped ASK or
+    ASVK; else :class:`VerifyError`. Run on fetched certificates before they are cached."""
+    cert = _load_der(vek)
+    kind = {"SEV-VCEK": SigningKey.VCEK, "SEV-VLEK": SigningKey.VLEK}.get(_common_name(cert))
+    if kind is None:
+        raise VerifyError(f"not a VCEK or VLEK: CN={_common_name(cert)!r}")
+    anchors = amd_anchors()
+    issuer = (anchors.ask if kind is SigningKey.VCEK else anchors.asvk)[product]
+    why = _pss_signed_by(cert, issuer)
+    if why is not None:
+        raise VerifyError(f"{kind.name} is not signed by AMD's {product} key: {why}")
+    return kind
+
+
+def check_cert_chain(ask: bytes, ark: bytes, product: SnpProduct) -> None:
+    """:class:`VerifyError` unless ``ark`` is AMD's pinned ``product`` root and signed
+    ``ask``. Run on a fetched ``cert_chain`` before it is cached."""
+    anchors = amd_anchors()
+    ark_cert, ask_cert = _load_der(ark), _load_der(ask)
+    if anchors.ark_product(ark_cert) is not product:
+        raise VerifyError(f"the ARK is not AMD's {product} root")
+    why = _pss_signed_by(ask_cert, ark_cert)
+    if why is not None:
+        raise VerifyError(f"the ASK/ASVK is not signed by AMD's {product} root: {why}")
 
 
 def _common_name_or_empty(cert: x509.Certificate) -> str:
