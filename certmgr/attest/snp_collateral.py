@@ -236,7 +236,10 @@ class KdsClient:
             self._mem[key] = body
             if self.cache_dir:
                 await asyncio.to_thread(self._write_disk, key, body)
-            log.info("SEV-SNP collateral fetched from %s%s", self.base_url, path.partition("?")[0])
+            kind, product = key.split("-")[:2]  # the chip id is not logged
+            log.info(
+                "SEV-SNP %s for %s fetched from %s", kind, product.split(".")[0], self.base_url
+            )
             return body
 
     async def _fetch(self, path: str) -> bytes:

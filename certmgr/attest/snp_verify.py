@@ -43,11 +43,11 @@ import functools
 import hashlib
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -149,8 +149,10 @@ class SnpFailure:
 
 @dataclass(frozen=True, slots=True)
 class SnpTcbFloor:
-    """Minimum SPLs of one product (``fmc`` counts on Turin only)."""
+    """Minimum SPLs for one product (SPL numbers are per product; ``fmc`` counts on Turin
+    only)."""
 
+    product: SnpProduct
     bootloader: int = 0
     tee: int = 0
     snp: int = 0
@@ -176,14 +178,14 @@ class SnpTcbFloor:
 class SnpPolicy:
     """What the caller accepts beyond a genuine report. Debug is never accepted.
 
-    ``min_tcb`` maps a product to its floor (SPL numbers are per product); a product absent
-    from it has no floor. ``min_firmware`` is (major, minor) for CURRENT and COMMITTED.
+    ``min_tcb`` holds at most one floor per product; a product without one has no floor.
+    ``min_firmware`` is (major, minor) for CURRENT and COMMITTED.
     """
 
     allow_smt: bool = False
     allow_migration_agent: bool = False
     min_firmware: tuple[int, int] | None = None
-    min_tcb: Mapping[SnpProduct, SnpTcbFloor] = field(default_factory=dict)
+    min_tcb: tuple[SnpTcbFloor, ...] = ()
     products: frozenset[SnpProduct] = frozenset(SnpProduct)
     signing_keys: frozenset[SigningKey] = frozenset({SigningKey.VCEK, SigningKey.VLEK})
 
@@ -194,6 +196,11 @@ class SnpPolicy:
             raise VerifyError("SNP policy cannot accept unsigned reports")
         if not self.products:
             raise VerifyError("SNP policy accepts no product")
+        if len({f.product for f in self.min_tcb}) != len(self.min_tcb):
+            raise VerifyError("SNP policy has two TCB floors for one product")
+
+    def floor(self, product: SnpProduct) -> SnpTcbFloor | None:
+        return next((f for f in self.min_tcb if f.product is product), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,9 +596,15 @@ def verify_snp_report(
             ),
         )
         return SnpVerification("Unverified", tuple(fails), report, report.product)
-    chain_fails, report, product, signer, chain = _verify_chain_and_signature(
-        report, collateral, _at(now), policy
-    )
+    try:
+        chain_fails, report, product, signer, chain = _verify_chain_and_signature(
+            report, collateral, _at(now), policy
+        )
+    except (ValueError, UnsupportedAlgorithm) as e:
+        # cryptography refusing a field of a certificate (a key or algorithm it does not
+        # support, an extension it cannot decode) deep in the chain checks.
+        fails.insert(0, SnpFailure(SnpReason.COLLATERAL_MALFORMED, f"certificate: {e}"))
+        return SnpVerification("Invalid", tuple(fails), report)
     fails = chain_fails + fails
     return SnpVerification(_status(fails), tuple(fails), report, product, signer, chain)
 
@@ -727,7 +740,7 @@ def _verify_chain_and_signature(
             f"{report.reported_tcb}",
             "reported-tcb",
         )
-    floor = policy.min_tcb.get(product)
+    floor = policy.floor(product)
     if floor is not None:
         for name, tcb in (
             ("REPORTED_TCB", report.reported_tcb),

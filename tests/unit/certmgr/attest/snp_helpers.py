@@ -14,6 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
 
 from certmgr.attest.sevsnp import SNP_REPORT_SIZE
 from certmgr.attest.snp_verify import SnpCollateral, load_certificates
@@ -173,3 +178,64 @@ async def serve_kds(kds: FakeKds) -> AsyncIterator[FakeKds]:
         yield kds
     finally:
         await runner.cleanup()
+
+
+# -- endorsement keys of our own (never chain to AMD: they exercise the other checks) -------
+
+
+def _der_int(n: int) -> bytes:
+    body = n.to_bytes(1, "big") if n < 0x80 else b"\x00" + n.to_bytes(1, "big")
+    return b"\x02" + bytes([len(body)]) + body
+
+
+def fake_vek(
+    *,
+    kind: str = "VCEK",
+    product: str = "Milan",
+    spl: dict[str, int] | None = None,
+    hwid: bytes | None = None,
+    csp_id: str | None = None,
+) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
+    """A VCEK/VLEK-shaped certificate with AMD's KDS extensions, self-issued under the name
+    of AMD's ASK (``SEV-<product>``) or ASVK (``SEV-VLEK-<product>``), and its P-384 key."""
+    key = ec.generate_private_key(ec.SECP384R1())
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    issuer_cn = f"SEV-{product}" if kind == "VCEK" else f"SEV-VLEK-{product}"
+    spl = spl or {}
+    oids = {"blSPL": 1, "teeSPL": 2, "snpSPL": 3, "spl4": 4, "spl5": 5, "spl6": 6, "spl7": 7}
+    oids |= {"ucodeSPL": 8, "fmcSPL": 9}
+    when = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"SEV-{kind}")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_cn)]))
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(when)
+        .not_valid_after(when + dt.timedelta(days=20 * 365))
+    )
+
+    def ext(oid: str, value: bytes) -> None:
+        nonlocal b
+        ob = x509.ObjectIdentifier(oid)
+        b = b.add_extension(x509.UnrecognizedExtension(ob, value), critical=False)
+
+    ext("1.3.6.1.4.1.3704.1.1", _der_int(0))
+    name = product + ("-B0" if kind == "VCEK" else "")
+    ext("1.3.6.1.4.1.3704.1.2", b"\x16" + bytes([len(name)]) + name.encode())
+    for k, v in spl.items():
+        ext(f"1.3.6.1.4.1.3704.1.3.{oids[k]}", _der_int(v))
+    if hwid is not None:
+        ext("1.3.6.1.4.1.3704.1.4", hwid)
+    if csp_id is not None:
+        ext("1.3.6.1.4.1.3704.1.5", b"\x16" + bytes([len(csp_id)]) + csp_id.encode())
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
+    cert = b.sign(signer, hashes.SHA384(), rsa_padding=pss)
+    return cert.public_bytes(serialization.Encoding.DER), key
+
+
+def sign_report(raw: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``raw`` with its signature replaced by ``key``'s over bytes 0x000..0x29F (r, s LE)."""
+    r, s = decode_dss_signature(key.sign(raw[:0x2A0], ec.ECDSA(hashes.SHA384())))
+    sig = r.to_bytes(72, "little") + s.to_bytes(72, "little")
+    return raw[:0x2A0] + sig + bytes(SNP_REPORT_SIZE - 0x2A0 - len(sig))

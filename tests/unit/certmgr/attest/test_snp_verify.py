@@ -12,6 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certmgr.attest.sevsnp import SigningKey, SnpProduct, parse_snp
 from certmgr.attest.snp_roots import ARK_SHA256, ASK_SHA256, ASVK_SHA256
@@ -37,8 +39,11 @@ from .snp_helpers import (
     dstack_collateral,
     dstack_report,
     edit,
+    fake_vek,
     gosev_collateral,
     gosev_report,
+    sign_report,
+    synthetic_report,
     with_key_info,
     with_policy,
 )
@@ -311,22 +316,25 @@ def test_mismatched_reported_tcb_is_a_tcb_failure() -> None:
 
 
 def test_minimum_tcb() -> None:
-    floor = {SnpProduct.MILAN: SnpTcbFloor(bootloader=4, snp=24, microcode=213)}
+    floor = (SnpTcbFloor(SnpProduct.MILAN, bootloader=4, snp=24, microcode=213),)
     res = verify_snp_report(
         dstack_report(), dstack_collateral(), T_DSTACK, SnpPolicy(allow_smt=True, min_tcb=floor)
     )
     # REPORTED_TCB has snpSPL 23 < 24: only the floor fails, so the status is OutOfDate.
     assert res.status == "OutOfDate"
     assert _checks(res) == {(SnpReason.TCB, "min-tcb")}
-    ok = {SnpProduct.MILAN: SnpTcbFloor(bootloader=4, snp=23, microcode=213)}
-    other = {SnpProduct.GENOA: SnpTcbFloor(snp=99)}
+    ok = (SnpTcbFloor(SnpProduct.MILAN, bootloader=4, snp=23, microcode=213),)
+    other = (SnpTcbFloor(SnpProduct.GENOA, snp=99),)
     for f in (ok, other):
         res = verify_snp_report(
             dstack_report(), dstack_collateral(), T_DSTACK, SnpPolicy(allow_smt=True, min_tcb=f)
         )
         assert res.ok
     with pytest.raises(VerifyError):
-        SnpTcbFloor(snp=256)
+        SnpTcbFloor(SnpProduct.MILAN, snp=256)
+    with pytest.raises(VerifyError, match="two TCB floors"):
+        SnpPolicy(min_tcb=(SnpTcbFloor(SnpProduct.MILAN), SnpTcbFloor(SnpProduct.MILAN)))
+    assert hash(SnpPolicy(min_tcb=ok)) == hash(SnpPolicy(min_tcb=ok))
 
 
 # -- policy -------------------------------------------------------------------------------
@@ -432,3 +440,98 @@ def test_vcek_extensions() -> None:
     }
     assert ext.hwid == parse_snp(gosev_report()).chip_id
     assert ext.csp_id is None
+
+
+# -- endorsement keys of our own: signature encoding, VLEK and Turin paths ----------------
+
+MILAN_TCB = {"blSPL": 4, "teeSPL": 0, "snpSPL": 23, "ucodeSPL": 213}
+MILAN_TCB_RAW = int.from_bytes(bytes([4, 0, 0, 0, 0, 0, 23, 213]), "little")
+TURIN_TCB = {"fmcSPL": 1, "blSPL": 9, "teeSPL": 2, "snpSPL": 5, "ucodeSPL": 0x48}
+TURIN_TCB_RAW = int.from_bytes(bytes([1, 9, 2, 5, 0, 0, 0, 0x48]), "little")
+CHIP = bytes(range(64))
+NOT_AMD = {(SnpReason.CHAIN, "")}
+
+
+def _non_chain(res: object) -> set[tuple[SnpReason, str]]:
+    return {c for c in _checks(res) if c[0] is not SnpReason.CHAIN}
+
+
+def test_own_vcek_signature_and_binding_check_but_not_the_chain() -> None:
+    vek, key = fake_vek(spl=MILAN_TCB, hwid=CHIP)
+    raw = sign_report(synthetic_report(reported_tcb=MILAN_TCB_RAW, chip_id=CHIP), key)
+    res = verify_snp_report(raw, SnpCollateral(vek=vek), T_DSTACK, SMT_OK)
+    # r and s were written little-endian and read back: the signature verifies; the chip
+    # and TCB bind; only AMD's signature on the VCEK is missing.
+    assert _non_chain(res) == set()
+    assert any("not signed by the ASK" in f.message for f in res.failures)
+    assert res.status == "Invalid"
+    res = verify_snp_report(edit(raw, 0x50, b"\x01"), SnpCollateral(vek=vek), T_DSTACK, SMT_OK)
+    assert SnpReason.SIGNATURE in res.reasons
+
+
+def test_own_vlek() -> None:
+    vek, key = fake_vek(kind="VLEK", spl=MILAN_TCB, csp_id="example-csp")
+    raw = sign_report(with_key_info(synthetic_report(reported_tcb=MILAN_TCB_RAW), 1 << 2), key)
+    res = verify_snp_report(raw, SnpCollateral(vek=vek), T_DSTACK, SMT_OK)
+    assert res.signer is SigningKey.VLEK
+    assert _non_chain(res) == set()
+    assert any("not signed by the ASVK" in f.message for f in res.failures)
+    # A VCEK-signed report with a VLEK certificate.
+    vcek_flag = sign_report(synthetic_report(reported_tcb=MILAN_TCB_RAW), key)
+    res = verify_snp_report(vcek_flag, SnpCollateral(vek=vek), T_DSTACK, SMT_OK)
+    assert (SnpReason.CHAIN, "signing-key") in _checks(res)
+    # A VLEK with a hwID is malformed.
+    bad, key = fake_vek(kind="VLEK", spl=MILAN_TCB, csp_id="x", hwid=CHIP)
+    res = verify_snp_report(sign_report(raw, key), SnpCollateral(vek=bad), T_DSTACK, SMT_OK)
+    assert SnpReason.COLLATERAL_MALFORMED in res.reasons
+
+
+def test_turin_tcb_and_hwid_binding() -> None:
+    chip = bytes(range(1, 9)) + bytes(56)
+    report = synthetic_report(family=0x1A, model=0x02, reported_tcb=TURIN_TCB_RAW, chip_id=chip)
+    vek, key = fake_vek(product="Turin", spl=TURIN_TCB, hwid=chip[:8])
+    raw = sign_report(report, key)
+    res = verify_snp_report(raw, SnpCollateral(vek=vek), T_DSTACK, SMT_OK)
+    assert res.product is SnpProduct.TURIN
+    assert _non_chain(res) == set()
+    for spl, hwid, expect in (
+        ({**TURIN_TCB, "fmcSPL": 2}, chip[:8], (SnpReason.TCB, "reported-tcb")),
+        (TURIN_TCB, bytes(8), (SnpReason.TCB, "chip-id")),
+        (TURIN_TCB, chip, (SnpReason.TCB, "chip-id")),  # 64-byte hwID on Turin
+        ({k: v for k, v in TURIN_TCB.items() if k != "fmcSPL"}, chip[:8],
+         (SnpReason.COLLATERAL_MALFORMED, "")),
+    ):  # fmt: skip
+        vek, key = fake_vek(product="Turin", spl=spl, hwid=hwid)
+        res = verify_snp_report(sign_report(report, key), SnpCollateral(vek=vek), T_DSTACK)
+        assert expect in _checks(res), (spl, hwid)
+
+
+def test_version_2_report_takes_the_chains_product() -> None:
+    # No CPUID in version 2: a Turin VCEK makes the TCB read in the Turin layout.
+    report = synthetic_report(version=2, reported_tcb=TURIN_TCB_RAW, chip_id=CHIP[:8] + bytes(56))
+    vek, key = fake_vek(product="Turin", spl=TURIN_TCB, hwid=CHIP[:8])
+    res = verify_snp_report(sign_report(report, key), SnpCollateral(vek=vek), T_DSTACK, SMT_OK)
+    assert _non_chain(res) == set()
+    assert res.report is not None and res.report.turin_tcb
+
+
+def test_report_cpuid_contradicting_the_chain() -> None:
+    report = synthetic_report(family=0x19, model=0x11, reported_tcb=MILAN_TCB_RAW, chip_id=CHIP)
+    vek, key = fake_vek(spl=MILAN_TCB, hwid=CHIP)  # a Milan VCEK for a Genoa report
+    res = verify_snp_report(sign_report(report, key), SnpCollateral(vek=vek), T_DSTACK, SMT_OK)
+    assert any("CPUID names Genoa" in f.message for f in res.failures)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=6))
+def test_fuzz_collateral_never_raises(edits: list[tuple[int, int]]) -> None:
+    vek = bytearray(_DSTACK_VCEK)
+    for pos, value in edits:
+        vek[pos % len(vek)] = value
+    res = verify_snp_report(_DSTACK_REPORT, SnpCollateral(vek=bytes(vek)), T_DSTACK, SMT_OK)
+    if bytes(vek) != _DSTACK_VCEK:
+        assert res.status in ("Invalid", "UpToDate")
+
+
+_DSTACK_VCEK = certs("dstack_sev_snp_vcek.pem")[0]
+_DSTACK_REPORT = dstack_report()
