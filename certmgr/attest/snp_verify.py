@@ -220,14 +220,18 @@ class SnpCollateral:
     def from_certificates(cls, certs: Iterable[bytes], source: str = "") -> SnpCollateral:
         """Sort DER certificates into VCEK/VLEK, ASK/ASVK and ARK by their subject name
         (``SEV-VCEK``/``SEV-VLEK``, ``SEV-<product>``/``SEV-VLEK-<product>``,
-        ``ARK-<product>``: #57230 section 2.1). Two of one role is refused."""
+        ``ARK-<product>``: #57230 section 2.1). Two of one role is refused; with both an
+        ASK and an ASVK, the one for the kind of endorsement key given is kept."""
         roles: dict[str, bytes] = {}
+        vlek = False
         for der in certs:
             cn = _common_name(_load_der(der))
             if cn in ("SEV-VCEK", "SEV-VLEK"):
-                role = "vek"
+                role, vlek = "vek", cn == "SEV-VLEK"
             elif cn.startswith("ARK-"):
                 role = "ark"
+            elif cn.startswith("SEV-VLEK-"):
+                role = "asvk"
             elif cn.startswith("SEV-"):
                 role = "ask"
             else:
@@ -235,9 +239,10 @@ class SnpCollateral:
             if role in roles and roles[role] != der:
                 raise VerifyError(f"two different {role.upper()} certificates given")
             roles[role] = der
+        first, second = ("asvk", "ask") if vlek else ("ask", "asvk")
         return cls(
             vek=roles.get("vek", b""),
-            ask=roles.get("ask", b""),
+            ask=roles.get(first, roles.get(second, b"")),
             ark=roles.get("ark", b""),
             source=source,
         )
@@ -311,7 +316,7 @@ def _load_der(der: bytes) -> x509.Certificate:
                 "ignore", message="Parsed a serial number", category=CryptographyDeprecationWarning
             )
             return x509.load_der_x509_certificate(der)
-    except ValueError as e:
+    except (ValueError, x509.InvalidVersion) as e:
         raise VerifyError(f"unreadable certificate: {e}") from e
 
 
@@ -331,7 +336,7 @@ def load_certificates(data: bytes, *, max_size: int = MAX_CERTIFICATE_INPUT) -> 
                     category=CryptographyDeprecationWarning,
                 )
                 certs = x509.load_pem_x509_certificates(data)
-        except ValueError as e:
+        except (ValueError, x509.InvalidVersion) as e:
             raise VerifyError(f"unreadable PEM certificates: {e}") from e
         return tuple(c.public_bytes(serialization.Encoding.DER) for c in certs)
     _load_der(data)
@@ -523,7 +528,10 @@ def _expected_tcb(spl: Mapping[str, int], product: SnpProduct) -> tuple[int, lis
 def _at(now: float | dt.datetime) -> dt.datetime:
     if isinstance(now, dt.datetime):
         return now if now.tzinfo else now.replace(tzinfo=dt.UTC)
-    return dt.datetime.fromtimestamp(now, dt.UTC)
+    try:
+        return dt.datetime.fromtimestamp(now, dt.UTC)
+    except (OverflowError, ValueError, OSError) as e:
+        raise VerifyError(f"verification time {now!r}: {e}") from e
 
 
 # -- the verification -----------------------------------------------------------------------
@@ -580,8 +588,9 @@ def verify_snp_report(
     policy: SnpPolicy | None = None,
 ) -> SnpVerification:
     """Verify one report; see the module docstring for every check. Never raises for bad
-    evidence or collateral: failures say what is wrong."""
+    evidence or collateral: failures say what is wrong (a bad ``now`` is a VerifyError)."""
     policy = SnpPolicy() if policy is None else policy
+    when = _at(now)  # a bad time is the caller's error: VerifyError
     try:
         report = parse_snp(raw)
     except QuoteError as e:
@@ -598,7 +607,7 @@ def verify_snp_report(
         return SnpVerification("Unverified", tuple(fails), report, report.product)
     try:
         chain_fails, report, product, signer, chain = _verify_chain_and_signature(
-            report, collateral, _at(now), policy
+            report, collateral, when, policy
         )
     except (ValueError, UnsupportedAlgorithm) as e:
         # cryptography refusing a field of a certificate (a key or algorithm it does not

@@ -262,6 +262,21 @@ def test_unix_seconds_are_accepted_as_time() -> None:
     res = verify_snp_report(dstack_report(), dstack_collateral(), T_DSTACK.timestamp(), SMT_OK)
     assert res.ok
     assert not verify_snp_report(dstack_report(), dstack_collateral(), 0, SMT_OK).ok
+    with pytest.raises(VerifyError, match="verification time"):
+        verify_snp_report(dstack_report(), dstack_collateral(), float("inf"))
+
+
+def test_collateral_sorts_ask_and_asvk_by_the_key_given() -> None:
+    ask, ark = certs("ask_ark_milan.pem")
+    asvk = certs("ask_ark_milan_vlek.pem")[0]
+    vcek = data("vcek.testcer")
+    coll = SnpCollateral.from_certificates([asvk, vcek, ask, ark])
+    assert (coll.vek, coll.ask, coll.ark) == (vcek, ask, ark)
+    assert SnpCollateral.from_certificates([asvk]).ask == asvk
+    with pytest.raises(VerifyError, match="two different ASK"):
+        SnpCollateral.from_certificates([ask, certs("ask_ark_genoa.pem")[0]])
+    with pytest.raises(VerifyError, match="not an AMD"):
+        SnpCollateral.from_certificates([_self_signed_ark("example")])
 
 
 def test_garbage_collateral_is_a_failure_not_an_exception() -> None:
