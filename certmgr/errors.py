@@ -21,6 +21,7 @@ working, and carries its context as attributes rather than only in the message.
     ├── RaTlsError (ValueError)           an RA-TLS certificate is malformed
     ├── EvidenceError (ValueError)        a nonce evidence document or nonce is malformed
     ├── VerifyError (ValueError)          bad verifier input (collateral, allowlist, key)
+    │   └── CollateralUnavailable (OSError)  collateral could not be fetched; .retry_after
     ├── PolicyError (ValueError)          a policy value or RPC answer is malformed
     ├── ReceiptError (ValueError)         a receipt is malformed or does not verify
     └── SigningKeyError (ValueError)      the receipt signing key is missing or unusable
@@ -39,6 +40,7 @@ __all__ = [
     "CertError",
     "CertmgrError",
     "ChallengeError",
+    "CollateralUnavailable",
     "EvidenceError",
     "IssuedCertError",
     "PolicyError",
@@ -131,6 +133,15 @@ class EvidenceError(CertmgrError, ValueError):
 
 class VerifyError(CertmgrError, ValueError):
     """Bad verifier input (unreadable collateral, allowlist or key), not a verdict."""
+
+
+class CollateralUnavailable(VerifyError, OSError):
+    """Collateral could not be fetched (network, HTTP status, AMD KDS rate limit);
+    ``retry_after`` is the server's hint in seconds, if any."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PolicyError(CertmgrError, ValueError):

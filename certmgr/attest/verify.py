@@ -11,7 +11,8 @@ Checks, each failing with its own reason code (:class:`Reason`):
    (:mod:`certmgr.attest.quote`)
    parse strictly;
 2. the quote is genuine: Intel quotes with dcap-qvl against Intel's SGX root CA and the
-   collateral; simulated quotes only when the caller trusts that development key by name;
+   collateral; SEV-SNP reports against AMD's ARK with their VCEK/VLEK (below); simulated
+   quotes only when the caller trusts that development key by name;
 3. TCB policy: ``UpToDate`` is accepted, any other status only when named in
    :attr:`TcbPolicy.accept`, ``Revoked`` never; advisories on the deny list reject;
 4. binding: the claims' pubkey-hash is the certificate's SPKI hash, report_data[:32] is
@@ -25,8 +26,14 @@ Checks, each failing with its own reason code (:class:`Reason`):
    client that checks a certificate and fresh evidence together also requires both to name
    the same address (:func:`signing_address_agreement`).
 
-SEV-SNP reports parse and bind, but their VCEK signature chain is not verified here: such
-evidence is reported with status ``Unverified`` and is never trusted.
+SEV-SNP reports are verified by :func:`certmgr.attest.snp_verify.verify_snp_report` when the
+caller passes an :class:`~certmgr.attest.snp_verify.SnpCollateral` (the VCEK or VLEK, and
+optionally the ASK/ASVK and ARK) as ``collateral``: report signature, chain to AMD's shipped
+roots, the VCEK bound to the chip and REPORTED_TCB, and :attr:`VerifyOptions.snp` (debug never,
+SMT and migration agent only when allowed, optional minimum TCB and firmware). Its status
+(``UpToDate``, ``OutOfDate``, ``Invalid``) is the verdict's; its failures map to
+``snp-signature``, ``snp-chain``, ``snp-tcb``, ``snp-policy`` and ``collateral-expired``.
+Without SNP collateral a report is ``Unverified`` (``unverified-tee``) and never trusted.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from certmgr.attest.ratls import (
     report_data_for_claims,
 )
 from certmgr.attest.simulated import verify_simulated_signature
+from certmgr.attest.snp_verify import SnpCollateral, SnpPolicy, SnpReason, verify_snp_report
 from certmgr.errors import EvidenceError, QuoteError, RaTlsError, VerifyError
 
 __all__ = [
@@ -117,6 +125,10 @@ class Reason(enum.StrEnum):
     EVIDENCE_MALFORMED = "evidence-malformed"
     SIGNING_ADDRESS = "signing-address"  # the "signing-address" claim is malformed
     SIGNING_ADDRESS_MISMATCH = "signing-address-mismatch"  # certificate and evidence differ
+    SNP_SIGNATURE = "snp-signature"  # the SEV-SNP report signature does not verify
+    SNP_CHAIN = "snp-chain"  # VCEK/VLEK <- ASK/ASVK <- AMD ARK does not hold (or is unreadable)
+    SNP_TCB = "snp-tcb"  # the VCEK is not this chip's or TCB's, or the TCB is below the minimum
+    SNP_POLICY = "snp-policy"  # the guest policy or firmware is not accepted (SMT, MA, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +175,7 @@ class VerifyOptions:
     policy: PolicyCheck | None = None
     any_measurement: bool = False  # inspect only: skip the measurement decision
     expect_tee: TeeType | None = None
+    snp: SnpPolicy = field(default_factory=SnpPolicy)  # SEV-SNP guest policy and TCB floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +250,7 @@ class QuoteResult:
     status: str
     advisories: tuple[str, ...]
     failures: tuple[Failure, ...]
+    details: Mapping[str, Any] = field(default_factory=dict)  # per-TEE extras (SEV-SNP)
 
 
 def _verdict(
@@ -256,14 +270,55 @@ def _verdict(
         measurement=q.parsed.measurement if q.parsed else None,
         failures=tuple(fails),
         simulated=bool(q.parsed and q.parsed.simulated),
-        details=details,
+        details={**q.details, **details},
     )
+
+
+_SNP_REASONS = {
+    SnpReason.MALFORMED: Reason.QUOTE_MALFORMED,
+    SnpReason.COLLATERAL_MISSING: Reason.COLLATERAL_MISSING,
+    SnpReason.COLLATERAL_MALFORMED: Reason.SNP_CHAIN,
+    SnpReason.CHAIN: Reason.SNP_CHAIN,
+    SnpReason.VALIDITY: Reason.COLLATERAL_EXPIRED,
+    SnpReason.SIGNATURE: Reason.SNP_SIGNATURE,
+    SnpReason.TCB: Reason.SNP_TCB,
+    SnpReason.POLICY: Reason.SNP_POLICY,
+}
+
+
+def _verify_snp(
+    parsed: ParsedQuote, collateral: Any, now: int, opts: VerifyOptions
+) -> tuple[str, list[Failure], dict[str, Any]]:
+    """Status, failures and details of a SEV-SNP report (debug is left to the common check)."""
+    if not isinstance(collateral, SnpCollateral) or not collateral.vek:
+        return (
+            "Unverified",
+            [
+                Failure(
+                    Reason.UNVERIFIED_TEE,
+                    "no SEV-SNP endorsement certificate (VCEK or VLEK) given: "
+                    "the report signature is not verified",
+                )
+            ],
+            {},
+        )
+    res = verify_snp_report(parsed.raw, collateral, now, opts.snp)
+    fails = [
+        Failure(_SNP_REASONS[f.reason], f.message)
+        for f in res.failures
+        if not (f.reason is SnpReason.POLICY and f.check == "debug")
+    ]
+    return res.status, fails, {"sev_snp": res.details()}
 
 
 def verify_quote(
     raw: bytes, collateral: Any, now: int, opts: VerifyOptions, *, parsed: ParsedQuote | None = None
 ) -> QuoteResult:
-    """Genuineness, TCB policy, TEE type and debug checks of one quote (no binding)."""
+    """Genuineness, TCB policy, TEE type and debug checks of one quote (no binding).
+
+    ``collateral`` is dcap-qvl's collateral for Intel quotes and a
+    :class:`~certmgr.attest.snp_verify.SnpCollateral` for SEV-SNP reports.
+    """
     fails: list[Failure] = []
     if parsed is None:
         try:
@@ -271,11 +326,10 @@ def verify_quote(
         except QuoteError as e:
             return QuoteResult(None, "", (), (Failure(Reason.QUOTE_MALFORMED, str(e)),))
     status, advisories = "", tuple[str, ...]()
+    details: dict[str, Any] = {}
     if parsed.tee is TeeType.SEV_SNP:
-        status = "Unverified"
-        fails.append(
-            Failure(Reason.UNVERIFIED_TEE, "SEV-SNP report signatures are not verified yet")
-        )
+        status, snp_fails, details = _verify_snp(parsed, collateral, now, opts)
+        fails.extend(snp_fails)
     elif parsed.simulated:
         trusted = any(hmac.compare_digest(k, parsed.attestation_key) for k in opts.trusted_dev_keys)
         if not trusted:
@@ -291,7 +345,7 @@ def verify_quote(
             fails.append(Failure(Reason.QUOTE_SIGNATURE, "simulated quote signature is invalid"))
         else:
             status = "SimulatedTrustedDevKey"
-    elif collateral is None:
+    elif collateral is None or isinstance(collateral, SnpCollateral):
         fails.append(Failure(Reason.COLLATERAL_MISSING, "no collateral to verify the quote"))
     else:
         try:
@@ -313,7 +367,7 @@ def verify_quote(
         fails.append(Failure(Reason.TEE_TYPE, f"expected {opts.expect_tee}, got {parsed.tee}"))
     if parsed.measurement.debug:
         fails.append(Failure(Reason.DEBUG, "TEE runs in debug mode (host can read its memory)"))
-    return QuoteResult(parsed, status, advisories, tuple(fails))
+    return QuoteResult(parsed, status, advisories, tuple(fails), details)
 
 
 def check_binding(report_data: bytes, expected: bytes) -> list[Failure]:
