@@ -30,6 +30,8 @@ from certmgr.attest.collateral import CollateralCache
 from certmgr.attest.measurement import TeeType, measurement_id
 from certmgr.attest.quote import parse_evidence
 from certmgr.attest.ratls import parse_certificate
+from certmgr.attest.snp_collateral import KDS_URL, KdsClient, SnpCollateralSource
+from certmgr.attest.snp_verify import SnpPolicy
 from certmgr.attest.verify import (
     TcbPolicy,
     Verdict,
@@ -71,6 +73,10 @@ def _options(args: argparse.Namespace) -> Any:
             accept=frozenset(args.accept_status or ()),
             deny_advisories=frozenset(args.deny_advisory or ()),
         ),
+        snp=SnpPolicy(
+            allow_smt=bool(getattr(args, "snp_allow_smt", False)),
+            allow_migration_agent=bool(getattr(args, "snp_allow_migration_agent", False)),
+        ),
         trusted_dev_keys=keys,
         policy=policy,
         any_measurement=args.any_measurement,
@@ -78,15 +84,26 @@ def _options(args: argparse.Namespace) -> Any:
     )
 
 
-def _collateral(args: argparse.Namespace, quote_bytes: bytes, now: float) -> Any:
-    """Collateral for an Intel quote, or None (simulated, SNP, or unparseable quotes)."""
-
+def _collateral(
+    args: argparse.Namespace, quote_bytes: bytes, now: float, cert_table: bytes = b""
+) -> Any:
+    """Collateral for the evidence: DCAP collateral for an Intel quote; for a SEV-SNP report
+    its endorsement certificates (from the report's certificate table, ``--collateral``
+    PATH, then ``--kds`` URL); None for simulated or unparseable quotes, or when nothing
+    was given (the verdict then names what is missing)."""
     try:
         q = parse_evidence(quote_bytes)
     except QuoteError:
         return None
-    if q.simulated or q.tee is TeeType.SEV_SNP:
+    if q.simulated:
         return None
+    if q.tee is TeeType.SEV_SNP:
+        kds_url = getattr(args, "kds", None)
+        if not args.collateral and not kds_url and not cert_table:
+            return None
+        kds = KdsClient(base_url=kds_url, cache_dir=args.cache_dir or "") if kds_url else None
+        source = SnpCollateralSource(path=args.collateral or "", kds=kds)
+        return asyncio.run(source.get(quote_bytes, cert_table=cert_table))
     if not args.collateral and not args.pccs:
         return None
     cache = CollateralCache(
@@ -357,10 +374,28 @@ def _common(p: argparse.ArgumentParser, *, collateral: bool = True, json_flag: b
     )
     p.add_argument("--expect-tee", choices=("tdx", "sgx", "sev-snp"))
     p.add_argument("--at", type=int, help="verify as of this UNIX time (default: now)")
+    p.add_argument(
+        "--snp-allow-smt", action="store_true", help="SEV-SNP: accept guests that allow SMT"
+    )
+    p.add_argument(
+        "--snp-allow-migration-agent",
+        action="store_true",
+        help="SEV-SNP: accept guests that allow a migration agent",
+    )
     if collateral:
-        p.add_argument("--collateral", help="collateral JSON file (dcap-qvl format)")
-        p.add_argument("--pccs", help="PCCS URL to fetch collateral from")
-        p.add_argument("--cache-dir", help="cache fetched collateral here until its nextUpdate")
+        p.add_argument(
+            "--collateral",
+            help="Intel: collateral JSON file (dcap-qvl format); SEV-SNP: a PEM/DER file or a "
+            "directory of the VCEK or VLEK and optionally ASK/ASVK and ARK",
+        )
+        p.add_argument("--pccs", help="Intel: PCCS URL to fetch collateral from")
+        p.add_argument(
+            "--kds",
+            metavar="URL",
+            help=f"SEV-SNP: AMD KDS to fetch the VCEK from (AMD's is {KDS_URL}); fetched once "
+            "per chip and TCB and cached in --cache-dir",
+        )
+        p.add_argument("--cache-dir", help="cache fetched collateral here")
 
 
 def add_attest_options(p: argparse.ArgumentParser) -> None:
