@@ -481,7 +481,7 @@ def test_importing_and_using_receipt_keeps_the_recursion_limit() -> None:
 
 # -- the documented test vector ------------------------------------------------------------
 
-DOC = Path(__file__).resolve().parents[3] / "docs" / "RECEIPTS.md"
+DOC = Path(__file__).resolve().parents[4] / "docs" / "RECEIPTS.md"
 
 
 def test_documented_vector_matches_code() -> None:

@@ -28,7 +28,7 @@ Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 CHAT = "/v1/chat/completions"
 HELLO = [{"role": "user", "content": "hello there world"}]
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 @pytest.fixture
