@@ -1,4 +1,4 @@
-"""certmgr.caa: RFC 8659 evaluation with RFC 8657 parameters, tree climbing over real DNS
+"""certmgr.acme.caa: RFC 8659 evaluation with RFC 8657 parameters, tree climbing over real DNS
 answers (dnspython message objects), and the pinning records."""
 
 from __future__ import annotations

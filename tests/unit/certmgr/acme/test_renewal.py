@@ -1,4 +1,4 @@
-"""certmgr.renewal: renewal time, backoff with jitter and Retry-After, emergency window."""
+"""certmgr.acme.renewal: renewal time, backoff with jitter and Retry-After, emergency window."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""certmgr.ratls: building our RA-TLS certificates and parsing anyone's, strictly."""
+"""certmgr.attest.ratls: building our RA-TLS certificates and parsing anyone's, strictly."""
 
 from __future__ import annotations
 
@@ -24,13 +24,13 @@ from certmgr.attest.ratls import (
     report_data_for_claims,
 )
 from certmgr.errors import RaTlsError
-from tests.unit.certmgr.attest_helpers import (
+from tests.helpers.attest import (
     cmw,
-    der,
     good_extension,
     legacy_quote_for,
     make_ratls,
     resign_with_null_params,
+    sign_tbs,
     spki,
     tbs_with_extensions,
 )
@@ -92,7 +92,7 @@ def test_gramine_legacy_extension() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     quote = legacy_quote_for(key)
     tbs = tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, quote)])
-    cert = resign_with_null_params(b"", key, tbs=tbs) if False else _sign(tbs, key)
+    cert = resign_with_null_params(b"", key, tbs=tbs) if False else sign_tbs(tbs, key)
     parsed = parse_certificate(cert)
     assert parsed.format == "gramine-legacy"
     assert parsed.quote == quote
@@ -100,24 +100,15 @@ def test_gramine_legacy_extension() -> None:
     assert expected_report_data(parsed) == hashlib.sha256(spki(key)).digest() + bytes(32)
 
 
-def _sign(tbs: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-
-    from tests.unit.certmgr.attest_helpers import oid_der
-
-    sig = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    return der(0x30, tbs + der(0x30, oid_der("1.2.840.10045.4.3.2")) + der(0x03, b"\x00" + sig))
-
-
 def test_explicit_critical_false_is_tolerated() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _sign(tbs_with_extensions(key, [(RATLS_OID, False, good_extension(key))]), key)
+    cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, False, good_extension(key))]), key)
     assert parse_certificate(cert).self_signature_ok
 
 
 def test_critical_attestation_extension_rejected() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _sign(tbs_with_extensions(key, [(RATLS_OID, True, good_extension(key))]), key)
+    cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, True, good_extension(key))]), key)
     with pytest.raises(RaTlsError, match="critical"):
         parse_certificate(cert)
 
@@ -125,7 +116,9 @@ def test_critical_attestation_extension_rejected() -> None:
 def test_duplicate_extensions_rejected() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     ext = good_extension(key)
-    cert = _sign(tbs_with_extensions(key, [(RATLS_OID, False, ext), (RATLS_OID, False, ext)]), key)
+    cert = sign_tbs(
+        tbs_with_extensions(key, [(RATLS_OID, False, ext), (RATLS_OID, False, ext)]), key
+    )
     with pytest.raises(RaTlsError, match="duplicate extension"):
         parse_certificate(cert)
 
@@ -134,13 +127,13 @@ def test_both_formats_rejected() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     exts = [(RATLS_OID, False, good_extension(key)), (GRAMINE_LEGACY_OID, False, b"q")]
     with pytest.raises(RaTlsError, match="both"):
-        parse_certificate(_sign(tbs_with_extensions(key, exts), key))
+        parse_certificate(sign_tbs(tbs_with_extensions(key, exts), key))
 
 
 def test_no_attestation_extension() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(RaTlsError, match="no attestation extension"):
-        parse_certificate(_sign(tbs_with_extensions(key, [("2.5.29.99", False, b"x")]), key))
+        parse_certificate(sign_tbs(tbs_with_extensions(key, [("2.5.29.99", False, b"x")]), key))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""certmgr.verify: real vectors at their pinned times, and the negative matrix.
+"""certmgr.attest.verify: real vectors at their pinned times, and the negative matrix.
 
 Each negative case breaks exactly one property of otherwise valid evidence and must be
 rejected with its own reason code.
@@ -6,8 +6,6 @@ rejected with its own reason code.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -15,11 +13,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from certmgr.attest.collateral import CollateralCache, collateral_next_update, load_collateral
-from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_evidence_json
+from certmgr.attest.collateral import load_collateral
+from certmgr.attest.evidence import build_evidence, encode_evidence_claims
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import Measurement, TeeType, measurement_id
 from certmgr.attest.policycheck import CheckResult, PolicyCheck
@@ -34,9 +30,9 @@ from certmgr.attest.verify import (
     verify_evidence,
     verify_quote_verdict,
 )
-from certmgr.errors import EvidenceError, VerifyError
+from certmgr.errors import VerifyError
 from certmgr.policy.allowlist import AllowlistPolicy, load_allowlist
-from tests.unit.certmgr.attest_helpers import (
+from tests.helpers.attest import (
     DEV_KEY,
     DEV_KEY_RAW,
     NOW,
@@ -45,16 +41,18 @@ from tests.unit.certmgr.attest_helpers import (
     T_TDX_OUTDATED,
     cmw,
     collateral_text,
-    der,
+    good_extension,
     legacy_quote_for,
     make_ratls,
-    oid_der,
+    sign_tbs,
     spki,
     tbs_with_extensions,
     vector,
 )
 
 ANY = VerifyOptions(any_measurement=True)
+
+
 DEV = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), any_measurement=True)
 
 
@@ -229,47 +227,38 @@ def test_cert_oversized_and_malformed_cbor() -> None:
     huge = cmw(b"q" * 100_000, b"")
     malformed = b"\xd9\xea\x60\x82\x41"  # tag 60000, array, truncated bstr
     for value in (huge, malformed):
-        cert = _sign(tbs_with_extensions(key, [(RATLS_OID, False, value)]), key)
+        cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, False, value)]), key)
         assert _cert_verdict(cert) == (Reason.CBOR,)
 
 
 def test_cert_duplicate_extensions() -> None:
-    from tests.unit.certmgr.attest_helpers import good_extension
 
     key = ec.generate_private_key(ec.SECP256R1())
     ext = good_extension(key)
-    cert = _sign(tbs_with_extensions(key, [(RATLS_OID, False, ext)] * 2), key)
+    cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, False, ext)] * 2), key)
     assert _cert_verdict(cert) == (Reason.DUPLICATE_EXTENSION,)
 
 
 def test_cert_bad_self_signature() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    from tests.unit.certmgr.attest_helpers import good_extension
 
     tbs = tbs_with_extensions(key, [(RATLS_OID, False, good_extension(key))])
     other = ec.generate_private_key(ec.SECP256R1())
-    assert _cert_verdict(_sign(tbs, other)) == (Reason.SELF_SIGNATURE,)
+    assert _cert_verdict(sign_tbs(tbs, other)) == (Reason.SELF_SIGNATURE,)
 
 
 def test_gramine_legacy_cert_verifies() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _sign(
+    cert = sign_tbs(
         tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(key))]), key
     )
     v = verify_certificate(cert, None, DEV)
     assert v.trusted and v.binding and v.to_json()["format"] == "gramine-legacy"
     other = ec.generate_private_key(ec.SECP256R1())
-    bad = _sign(
+    bad = sign_tbs(
         tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(other))]), key
     )
     assert _cert_verdict(bad) == (Reason.REPORT_DATA,)
-
-
-def _sign(tbs: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
-    from cryptography.hazmat.primitives import hashes
-
-    sig = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-    return der(0x30, tbs + der(0x30, oid_der("1.2.840.10045.4.3.2")) + der(0x03, b"\x00" + sig))
 
 
 # -- measurement policy --------------------------------------------------------------------
@@ -353,60 +342,12 @@ def test_evidence_checks() -> None:
     assert verify_evidence(b"{", nonce, h, None, DEV).reasons == (Reason.EVIDENCE_MALFORMED,)
 
 
-# -- collateral ----------------------------------------------------------------------------
+# -- the receipt signing address (the signing-address claim) ----------------------------
 
-
-_TDX_COLLATERAL = collateral_text("tdx_quote")
-_TDX_PARSED = parse_quote(vector("tdx_quote"))
-
-
-async def test_collateral_cache_until_next_update(tmp_path: Path) -> None:
-    text = _TDX_COLLATERAL
-    calls: list[str] = []
-
-    async def fetch(url: str, raw: bytes) -> str:
-        calls.append(url)
-        return text
-
-    q = _TDX_PARSED
-    until = collateral_next_update(text)
-    cache = CollateralCache(pccs_url="https://pccs.test", cache_dir=str(tmp_path), fetch=fetch)
-    await cache.get(q, now=until - 100)
-    await cache.get(q, now=until - 50)
-    assert calls == ["https://pccs.test"]
-    fresh = CollateralCache(pccs_url="https://pccs.test", cache_dir=str(tmp_path), fetch=fetch)
-    await fresh.get(q, now=until - 10)  # served from the disk cache
-    assert len(calls) == 1
-    await cache.get(q, now=until + 1)
-    assert len(calls) == 2
-    with pytest.raises(VerifyError):
-        await CollateralCache().get(q)
-
-
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.one_of(
-        st.binary(max_size=300),
-        st.builds(
-            lambda q, c, v: json.dumps({"version": v, "quote": q, "claims": c}).encode(),
-            st.text(max_size=40),
-            st.one_of(st.text(max_size=40), st.binary(max_size=60).map(_b64)),
-            st.one_of(st.just(1), st.integers(), st.text(max_size=3)),
-        ),
-    )
-)
-def test_fuzz_evidence_parser(body: bytes) -> None:
-    with contextlib.suppress(EvidenceError):
-        parse_evidence_json(body)
-
-
-# -- the receipt signing address (issue 6) ---------------------------------------------------
 
 ADDRESS = "0x" + "ab" * 20
+
+
 MALFORMED_ADDRESSES: list[object] = [
     "0x" + "AB" * 20,  # upper case: not the canonical form
     "0x" + "aB" * 20,  # mixed case (EIP-55 style) is not accepted either
@@ -476,11 +417,6 @@ def test_malformed_signing_address_is_rejected(value: object) -> None:
     ev = verify_evidence(_evidence_with(nonce, h, {"signing-address": value}), nonce, h, None, DEV)
     assert ev.reasons == (Reason.SIGNING_ADDRESS,)
     assert not ev.trusted and ev.signing_address is None
-
-
-def test_evidence_encoder_refuses_a_malformed_address() -> None:
-    with pytest.raises(EvidenceError):
-        encode_evidence_claims(b"n" * 16, b"\x07" * 32, 1, signing_address="0x" + "AB" * 20)
 
 
 def test_signing_address_agreement() -> None:

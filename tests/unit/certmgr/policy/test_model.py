@@ -1,13 +1,11 @@
-"""Pure policy decisions: snapshot bounds, k-of-n voting, fail-closed decide, revert decoding."""
+"""certmgr.policy.model: pure policy decisions: snapshot bounds, k-of-n voting,
+fail-closed decide."""
 
 from __future__ import annotations
 
 import pytest
-from eth_abi.abi import encode as abi_encode
-from eth_utils.crypto import keccak
 
 from certmgr.errors import PolicyError
-from certmgr.policy.contract import decode_revert
 from certmgr.policy.model import (
     MAX_MEASUREMENTS,
     EndpointResult,
@@ -20,7 +18,11 @@ from certmgr.policy.model import (
 )
 
 MINE = b"\x01" * 32
+
+
 OTHER = b"\x02" * 32
+
+
 ADDR = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
 
@@ -140,41 +142,3 @@ def test_decide_fails_closed_without_or_with_old_policy() -> None:
     assert decide(snap(confirmed_at=1000.0), MINE, 1060.0, max_staleness=60).allowed
     with pytest.raises(PolicyError):
         decide(snap(), b"\x01", 0.0, max_staleness=60)
-
-
-# -- revert decoding ---------------------------------------------------------------------------
-
-
-def test_decode_revert_names_custom_errors() -> None:
-    sel = keccak(text="NotOwner(address)")[:4]
-    data = sel + abi_encode(["address"], ["0x70997970c51812dc3a010c7d01b50e0d17dc79c8"])
-    assert decode_revert(data) == "NotOwner(0x70997970C51812dc3A010C7d01b50e0d17dc79C8)"
-    sel = keccak(text="LabelTooLong(uint256,uint256)")[:4]
-    assert decode_revert(sel + abi_encode(["uint256", "uint256"], [65, 64])) == (
-        "LabelTooLong(65, 64)"
-    )
-    sel = keccak(text="Error(string)")[:4]
-    assert decode_revert(sel + abi_encode(["string"], ["nope"])) == "Error('nope')"
-    assert decode_revert(b"") == "revert without reason"
-    assert decode_revert(b"\xde\xad\xbe\xef").startswith("unknown error 0xdeadbeef")
-    truncated = keccak(text="NotOwner(address)")[:4] + b"\x00" * 5
-    assert decode_revert(truncated).startswith("NotOwner(<undecodable")
-
-
-def test_importing_the_ethereum_stack_keeps_the_recursion_limit() -> None:
-    """py_ecc / py-evm raise it to 100000 on import (then deep json.loads -> SIGSEGV)."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys; before = sys.getrecursionlimit()\n"
-        "import certmgr.policy.rpc, certmgr.policy.devchain\n"
-        "import proxy.control.governance, proxy.cli.policy\n"
-        "import argparse; ns = argparse.Namespace(policy_command='create-keystore')\n"
-        "import eth_account, web3\n"
-        "print(before, sys.getrecursionlimit())\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout.split()
-    assert out[0] == out[1] == "1000"

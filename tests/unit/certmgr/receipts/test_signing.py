@@ -1,7 +1,8 @@
-"""certmgr.signing: the receipt signing key, its address, its signatures and sealed storage.
+"""certmgr.receipts.signing: the receipt signing key, its address, its signatures and
+sealed storage.
 
 Interop is checked against eth-account (address derivation, signature bytes) and against
-certmgr.receipt's ecrecover; storage against the real sealer with the real file layout.
+certmgr.receipts.verify's ecrecover; storage against the real sealer with the real file layout.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from certmgr.errors import SealError, SigningKeyError
+from certmgr.errors import ReceiptError, SealError, SigningKeyError
 from certmgr.keys import InsecureDevSealer
 from certmgr.receipts.signing import (
     ADDRESS_FILE,
@@ -29,6 +30,7 @@ from certmgr.receipts.signing import (
 )
 from certmgr.receipts.verify import recover_signer, verify_receipt
 from certmgr.sealing import GramineSealer
+from tests.helpers.receipts import ACCOUNT, KEY, make
 
 N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 # The docs/RECEIPTS.md test vector.
@@ -230,3 +232,28 @@ def test_each_state_dir_gets_its_own_key(tmp_path: Path) -> None:
     a = prepare_signing_key(tmp_path / "a", sealer).address
     b = prepare_signing_key(tmp_path / "b", sealer).address
     assert a != b
+
+
+def test_local_account_and_raw_key_sign_identically() -> None:
+    assert make(ACCOUNT) == make(KEY)
+
+
+def test_bad_private_key_is_rejected() -> None:
+    with pytest.raises(ReceiptError, match="32 bytes"):
+        make(b"\x01" * 31)
+    with pytest.raises(ReceiptError, match="not a valid secp256k1"):
+        make(b"\x00" * 32)
+
+
+def test_sign_receipt_rejects_a_key_of_the_wrong_type() -> None:
+    for key in ("0x" + "11" * 32, 5, None, object()):
+        with pytest.raises(ReceiptError, match="signing key must be"):
+            sign_receipt(
+                key,  # type: ignore[arg-type]
+                request_sha256=bytes(32),
+                response_sha256=bytes(32),
+                model="",
+                response_id="",
+                timestamp=0,
+                measurement_id=bytes(32),
+            )

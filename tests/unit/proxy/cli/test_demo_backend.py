@@ -1,4 +1,4 @@
-"""Tests for the built-in OpenAI-compatible demo backend (proxy.demo_backend)."""
+"""proxy.cli.demo_backend: the built-in OpenAI-compatible demo backend."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The command line in-process: check-config, print-default-config, serve with a bad config."""
+"""proxy.cli.main: the command line in process: check-config, print-default-config,
+--version, serve with a bad config."""
 
 from __future__ import annotations
 
@@ -76,16 +77,3 @@ def test_serve_with_invalid_config_exits_2_before_starting(
     assert main(["serve", "--config", str(path)]) == 2
     _, err = capsys.readouterr()
     assert "config error: tls.min_version:" in err
-
-
-def test_demo_config_quotes_paths_and_arguments(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Paths with quotes or backslashes reach the config intact (no TOML syntax error):
-    the demo then fails on the one invalid argument, naming it."""
-    state = tmp_path / 'we"ird\\dir'
-    assert main(["demo", "--state-dir", str(state), "--admin", "0.0.0.0:9443"]) == 2
-    err = capsys.readouterr().err
-    assert "admin.listen: must be loopback" in err
-    assert "<toml>" not in err
-    assert state.is_dir()

@@ -1,4 +1,5 @@
-"""``teeproxy receipt verify`` with ``--signer``: files in, exit code and reason out.
+"""proxy.cli.receipt: ``teeproxy receipt verify`` with ``--signer``: files in, exit code and
+reason out.
 
 In process through ``proxy.cli.main`` (the installed command's argument parsing). The
 ``--attest`` form against a served proxy is in tests/integration/test_attestation_receipts.py.

@@ -1,4 +1,4 @@
-"""A build the policy does not allow orders no certificate (issue 5, enforce mode)."""
+"""proxy.control.acme: a build the policy does not allow orders no certificate (enforce mode)."""
 
 from __future__ import annotations
 

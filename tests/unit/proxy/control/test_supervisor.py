@@ -1,67 +1,15 @@
-"""Supervisor and worker helpers that need no processes or sockets."""
+"""proxy.control.supervisor: the worker monitor, without processes (fake workers)."""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
 
 import pytest
 
-from proxy.config import loads, reloadable
-from proxy.control.certificates import check_certificates
+from proxy.config import loads
 from proxy.control.supervisor import Supervisor
-from proxy.dataplane.worker import host_without_port
-from proxy.errors import ConfigError
 from proxy.tasks import spawn
-
-
-@pytest.mark.parametrize(
-    ("header", "host"),
-    [
-        ("example.com", "example.com"),
-        ("example.com:8080", "example.com"),
-        ("127.0.0.1:80", "127.0.0.1"),
-        ("[::1]:8080", "[::1]"),
-        ("[::1]", "[::1]"),
-        ("[2001:db8::1]", "[2001:db8::1]"),
-        ("", ""),
-        ("[", ""),
-        ("[]", ""),
-    ],
-)
-def test_host_without_port(header: str, host: str) -> None:
-    assert host_without_port(header) == host
-
-
-def test_reload_applies_only_reloadable_sections() -> None:
-    running = loads('state_dir = "/a"\n[server]\nlisten = ["127.0.0.1:4443"]\ndrain_grace = 5.0')
-    new = loads(
-        'state_dir = "/b"\n[server]\nlisten = ["127.0.0.1:0"]\ndrain_grace = 99.0\n'
-        '[backend]\nurl = "http://127.0.0.1:9"\n[tls]\nhsts_max_age = 60\n'
-        '[limits]\nmax_headers = 7\n[logging]\nlevel = "DEBUG"\n[admin]\nlisten = ""'
-    )
-    merged = reloadable(running, new)
-    # Restart-only: the resolved listen ports, drain_grace, admin, state_dir.
-    assert merged.server == running.server
-    assert merged.admin == running.admin
-    assert merged.state_dir == "/a"
-    # Reloadable: everything else.
-    assert merged.backend == new.backend
-    assert merged.tls == new.tls
-    assert merged.limits == new.limits
-    assert merged.logging == new.logging
-    assert merged.dev_ca == new.dev_ca
-
-
-def test_check_certificates_turns_unservable_certs_into_config_errors(tmp_path: Any) -> None:
-    cfg = loads(
-        f'[[tls.certificates]]\ncert_file = "{tmp_path}/nope.pem"\nkey_file = "{tmp_path}/k.pem"'
-    )
-    with pytest.raises(ConfigError) as info:
-        check_certificates(cfg, None)
-    assert info.value.field == "tls.certificates"
-    assert "nope.pem" in info.value.message
 
 
 @dataclass

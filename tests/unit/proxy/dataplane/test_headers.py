@@ -1,4 +1,5 @@
-"""Pure header rules: request framing (anti-smuggling), hop-by-hop removal, provenance."""
+"""proxy.dataplane.headers: pure header rules: request framing (anti-smuggling), hop-by-hop
+removal, provenance."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""certmgr.challenges: RFC 8737 certificate, ClientHello ALPN parsing, HTTP-01 files, DNS names."""
+"""certmgr.acme.challenges.tlsalpn01: the RFC 8737 challenge certificate, ALPN
+parsing of real ClientHellos, publishing the challenge sealed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from cryptography import x509
 from hypothesis import given
 from hypothesis import strategies as st
 
-from certmgr.acme.challenges import http01, tlsalpn01
-from certmgr.acme.challenges.dns01 import record_name
+from certmgr.acme.challenges import tlsalpn01
 from certmgr.keys import InsecureDevSealer, generate_p256
 
 NOW = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
@@ -81,34 +81,3 @@ def test_publish_and_load_challenge(tmp_path: Path) -> None:
     assert b"PRIVATE KEY" not in key_file.read_bytes()
     tlsalpn01.remove(tmp_path, "a.example")
     assert tlsalpn01.load_published(tmp_path, sealer) == []
-
-
-def test_http01_publish_lookup_remove(tmp_path: Path) -> None:
-    token = "A" * 43
-    http01.publish(tmp_path, token, f"{token}.thumb")
-    assert http01.lookup(tmp_path, token) == f"{token}.thumb".encode()
-    http01.remove(tmp_path, token)
-    assert http01.lookup(tmp_path, token) is None
-
-
-@pytest.mark.parametrize("token", ["../../etc/passwd", "a/b" * 10, "short", "x" * 200, "a.b" * 8])
-def test_http01_refuses_bad_tokens(tmp_path: Path, token: str) -> None:
-    assert not http01.valid_token(token)
-    assert http01.lookup(tmp_path, token) is None
-    with pytest.raises(ValueError, match="invalid HTTP-01 token"):
-        http01.publish(tmp_path, token, "x")
-
-
-def test_http01_does_not_serve_foreign_or_oversized_files(tmp_path: Path) -> None:
-    token = "B" * 43
-    d = tmp_path / "acme/challenges/http-01"
-    d.mkdir(parents=True)
-    (d / token).write_bytes(b"other.value")  # not this token's key authorization
-    assert http01.lookup(tmp_path, token) is None
-    (d / token).write_bytes(token.encode() + b"." + b"x" * 1000)
-    assert http01.lookup(tmp_path, token) is None
-
-
-def test_dns01_record_name() -> None:
-    assert record_name("a.example.com") == "_acme-challenge.a.example.com."
-    assert record_name("*.example.com") == "_acme-challenge.example.com."

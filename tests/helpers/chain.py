@@ -1,15 +1,15 @@
 """Real Ethereum peers for the governance tests: anvil from the npm registry, on loopback.
 
-- ``anvil`` (fixture factory): ``await anvil()`` starts anvil 1.7.1 (npm
-  ``@foundry-rs/anvil``, pinned by contracts_abi/package-lock.json) as
-  ``anvil --host 127.0.0.1 --port P --silent`` and returns an :class:`Anvil` (url, pid);
-  every node is stopped by its PID when the test ends.
-- ``deploy_policy``: deploys the committed bytecode with a given owner.
-- ``lying_rpc``: an aiohttp JSON-RPC relay in front of a node that rewrites ``eth_call``
-  results (returns a policy with a forged id), i.e. a lying endpoint that speaks real JSON-RPC.
-- ``new_account`` / ``fund``: fresh keys funded with ``anvil_setBalance``.
-
-anvil missing is a failure with the command that installs it, never a skip.
+- :func:`start_anvil` / :func:`stop_anvil`: anvil 1.7.1 (npm ``@foundry-rs/anvil``, pinned
+  by contracts_abi/package-lock.json) as ``anvil --host 127.0.0.1 --port P --silent``, an
+  :class:`Anvil` (url, pid), stopped by its PID. The ``anvil`` fixture
+  (tests/integration/conftest.py) starts them with ``await anvil()`` and stops every node when
+  the test ends; anvil missing is a failure with the command that installs it, never a skip.
+- :func:`deploy_policy`: deploys the committed bytecode with a given owner.
+- :func:`start_lying_rpc` (the ``lying_rpc`` fixture): an aiohttp JSON-RPC relay in front of a
+  node that rewrites ``eth_call`` results (returns a policy with a forged id), i.e. a lying
+  endpoint that speaks real JSON-RPC.
+- :func:`new_account` / :func:`fund`: fresh keys funded with ``anvil_setBalance``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from certmgr.policy.artifacts import ABI, BYTECODE
 
 # Importing certmgr.policy also loads eth-hash's keccak backend (file I/O) now, not in a test.
 from certmgr.policy.contract import decode_revert
+from tests.helpers.ports import free_port
 
 with eth_import_guard():  # keep the test process's recursion limit (see eth_import_guard)
     from eth_account import Account
@@ -93,12 +93,6 @@ class Anvil:
         os.kill(self.pid, signal.SIGCONT)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def rpc(session: aiohttp.ClientSession, url: str, method: str, params: list[Any]) -> Any:
     async with session.post(
         url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
@@ -112,51 +106,51 @@ async def rpc(session: aiohttp.ClientSession, url: str, method: str, params: lis
 AnvilFactory = Callable[..., Awaitable[Anvil]]
 
 
-@pytest.fixture
-async def anvil() -> AsyncIterator[AnvilFactory]:
-    if not await asyncio.to_thread(ANVIL.exists):
-        pytest.fail(f"anvil not installed: run `npm ci --prefix {ROOT / 'contracts_abi'}`")
-    nodes: list[Anvil] = []
+async def start_anvil(nodes: list[Anvil]) -> Anvil:
+    """Start anvil on a free loopback port and wait until it answers JSON-RPC.
 
-    async def start() -> Anvil:
-        for _attempt in range(5):
-            port = _free_port()
-            proc = await asyncio.create_subprocess_exec(
-                str(ANVIL),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--silent",
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
-            node = Anvil(port, proc)
-            nodes.append(node)
-            async with aiohttp.ClientSession() as s:
-                for _ in range(100):
-                    if proc.returncode is not None:
-                        break
-                    try:
-                        await rpc(s, node.url, "eth_chainId", [])
-                        return node
-                    except (aiohttp.ClientError, OSError):
-                        await asyncio.sleep(0.05)
-            if proc.returncode is None:
-                raise RuntimeError(f"anvil on port {port} did not answer within 5 s")
-        raise RuntimeError("anvil did not start (port races?)")
+    Every node started (also one that did not come up) is appended to ``nodes``, for the
+    caller to stop with :func:`stop_anvil`.
+    """
+    for _attempt in range(5):
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            str(ANVIL),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--silent",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        node = Anvil(port, proc)
+        nodes.append(node)
+        async with aiohttp.ClientSession() as s:
+            for _ in range(100):
+                if proc.returncode is not None:
+                    break
+                try:
+                    await rpc(s, node.url, "eth_chainId", [])
+                    return node
+                except (aiohttp.ClientError, OSError):
+                    await asyncio.sleep(0.05)
+        if proc.returncode is None:
+            raise RuntimeError(f"anvil on port {port} did not answer within 5 s")
+    raise RuntimeError("anvil did not start (port races?)")
 
-    yield start
-    for node in nodes:
-        if node.proc.returncode is None:
-            os.kill(node.pid, signal.SIGCONT)
-            node.proc.terminate()
-            try:
-                async with asyncio.timeout(5):
-                    await node.proc.wait()
-            except TimeoutError:
-                node.proc.kill()
+
+async def stop_anvil(node: Anvil) -> None:
+    """Stop a node by its PID (resuming it first if it was paused)."""
+    if node.proc.returncode is None:
+        os.kill(node.pid, signal.SIGCONT)
+        node.proc.terminate()
+        try:
+            async with asyncio.timeout(5):
                 await node.proc.wait()
+        except TimeoutError:
+            node.proc.kill()
+            await node.proc.wait()
 
 
 def new_account() -> LocalAccount:
@@ -201,49 +195,45 @@ class LyingRpc:
 LyingFactory = Callable[..., Awaitable[LyingRpc]]
 
 
-@pytest.fixture
-async def lying_rpc() -> AsyncIterator[LyingFactory]:
-    """``await lying_rpc(upstream_url)``: a relay answering every ``eth_call`` with a forged
-    policy (version 999, one forged id), everything else relayed unchanged.
-    ``lie=False`` gives an honest relay (a second, independent-looking endpoint)."""
-    runners: list[web.AppRunner] = []
-    sessions: list[aiohttp.ClientSession] = []
+async def start_lying_rpc(
+    upstream: str,
+    *,
+    lie: bool,
+    runners: list[web.AppRunner],
+    sessions: list[aiohttp.ClientSession],
+) -> LyingRpc:
+    """A relay in front of ``upstream`` on loopback answering every ``eth_call`` with a forged
+    policy (version 999, one forged id), everything else relayed unchanged; ``lie=False``
+    relays everything. Its runner and session are appended to ``runners`` and ``sessions``
+    for the caller to clean up."""
+    session = aiohttp.ClientSession()
+    sessions.append(session)
+    liar = LyingRpc(url="", forged_id=b"\x66" * 32)
 
-    async def start(upstream: str, *, lie: bool = True) -> LyingRpc:
-        session = aiohttp.ClientSession()
-        sessions.append(session)
-        liar = LyingRpc(url="", forged_id=b"\x66" * 32)
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.json()
+        if lie and body.get("method") == "eth_call":
+            liar.lies += 1
+            forged = abi_encode(
+                ["uint256", "bytes32[]", "string[]"], [999, [liar.forged_id], ["forged"]]
+            )
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": body.get("id"), "result": "0x" + forged.hex()}
+            )
+        async with session.post(upstream, json=body) as r:
+            data = await r.read()
+        return web.Response(body=data, content_type="application/json")
 
-        async def handle(request: web.Request) -> web.Response:
-            body = await request.json()
-            if lie and body.get("method") == "eth_call":
-                liar.lies += 1
-                forged = abi_encode(
-                    ["uint256", "bytes32[]", "string[]"], [999, [liar.forged_id], ["forged"]]
-                )
-                return web.json_response(
-                    {"jsonrpc": "2.0", "id": body.get("id"), "result": "0x" + forged.hex()}
-                )
-            async with session.post(upstream, json=body) as r:
-                data = await r.read()
-            return web.Response(body=data, content_type="application/json")
-
-        app = web.Application()
-        app.router.add_post("/", handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        liar.url = f"http://127.0.0.1:{port}"
-        return liar
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
-    for s in sessions:
-        await s.close()
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    runners.append(runner)
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    liar.url = f"http://127.0.0.1:{port}"
+    return liar
 
 
 async def owner_tx(url: str, address: str, function: str, *args: Any) -> int:

@@ -8,7 +8,6 @@ and swaps it in, as a worker does on SIGHUP.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 import urllib.request
 from dataclasses import dataclass
@@ -16,9 +15,6 @@ from pathlib import Path
 
 import aiohttp
 import aiohttp.abc
-import pytest
-from aiohttp import web
-from aiohttp.pytest_plugin import AiohttpServer
 from cryptography import x509
 
 import certmgr.acme.caa
@@ -30,7 +26,7 @@ from proxy.control.certificates import prepare_certificates
 from proxy.dataplane.certstore import build_store
 from proxy.dataplane.worker import Worker
 from proxy.runtime import build_runtime
-from tests.integration.acme_peers import Knot, Pebble, acme_toml
+from tests.helpers.acme_peers import Knot, Pebble, acme_toml
 
 # Keep the library imports (certmgr.acme.client, certmgr.acme.caa) done at collection, off the loop.
 _PRELOADED = (certmgr.acme.client, certmgr.acme.caa)
@@ -123,10 +119,6 @@ async def start_harness(
     return h
 
 
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 class LoopbackResolver(aiohttp.abc.AbstractResolver):
     """Resolve every name to 127.0.0.1 (the client side of the ACME tests)."""
 
@@ -138,16 +130,3 @@ class LoopbackResolver(aiohttp.abc.AbstractResolver):
 
     async def close(self) -> None:
         return None
-
-
-@pytest.fixture
-async def backend(aiohttp_server: AiohttpServer) -> str:
-    """A backend answering "backend ok" on every path (import into the test module)."""
-
-    async def ok(_r: web.Request) -> web.Response:
-        return web.Response(text="backend ok")
-
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    srv = await aiohttp_server(app)
-    return f"http://127.0.0.1:{srv.port}"

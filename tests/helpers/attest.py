@@ -1,13 +1,18 @@
 """Builders for attestation tests: simulated quotes, RA-TLS certificates with chosen faults.
 
 The faults are made at the byte level (DER, CBOR) so that each negative test exercises
-exactly one broken property of an otherwise valid certificate.
+exactly one broken property of an otherwise valid certificate. Also the real quote vectors
+(tests/data/dcap-qvl) and :func:`fifo_server`, the kernel side of the FIFO interfaces the
+configfs-tsm and Gramine quote providers read.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from certmgr.attest.ratls import RATLS_OID, build_certificate, encode_claims, report_data_for_claims
 from certmgr.attest.simulated import build_simulated_quote, raw_public_key
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "dcap-qvl"
+DATA = Path(__file__).resolve().parents[1] / "data" / "dcap-qvl"
 T_TDX = 1750414563
 T_SGX = 1750416971
 T_TDX_OUTDATED = 1771498731
@@ -129,6 +134,12 @@ def tbs_with_extensions(
     )
 
 
+def sign_tbs(tbs: bytes, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """A DER certificate: ``tbs`` signed by ``key`` with ecdsa-with-SHA256 (no parameters)."""
+    sig = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return der(0x30, tbs + der(0x30, oid_der("1.2.840.10045.4.3.2")) + der(0x03, b"\x00" + sig))
+
+
 def cmw(quote: bytes, claims: bytes) -> bytes:
     return cbor2.dumps(cbor2.CBORTag(60000, [quote, claims]))
 
@@ -141,6 +152,27 @@ def good_extension(key: ec.EllipticCurvePrivateKey) -> bytes:
 def legacy_quote_for(key: ec.EllipticCurvePrivateKey) -> bytes:
     """Gramine legacy binding: report_data = SHA-256(SPKI) || 0^32."""
     return build_simulated_quote(DEV_KEY, hashlib.sha256(spki(key)).digest() + bytes(32))
+
+
+# -- the kernel side of a FIFO quote interface ----------------------------------------------
+
+
+def fifo_server(fifo: Path, respond: Callable[[], bytes], rounds: int) -> threading.Thread:
+    """Serve ``rounds`` reads of ``fifo``: each time write ``respond()`` and close."""
+
+    def run() -> None:
+        for i in range(rounds):
+            with fifo.open("wb") as f:  # blocks until the provider opens it for reading
+                f.write(respond())
+                # A fresh FIFO for the next round, swapped in before this reader sees EOF:
+                # reopening the same FIFO could join the still-open previous reader.
+                tmp = fifo.with_name(f".{fifo.name}.{i}")
+                os.mkfifo(tmp)
+                os.replace(tmp, fifo)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
 
 
 __all__ = [

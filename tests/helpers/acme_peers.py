@@ -1,14 +1,17 @@
 """Real ACME and DNS peers on loopback: Pebble (Debian ``pebble``) and Knot (Debian ``knot``).
 
-- ``knot``: knotd serving the zone ``example.test`` on its own 127.0.0.1 port, accepting
-  RFC 2136 updates signed with a generated TSIG key (hmac-sha256); it is also the DNS
-  server Pebble resolves names through, so every validation is real.
-- ``pebble``: Pebble with a trustme certificate for its own listener; ``httpPort`` and
-  ``tlsPort`` point at ports the test's proxy then listens on. Fault injection is off by
-  default (no validation sleep, no nonce rejection, no authorization reuse) and turned on by
-  the tests that are about it.
+- :func:`start_knot` (the ``knot`` fixture): knotd serving the zone ``example.test`` on its
+  own 127.0.0.1 port, accepting RFC 2136 updates signed with a generated TSIG key
+  (hmac-sha256); it is also the DNS server Pebble resolves names through, so every
+  validation is real.
+- :func:`start_pebble` (the ``pebble_factory`` fixture): Pebble with a trustme certificate for
+  its own listener; ``httpPort`` and ``tlsPort`` point at ports the test's proxy then listens
+  on. Fault injection is off by default (no validation sleep, no nonce rejection, no
+  authorization reuse) and turned on by the tests that are about it.
+- :func:`acme_toml`: a proxy config ordering from that Pebble, validated through that Knot.
 
-Every process is started in a temporary directory and stopped by its PID.
+Every process is started in a temporary directory and stopped by its PID; the fixtures are
+in tests/integration/conftest.py.
 """
 
 from __future__ import annotations
@@ -23,24 +26,19 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import trustme
 
+from tests.helpers.ports import free_port
+
 ZONE = "example.test"
 TSIG_NAME = "acme-key"
 TSIG_ENV = "TEEPROXY_TEST_TSIG_SECRET"
 NAMES_A = ("a", "b", "c", "d", "e", "f", "g", "h", "www", "x.forbidden")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _need(binary: str) -> str:
@@ -98,7 +96,7 @@ class Knot:
             self.proc = None
 
 
-def _write_knot(d: Path, port: int, secret: str, extra: list[str]) -> None:
+def write_knot_config(d: Path, port: int, secret: str, extra: list[str]) -> None:
     records = "\n".join(f"{n} A 127.0.0.1" for n in NAMES_A)
     (d / f"{ZONE}.zone").write_text(
         f"$ORIGIN {ZONE}.\n$TTL 60\n"
@@ -145,20 +143,14 @@ zone:
     )
 
 
-@pytest.fixture
-def knot(tmp_path: Path) -> Iterator[Knot]:
-    d = tmp_path / "knot"
+def start_knot(d: Path) -> Knot:
+    """knotd on a free 127.0.0.1 port in ``d``, with a fresh TSIG secret (hmac-sha256)."""
     (d / "db").mkdir(parents=True)
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
     k = Knot(port=free_port(), secret=secret, dir=d)
-    _write_knot(d, k.port, secret, [])
+    write_knot_config(d, k.port, secret, [])
     k.start()
-    os.environ[TSIG_ENV] = secret
-    try:
-        yield k
-    finally:
-        k.stop()
-        os.environ.pop(TSIG_ENV, None)
+    return k
 
 
 @dataclass
@@ -200,71 +192,49 @@ class Pebble:
 PebbleFactory = Callable[..., Pebble]
 
 
-@pytest.fixture
-def pebble_factory(tmp_path: Path, knot: Knot) -> Iterator[PebbleFactory]:
-    """``pebble_factory(**env)`` starts a Pebble resolving through ``knot``."""
-    started: list[Pebble] = []
-
-    def make(validity: int = 0, eab: dict[str, str] | None = None, **faults: str) -> Pebble:
-        d = tmp_path / f"pebble{len(started)}"
-        d.mkdir()
-        ca = trustme.CA()
-        leaf = ca.issue_cert("127.0.0.1", "localhost")
-        leaf.private_key_pem.write_to_path(str(d / "key.pem"))
-        leaf.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
-        ca.cert_pem.write_to_path(str(d / "ca.pem"))
-        p = Pebble(
-            port=free_port(),
-            mgmt_port=free_port(),
-            http_port=free_port(),
-            tls_port=free_port(),
-            ca_bundle=d / "ca.pem",
-            dir=d,
-            dns=knot.addr,
-            env={
-                "PEBBLE_VA_NOSLEEP": "1",
-                "PEBBLE_WFE_NONCEREJECT": "0",
-                "PEBBLE_AUTHZREUSE": "0",
-            },
-        )
-        cfg: dict[str, object] = {
-            "listenAddress": f"127.0.0.1:{p.port}",
-            "managementListenAddress": f"127.0.0.1:{p.mgmt_port}",
-            "certificate": str(d / "cert.pem"),
-            "privateKey": str(d / "key.pem"),
-            "httpPort": p.http_port,
-            "tlsPort": p.tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-        if validity:
-            cfg["certificateValidityPeriod"] = validity
-        if eab:  # RFC 8555 7.3.4: kid -> base64url HMAC key
-            cfg["externalAccountBindingRequired"] = True
-            cfg["externalAccountMACKeys"] = eab
-        (d / "pebble.json").write_text(json.dumps({"pebble": cfg}))
-        p.start(**faults)
-        started.append(p)
-        return p
-
-    try:
-        yield make
-    finally:
-        for p in started:
-            p.stop()
-
-
-# -- an in-process proxy with the ACME manager ----------------------------------------------
-
-
-@dataclass
-class AcmeHarness:
-    cfg: object
-    worker: object
-    manager: object
-    sealer: object
-    pebble: Pebble
-    root_pem: bytes = b""
+def start_pebble(
+    d: Path, knot: Knot, validity: int = 0, eab: dict[str, str] | None = None, **faults: str
+) -> Pebble:
+    """Pebble in a new directory ``d``, resolving through ``knot``, with a trustme certificate
+    for its own listener; ``faults`` are Pebble's environment switches."""
+    d.mkdir()
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf.private_key_pem.write_to_path(str(d / "key.pem"))
+    leaf.cert_chain_pems[0].write_to_path(str(d / "cert.pem"))
+    ca.cert_pem.write_to_path(str(d / "ca.pem"))
+    p = Pebble(
+        port=free_port(),
+        mgmt_port=free_port(),
+        http_port=free_port(),
+        tls_port=free_port(),
+        ca_bundle=d / "ca.pem",
+        dir=d,
+        dns=knot.addr,
+        env={
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+            "PEBBLE_AUTHZREUSE": "0",
+        },
+    )
+    cfg: dict[str, object] = {
+        "listenAddress": f"127.0.0.1:{p.port}",
+        "managementListenAddress": f"127.0.0.1:{p.mgmt_port}",
+        "certificate": str(d / "cert.pem"),
+        "privateKey": str(d / "key.pem"),
+        "httpPort": p.http_port,
+        "tlsPort": p.tls_port,
+        "ocspResponderURL": "",
+        "externalAccountBindingRequired": False,
+    }
+    if validity:
+        cfg["certificateValidityPeriod"] = validity
+    if eab:  # RFC 8555 7.3.4: kid -> base64url HMAC key
+        cfg["externalAccountBindingRequired"] = True
+        cfg["externalAccountMACKeys"] = eab
+    (d / "pebble.json").write_text(json.dumps({"pebble": cfg}))
+    p.start(**faults)
+    return p
 
 
 def acme_toml(
