@@ -1,71 +1,52 @@
-"""Fixtures and helpers for the forwarding, smuggling, limits, WebSocket and failure tests.
+"""Fixtures for the integration tests: backends, real processes and real peers on loopback.
 
-- ``recording_backend``: an aiohttp backend that records every request it receives (raw
-  target, raw headers, body, the proxy-side port) and answers 200 with the body length.
-- ``raw_backend``: a plain asyncio TCP server driven by a test-supplied coroutine, for
-  byte-level control of what the "backend" sends.
-- ``tls_connect`` / ``read_response`` / ``wait_closed``: a hand-written HTTP/1.1 client over
-  TLS, for requests that no well-behaved client library would send.
+- ``recording_backend``, ``upload_probe``, ``raw_backend``: backends that show what the proxy
+  sent (tests/helpers/backends.py);
+- ``launch``, ``tls_files``: ``python -m proxy.cli ...`` processes, stopped by PID at
+  teardown, and a trustme certificate on disk for them (tests/helpers/serve.py);
+- ``anvil``, ``lying_rpc``: Ethereum nodes and a lying JSON-RPC relay (tests/helpers/chain.py);
+- ``knot``, ``pebble_factory``, ``acme_backend``: the ACME peers and the backend behind the
+  ACME-managed proxy (tests/helpers/acme_peers.py).
+
+Every server binds 127.0.0.1 and every process is stopped by its PID when the test ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-# -- recording aiohttp backend ---------------------------------------------------------------
+from tests.helpers.acme_peers import TSIG_ENV, Knot, Pebble, PebbleFactory, start_knot, start_pebble
+from tests.helpers.backends import (
+    RawBackend,
+    RawBackendFactory,
+    RawHandler,
+    Recorder,
+    UploadProbe,
+    record_request,
+)
+from tests.helpers.chain import (
+    ANVIL,
+    ROOT,
+    Anvil,
+    AnvilFactory,
+    LyingFactory,
+    LyingRpc,
+    start_anvil,
+    start_lying_rpc,
+    stop_anvil,
+)
+from tests.helpers.serve import Launch, Process, TLSFiles
 
-
-@dataclass
-class Seen:
-    """One request as the backend received it."""
-
-    method: str
-    target: str
-    headers: list[tuple[str, str]]
-    port: int
-    body: bytes = b""
-    complete: bool = False
-
-    def get_all(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n.lower() == name.lower()]
-
-    def names(self) -> set[str]:
-        return {n.lower() for n, _ in self.headers}
-
-
-@dataclass
-class Recorder:
-    """What the recording backend saw; ``arrived`` is set when any request starts."""
-
-    url: str = ""
-    seen: list[Seen] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def completed(self) -> list[Seen]:
-        return [s for s in self.seen if s.complete]
-
-
-async def _record(rec: Recorder, request: web.BaseRequest) -> web.StreamResponse:
-    peer = request.transport.get_extra_info("peername") if request.transport else None
-    seen = Seen(
-        method=request.method,
-        target=request.raw_path,
-        headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers],
-        port=peer[1] if isinstance(peer, tuple) else 0,
-    )
-    rec.seen.append(seen)
-    rec.arrived.set()
-    seen.body = await request.read()
-    seen.complete = True
-    return web.Response(text=f"{len(seen.body)}", headers={"X-Seen": str(len(rec.seen))})
+# -- backends ------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -74,29 +55,13 @@ async def recording_backend(aiohttp_server: AiohttpServer) -> Recorder:
     rec = Recorder()
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await _record(rec, request)
+        return await record_request(rec, request)
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     server = await aiohttp_server(app, auto_decompress=False)
     rec.url = f"http://127.0.0.1:{server.port}"
     return rec
-
-
-# -- upload probe ---------------------------------------------------------------------------
-
-
-@dataclass
-class UploadProbe:
-    """A backend that reports how each upload ended: ``complete:<n>`` or ``aborted:<exc>``.
-
-    ``head`` is set once a request reached the backend, ``done`` once its body read ended.
-    """
-
-    url: str = ""
-    head: asyncio.Event = field(default_factory=asyncio.Event)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    outcomes: list[str] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -121,24 +86,6 @@ async def upload_probe(aiohttp_server: AiohttpServer) -> UploadProbe:
     server = await aiohttp_server(app)  # handler_cancellation: a cut upload cancels it
     probe.url = f"http://127.0.0.1:{server.port}"
     return probe
-
-
-# -- raw TCP backend -------------------------------------------------------------------------
-
-RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-@dataclass
-class RawBackend:
-    port: int
-    connections: int = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-RawBackendFactory = Callable[[RawHandler], Awaitable[RawBackend]]
 
 
 @pytest.fixture
@@ -173,98 +120,105 @@ async def raw_backend() -> AsyncIterator[RawBackendFactory]:
         await srv.wait_closed()
 
 
-async def read_request_head(reader: asyncio.StreamReader) -> bytes:
-    """Read one request's head (through the blank line) on a raw backend connection."""
-    return await reader.readuntil(b"\r\n\r\n")
+# -- teeproxy processes --------------------------------------------------------------------
 
 
-# -- raw HTTP/1.1 client over TLS ------------------------------------------------------------
+@pytest.fixture
+async def launch() -> AsyncIterator[Launch]:
+    """Start ``python -m proxy.cli ARGS``; every process is stopped at teardown."""
+    started: list[Process] = []
+
+    async def start(args: list[str]) -> Process:
+        p = await asyncio.to_thread(Process, args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        await asyncio.to_thread(p.stop)
 
 
-async def tls_connect(
-    port: int, client_ssl: ssl.SSLContext
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(
-        "127.0.0.1", port, ssl=client_ssl, server_hostname="localhost"
-    )
+@pytest.fixture
+async def tls_files(tmp_path: Path, leaf: trustme.LeafCert) -> TLSFiles:
+    files = TLSFiles(tmp_path / "cert.pem", tmp_path / "key.pem")
+    await asyncio.to_thread(files.write, leaf)
+    return files
 
 
-@dataclass
-class RawResponse:
-    status: int
-    reason: str
-    headers: list[tuple[str, str]]
-    body: bytes = b""
-
-    def get(self, name: str) -> str | None:
-        values = self.get_all(name)
-        return values[0] if values else None
-
-    def get_all(self, name: str) -> list[str]:
-        return [v for n, v in self.headers if n.lower() == name.lower()]
-
-    def names(self) -> set[str]:
-        return {n.lower() for n, _ in self.headers}
+# -- Ethereum peers ------------------------------------------------------------------------
 
 
-async def read_head(reader: asyncio.StreamReader) -> RawResponse:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    version, status, *reason = lines[0].split(" ", 2)
-    assert version in ("HTTP/1.1", "HTTP/1.0"), lines[0]
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if line:
-            name, _, value = line.partition(":")
-            headers.append((name, value.strip()))
-    return RawResponse(int(status), reason[0] if reason else "", headers)
+@pytest.fixture
+async def anvil() -> AsyncIterator[AnvilFactory]:
+    if not await asyncio.to_thread(ANVIL.exists):
+        pytest.fail(f"anvil not installed: run `npm ci --prefix {ROOT / 'contracts_abi'}`")
+    nodes: list[Anvil] = []
+
+    async def start() -> Anvil:
+        return await start_anvil(nodes)
+
+    yield start
+    for node in nodes:
+        await stop_anvil(node)
 
 
-async def read_response(
-    reader: asyncio.StreamReader, *, method: str = "GET", within: float = 5.0
-) -> RawResponse:
-    """Read one response, framing its body by the rules a client must apply (RFC 9112 6.3)."""
-    async with asyncio.timeout(within):
-        resp = await read_head(reader)
-        while 100 <= resp.status < 200 and resp.status != 101:
-            resp = await read_head(reader)
-        if method == "HEAD" or resp.status in (204, 304):
-            return resp
-        te = resp.get("Transfer-Encoding")
-        if te is not None:
-            assert te.lower() == "chunked", te
-            body = bytearray()
-            while True:
-                size_line = await reader.readuntil(b"\r\n")
-                size = int(size_line.split(b";")[0], 16)
-                if size == 0:
-                    await reader.readuntil(b"\r\n")  # no trailers from the proxy
-                    break
-                body += await reader.readexactly(size)
-                assert await reader.readexactly(2) == b"\r\n"
-            resp.body = bytes(body)
-        elif resp.get("Content-Length") is not None:
-            resp.body = await reader.readexactly(int(resp.get("Content-Length") or 0))
-        else:
-            resp.body = await reader.read()
-        return resp
+@pytest.fixture
+async def lying_rpc() -> AsyncIterator[LyingFactory]:
+    """``await lying_rpc(upstream_url)``: a relay answering every ``eth_call`` with a forged
+    policy (version 999, one forged id), everything else relayed unchanged.
+    ``lie=False`` gives an honest relay (a second, independent-looking endpoint)."""
+    runners: list[web.AppRunner] = []
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(upstream: str, *, lie: bool = True) -> LyingRpc:
+        return await start_lying_rpc(upstream, lie=lie, runners=runners, sessions=sessions)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+    for s in sessions:
+        await s.close()
 
 
-async def wait_closed(reader: asyncio.StreamReader, within: float) -> bytes:
-    """Read until the peer closes (EOF or reset) and return what arrived before that.
-
-    Raises TimeoutError when the connection is still open after ``within`` seconds.
-    """
-    data = bytearray()
-    async with asyncio.timeout(within):
-        try:
-            while chunk := await reader.read(65536):
-                data += chunk
-        except (ConnectionError, ssl.SSLError):
-            pass
-    return bytes(data)
+# -- ACME peers ----------------------------------------------------------------------------
 
 
-def close_writer(writer: asyncio.StreamWriter) -> None:
-    """Drop a raw client connection without waiting for the TLS close handshake."""
-    writer.transport.abort()
+@pytest.fixture
+def knot(tmp_path: Path) -> Iterator[Knot]:
+    k = start_knot(tmp_path / "knot")
+    os.environ[TSIG_ENV] = k.secret
+    try:
+        yield k
+    finally:
+        k.stop()
+        os.environ.pop(TSIG_ENV, None)
+
+
+@pytest.fixture
+def pebble_factory(tmp_path: Path, knot: Knot) -> Iterator[PebbleFactory]:
+    """``pebble_factory(**env)`` starts a Pebble resolving through ``knot``."""
+    started: list[Pebble] = []
+
+    def make(validity: int = 0, eab: dict[str, str] | None = None, **faults: str) -> Pebble:
+        p = start_pebble(tmp_path / f"pebble{len(started)}", knot, validity, eab, **faults)
+        started.append(p)
+        return p
+
+    try:
+        yield make
+    finally:
+        for p in started:
+            p.stop()
+
+
+@pytest.fixture
+async def acme_backend(aiohttp_server: AiohttpServer) -> str:
+    """The backend behind the ACME-managed proxy: "backend ok" on every path."""
+
+    async def ok(_r: web.Request) -> web.Response:
+        return web.Response(text="backend ok")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    srv = await aiohttp_server(app)
+    return f"http://127.0.0.1:{srv.port}"

@@ -22,30 +22,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certmgr.acme.challenges.tlsalpn01 import acme_identifier_digest
-from tests.integration import acme_harness, acme_peers
-from tests.integration.acme_harness import Harness, start_harness
-from tests.integration.acme_peers import Knot, PebbleFactory
+from tests.helpers.acme_harness import Harness, LoopbackResolver, start_harness
+from tests.helpers.acme_peers import Knot, PebbleFactory
 
 pytestmark = pytest.mark.slow
-
-knot = acme_peers.knot  # fixtures of the real peers
-pebble_factory = acme_peers.pebble_factory
-
-
-backend = acme_harness.backend
 
 
 async def _get(h: Harness, name: str, path: str = "/") -> tuple[int, str]:
     ctx = await h.client_ctx()
-    conn = aiohttp.TCPConnector(ssl=ctx, resolver=_Static())
+    conn = aiohttp.TCPConnector(ssl=ctx, resolver=LoopbackResolver())
     async with (
         aiohttp.ClientSession(connector=conn) as s,
         s.get(f"https://{name}:{h.worker.ports[0]}{path}") as r,
     ):
         return r.status, await r.text()
-
-
-_Static = acme_harness.LoopbackResolver
 
 
 def _sans(cert: x509.Certificate) -> set[str]:
@@ -71,11 +61,11 @@ def _txt_count(knot: Knot, name: str) -> int:
 
 
 async def test_http01_issuance_serves_verified_certificate(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     names = ("a.example.test", "www.example.test")
-    h = await start_harness(tmp_path, pebble, knot, backend, names, challenge="http-01")
+    h = await start_harness(tmp_path, pebble, knot, acme_backend, names, challenge="http-01")
     try:
         # Before: the development certificate (localhost), not one for our names.
         before = await h.served_cert("a.example.test")
@@ -111,11 +101,11 @@ async def test_http01_issuance_serves_verified_certificate(
 
 
 async def test_tlsalpn01_issuance(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     h = await start_harness(
-        tmp_path, pebble, knot, backend, ("b.example.test",), challenge="tls-alpn-01"
+        tmp_path, pebble, knot, acme_backend, ("b.example.test",), challenge="tls-alpn-01"
     )
     seen: list[tuple[bool, bool]] = []
     publisher = h.manager.issuer().publisher
@@ -150,11 +140,11 @@ async def test_tlsalpn01_issuance(
 
 
 async def test_dns01_issuance_with_wildcard_and_cleanup(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     names = ("c.example.test", "*.example.test")
-    h = await start_harness(tmp_path, pebble, knot, backend, names, challenge="dns-01")
+    h = await start_harness(tmp_path, pebble, knot, acme_backend, names, challenge="dns-01")
     try:
         await h.manager.step()
         assert h.manager.failures == 0, h.manager.last_error

@@ -26,20 +26,11 @@ from aiohttp import web
 from cryptography import x509
 
 from proxy.tasks import spawn
-from tests.integration import acme_harness, acme_peers
-from tests.integration.acme_harness import Harness, start_harness
-from tests.integration.acme_peers import Knot, PebbleFactory, free_port
+from tests.helpers.acme_harness import Harness, LoopbackResolver, start_harness
+from tests.helpers.acme_peers import Knot, PebbleFactory
+from tests.helpers.ports import free_port
 
 pytestmark = pytest.mark.slow
-
-knot = acme_peers.knot  # fixtures of the real peers
-pebble_factory = acme_peers.pebble_factory
-
-
-backend = acme_harness.backend
-
-
-_Static = acme_harness.LoopbackResolver
 
 
 async def _force_due(h: Harness) -> None:
@@ -56,11 +47,11 @@ async def _issue(h: Harness) -> x509.Certificate:
 
 
 async def test_renewal_hot_swap_while_requests_flow(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     h = await start_harness(
-        tmp_path, pebble, knot, backend, ("e.example.test",), challenge="http-01"
+        tmp_path, pebble, knot, acme_backend, ("e.example.test",), challenge="http-01"
     )
     try:
         first = await _issue(h)
@@ -71,7 +62,7 @@ async def test_renewal_hot_swap_while_requests_flow(
 
         async def client() -> None:
             nonlocal ok
-            conn = aiohttp.TCPConnector(ssl=ctx, resolver=_Static(), force_close=True)
+            conn = aiohttp.TCPConnector(ssl=ctx, resolver=LoopbackResolver(), force_close=True)
             async with aiohttp.ClientSession(connector=conn) as s:
                 for _ in range(100_000):  # bounded; ends when the renewal is done
                     if stop.is_set():
@@ -107,17 +98,17 @@ async def test_renewal_hot_swap_while_requests_flow(
 
 
 async def test_restart_reuses_stored_certificate(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     names = ("f.example.test",)
-    h = await start_harness(tmp_path, pebble, knot, backend, names, challenge="http-01")
+    h = await start_harness(tmp_path, pebble, knot, acme_backend, names, challenge="http-01")
     try:
         first = await _issue(h)
     finally:
         await h.worker.drain(grace=0.5)
     # "Restart": a new worker and manager over the same state directory.
-    h2 = await start_harness(tmp_path, pebble, knot, backend, names, challenge="http-01")
+    h2 = await start_harness(tmp_path, pebble, knot, acme_backend, names, challenge="http-01")
     try:
         served = await h2.served_cert("f.example.test")
         assert served.serial_number == first.serial_number  # served from storage at once
@@ -132,7 +123,7 @@ async def test_pebble_fault_modes_still_issue(
     tmp_path: Path,
     knot: Knot,
     pebble_factory: PebbleFactory,
-    backend: str,
+    acme_backend: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # 40 % of nonces rejected; validation delayed by a random 0-2 s (bounded sleep).
@@ -143,7 +134,7 @@ async def test_pebble_fault_modes_still_issue(
         PEBBLE_WFE_NONCEREJECT="40",
     )
     h = await start_harness(
-        tmp_path, pebble, knot, backend, ("g.example.test",), challenge="http-01"
+        tmp_path, pebble, knot, acme_backend, ("g.example.test",), challenge="http-01"
     )
     caplog.set_level(logging.DEBUG, "acme.client")
     try:
@@ -166,12 +157,12 @@ async def test_ca_down_keeps_serving_and_logs_next_attempt(
     tmp_path: Path,
     knot: Knot,
     pebble_factory: PebbleFactory,
-    backend: str,
+    acme_backend: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     h = await start_harness(
-        tmp_path, pebble, knot, backend, ("h.example.test",), challenge="http-01"
+        tmp_path, pebble, knot, acme_backend, ("h.example.test",), challenge="http-01"
     )
     try:
         first = await _issue(h)
@@ -206,12 +197,12 @@ async def test_dns_down_keeps_serving_and_logs_next_attempt(
     tmp_path: Path,
     knot: Knot,
     pebble_factory: PebbleFactory,
-    backend: str,
+    acme_backend: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     h = await start_harness(
-        tmp_path, pebble, knot, backend, ("c.example.test",), challenge="dns-01"
+        tmp_path, pebble, knot, acme_backend, ("c.example.test",), challenge="dns-01"
     )
     try:
         first = await _issue(h)
@@ -228,11 +219,11 @@ async def test_dns_down_keeps_serving_and_logs_next_attempt(
 
 
 async def test_caa_forbidding_issuance_gives_clear_error(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     h = await start_harness(
-        tmp_path, pebble, knot, backend, ("x.forbidden.example.test",), challenge="dns-01"
+        tmp_path, pebble, knot, acme_backend, ("x.forbidden.example.test",), challenge="dns-01"
     )
     try:
         await h.manager.step()
@@ -246,7 +237,7 @@ async def test_caa_forbidding_issuance_gives_clear_error(
 
 
 async def test_second_issuer_used_when_first_fails(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory)
     dead = f"https://127.0.0.1:{free_port()}/dir"
@@ -254,7 +245,7 @@ async def test_second_issuer_used_when_first_fails(
         tmp_path,
         pebble,
         knot,
-        backend,
+        acme_backend,
         ("a.example.test",),
         challenge="http-01",
         directories=(dead, pebble.directory),
@@ -271,7 +262,7 @@ async def test_external_account_binding(
     tmp_path: Path,
     knot: Knot,
     pebble_factory: PebbleFactory,
-    backend: str,
+    acme_backend: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A CA requiring EAB (like ZeroSSL): refused without it, issued with it."""
@@ -279,7 +270,7 @@ async def test_external_account_binding(
     pebble = await asyncio.to_thread(pebble_factory, eab={"kid-1": hmac_key})
     extra = 'eab_kid_env = "TEST_EAB_KID"\neab_hmac_env = "TEST_EAB_HMAC"'
     h = await start_harness(
-        tmp_path, pebble, knot, backend, ("a.example.test",), challenge="http-01", extra=extra
+        tmp_path, pebble, knot, acme_backend, ("a.example.test",), challenge="http-01", extra=extra
     )
     try:
         await h.manager.step()  # variables not set: a clear error naming the field
@@ -299,7 +290,7 @@ async def test_external_account_binding(
 
 
 async def test_ari_window_drives_renewal(
-    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, backend: str
+    tmp_path: Path, knot: Knot, pebble_factory: PebbleFactory, acme_backend: str
 ) -> None:
     """RFC 9773: with a renewalInfo resource the renewal time is inside the suggested window.
 
@@ -348,7 +339,7 @@ async def test_ari_window_drives_renewal(
         tmp_path,
         pebble,
         knot,
-        backend,
+        acme_backend,
         ("a.example.test",),
         challenge="http-01",
         directories=(f"https://127.0.0.1:{front_port}/dir",),

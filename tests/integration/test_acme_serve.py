@@ -19,18 +19,11 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.integration import acme_peers, test_serve
-from tests.integration.acme_harness import pebble_root
-from tests.integration.acme_peers import Knot, PebbleFactory, acme_toml
-from tests.integration.test_serve import Launch
+from tests.helpers.acme_harness import pebble_root
+from tests.helpers.acme_peers import Knot, PebbleFactory, acme_toml
+from tests.helpers.serve import REPO, Launch
 
 pytestmark = pytest.mark.slow
-
-knot = acme_peers.knot
-pebble_factory = acme_peers.pebble_factory
-launch = test_serve.launch
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _served(port: int, name: str) -> x509.Certificate | None:

@@ -17,16 +17,8 @@ from aiohttp.test_utils import TestServer
 from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_serve import (
-    Launch,
-    TLSFiles,
-    free_port,
-    launch,  # noqa: F401 - fixture
-    listening_pids,
-    serve,
-    tls_files,  # noqa: F401 - fixture
-    write_config,
-)
+from tests.helpers.ports import free_port
+from tests.helpers.serve import Launch, TLSFiles, listening_pids, serve, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -79,10 +71,10 @@ async def fetch(url: str, ctx: ssl.SSLContext) -> str:
 
 async def test_health_ready_and_metrics_aggregated_over_two_workers(
     *,
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
     backend_server: TestServer,
-    tls_files: TLSFiles,  # noqa: F811
+    tls_files: TLSFiles,
     leaf: trustme.LeafCert,
     client_ssl: ssl.SSLContext,
 ) -> None:
@@ -170,10 +162,10 @@ async def test_health_ready_and_metrics_aggregated_over_two_workers(
 
 async def test_admin_on_unix_socket(
     *,
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
     backend_server: TestServer,
-    tls_files: TLSFiles,  # noqa: F811
+    tls_files: TLSFiles,
 ) -> None:
     sock = tmp_path / "admin.sock"
     config = await asyncio.to_thread(
@@ -203,7 +195,7 @@ async def test_admin_on_unix_socket(
 
 @pytest.mark.parametrize("address", ["0.0.0.0:9443", "192.0.2.10:9443", "[::]:9443"])
 async def test_non_loopback_admin_is_refused(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
     address: str,
 ) -> None:
@@ -229,10 +221,10 @@ async def test_non_loopback_admin_is_refused(
 
 async def test_admin_port_in_use_is_a_config_error(
     *,
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
     backend_server: TestServer,
-    tls_files: TLSFiles,  # noqa: F811
+    tls_files: TLSFiles,
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

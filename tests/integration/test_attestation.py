@@ -23,7 +23,7 @@ from aiohttp import web
 
 from certmgr.attest.ratls_store import load_ratls, ratls_dir
 from certmgr.keys import InsecureDevSealer
-from tests.integration.test_serve import REPO, Launch, Process, launch  # noqa: F401
+from tests.helpers.serve import REPO, Launch, Process
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ def _verify(*args: str) -> tuple[int, dict[str, Any], str]:
 
 
 @pytest.fixture
-async def served(tmp_path: Path, launch: Launch) -> AsyncIterator[tuple[Process, int, Path]]:  # noqa: F811
+async def served(tmp_path: Path, launch: Launch) -> AsyncIterator[tuple[Process, int, Path]]:
     cfg = await asyncio.to_thread(_write_config, tmp_path)
     p = await launch(["serve", "-c", str(cfg)])
     (m,) = await p.wait_log(r"teeproxy serving on 127\.0\.0\.1:(\d+)")

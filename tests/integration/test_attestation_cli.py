@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import measurement_id
 from proxy.cli.main import main
-from tests.unit.certmgr.attest_helpers import DATA, DEV_KEY, T_SGX, T_TDX, make_ratls
+from tests.helpers.attest import DATA, DEV_KEY, T_SGX, T_TDX, make_ratls
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:

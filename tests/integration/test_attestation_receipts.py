@@ -31,11 +31,10 @@ from certmgr.receipts.signing import (
     sign_receipt,
     signing_dir,
 )
-from tests.integration.test_serve import REPO, Launch, Served, launch, serve, write_config
+from tests.helpers.serve import REPO, Launch, Served, serve, write_config
 
 pytestmark = pytest.mark.slow
 
-_ = launch  # fixture
 
 NAME = "attestation.teeproxy.invalid"
 REQUEST = b'{"model":"m1","messages":[{"role":"user","content":"hi"}]}'

@@ -14,15 +14,9 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from tests.conftest import ProxyFactory
-from tests.integration.conftest import (
-    RawBackendFactory,
-    RawHandler,
-    close_writer,
-    read_request_head,
-    read_response,
-    tls_connect,
-)
+from tests.helpers.backends import RawBackendFactory, RawHandler, read_request_head
+from tests.helpers.proxies import ProxyFactory
+from tests.helpers.rawhttp import close_writer, read_response, tls_connect
 
 
 async def _get_json_error(

@@ -16,7 +16,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 from certmgr.store import CertStore
 from proxy import metrics
 from proxy.tasks import spawn
-from tests.conftest import ProxyFactory, store_from_leaf
+from tests.helpers.proxies import ProxyFactory, store_from_leaf
 
 CLIENTS = 8
 SWAPS = 6

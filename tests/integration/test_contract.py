@@ -18,13 +18,11 @@ import aiohttp
 import pytest
 
 from certmgr.policy.artifacts import ABI
-from tests.integration.chain_peers import (  # noqa: F401 - fixtures
+from tests.helpers.chain import (
     ROOT,
     AnvilFactory,
     AsyncWeb3,
     ContractCalls,
-    ContractLogicError,
-    anvil,
     deploy_policy,
     rpc,
     web3_for,
@@ -51,7 +49,7 @@ class Deployed(ContractCalls):
 
 
 @pytest.fixture
-async def deployed(anvil: AnvilFactory) -> AsyncIterator[Deployed]:  # noqa: F811
+async def deployed(anvil: AnvilFactory) -> AsyncIterator[Deployed]:
     node = await anvil()
     w3 = web3_for(node.url)
     accounts = await w3.eth.accounts

@@ -21,7 +21,7 @@ from proxy.config import Config, loads
 from proxy.control.attestation import prepare_attestation
 from proxy.control.governance import Governor, governed_measurement_id
 from proxy.runtime import build_runtime, sealer_for
-from tests.integration.chain_peers import web3_for
+from tests.helpers.chain import web3_for
 
 
 def _config(state: Path, extra: str = "") -> Config:

@@ -15,17 +15,9 @@ import aiohttp
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from tests.conftest import ProxyFactory
-from tests.integration.conftest import (
-    RawBackendFactory,
-    Recorder,
-    Seen,
-    close_writer,
-    read_head,
-    read_request_head,
-    read_response,
-    tls_connect,
-)
+from tests.helpers.backends import RawBackendFactory, Recorder, Seen, read_request_head
+from tests.helpers.proxies import ProxyFactory
+from tests.helpers.rawhttp import close_writer, read_head, read_response, tls_connect
 
 MiB = 1024 * 1024
 

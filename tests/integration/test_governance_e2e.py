@@ -35,25 +35,10 @@ from proxy.control.governance import next_gate
 from proxy.dataplane.gate import WorkerGate
 from proxy.dataplane.worker import Worker
 from proxy.gatestate import state_path
-from tests.conftest import make_config, store_from_leaf
-from tests.integration.chain_peers import (  # noqa: F401 - fixtures
-    Anvil,
-    AnvilFactory,
-    LyingFactory,
-    anvil,
-    fund,
-    lying_rpc,
-)
-from tests.integration.test_serve import (  # noqa: F401 - fixtures
-    REPO,
-    Launch,
-    TLSFiles,
-    free_port,
-    launch,
-    serve,
-    tls_files,
-    write_config,
-)
+from tests.helpers.chain import AnvilFactory, LyingFactory, fund
+from tests.helpers.ports import free_port
+from tests.helpers.proxies import make_config, store_from_leaf
+from tests.helpers.serve import REPO, Launch, TLSFiles, serve, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -125,10 +110,10 @@ async def backend(aiohttp_server: AiohttpServer) -> str:
 
 async def test_revoke_reallow_and_outage_on_anvil(
     *,
-    anvil: AnvilFactory,  # noqa: F811
-    lying_rpc: LyingFactory,  # noqa: F811
-    launch: Launch,  # noqa: F811
-    tls_files: TLSFiles,  # noqa: F811
+    anvil: AnvilFactory,
+    lying_rpc: LyingFactory,
+    launch: Launch,
+    tls_files: TLSFiles,
     backend: str,
     client_ssl: ssl.SSLContext,
     tmp_path: Path,

@@ -16,16 +16,9 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
 from proxy.dataplane.worker import Worker
-from tests.conftest import ProxyFactory
-from tests.integration.conftest import (
-    Recorder,
-    UploadProbe,
-    close_writer,
-    read_head,
-    read_response,
-    tls_connect,
-    wait_closed,
-)
+from tests.helpers.backends import Recorder, UploadProbe
+from tests.helpers.proxies import ProxyFactory
+from tests.helpers.rawhttp import close_writer, read_head, read_response, tls_connect, wait_closed
 
 H = b"Host: localhost\r\n"
 

@@ -14,11 +14,7 @@ from pathlib import Path
 import pytest
 
 from proxy.cli.main import main
-from tests.integration.chain_peers import (  # noqa: F401 - fixtures
-    AnvilFactory,
-    anvil,
-    fund,
-)
+from tests.helpers.chain import AnvilFactory, fund
 
 PASSWORD = "operator-password"
 MID = "0x" + "a1" * 32
@@ -52,7 +48,7 @@ async def keystore(path: Path, capsys: pytest.CaptureFixture[str], rpc: str) -> 
 
 
 async def test_operator_workflow(
-    anvil: AnvilFactory,  # noqa: F811
+    anvil: AnvilFactory,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
@@ -125,7 +121,7 @@ async def test_operator_workflow(
 
 
 async def test_keystore_password_handling(
-    anvil: AnvilFactory,  # noqa: F811
+    anvil: AnvilFactory,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

@@ -20,18 +20,16 @@ from proxy.config import Config
 from proxy.control.governance import Governor, governed_measurement_id
 from proxy.gatestate import GateState, state_path
 from proxy.runtime import Runtime
-from tests.conftest import make_config
-from tests.integration.chain_peers import (  # noqa: F401 - fixtures
+from tests.helpers.chain import (
     Anvil,
     AnvilFactory,
     LyingFactory,
-    anvil,
     anvil_account0,
     deploy_policy,
-    lying_rpc,
     owner_tx,
 )
-from tests.integration.test_serve import free_port
+from tests.helpers.ports import free_port
+from tests.helpers.proxies import make_config
 
 MINE = b"\x01" * 32
 OTHER = b"\x02" * 32
@@ -44,7 +42,7 @@ class Chain:
 
 
 @pytest.fixture
-async def chain(anvil: AnvilFactory) -> Chain:  # noqa: F811
+async def chain(anvil: AnvilFactory) -> Chain:
     node = await anvil()
     address = await deploy_policy(node.url, await anvil_account0(node.url))
     await owner_tx(node.url, address, "allow", MINE, "build 1")
@@ -53,7 +51,7 @@ async def chain(anvil: AnvilFactory) -> Chain:  # noqa: F811
 
 async def test_two_agreeing_endpoints_outvote_a_liar(
     chain: Chain,
-    lying_rpc: LyingFactory,  # noqa: F811
+    lying_rpc: LyingFactory,
 ) -> None:
     honest = await lying_rpc(chain.node.url, lie=False)
     liar = await lying_rpc(chain.node.url)
@@ -74,7 +72,7 @@ async def test_two_agreeing_endpoints_outvote_a_liar(
 
 async def test_a_liar_cannot_win_or_split_a_low_quorum(
     chain: Chain,
-    lying_rpc: LyingFactory,  # noqa: F811
+    lying_rpc: LyingFactory,
 ) -> None:
     """With quorum 1 and a conflicting answer there is no policy (fail closed), not the liar's."""
     liar = await lying_rpc(chain.node.url)
@@ -103,7 +101,7 @@ async def test_unreachable_endpoint_is_reported_and_the_rest_still_agree(chain: 
     assert [u for u, _ in outcome.failed] == [dead]
 
 
-async def test_check_measurement_for_verifiers(chain: Chain, lying_rpc: LyingFactory) -> None:  # noqa: F811
+async def test_check_measurement_for_verifiers(chain: Chain, lying_rpc: LyingFactory) -> None:
     liar = await lying_rpc(chain.node.url)
     honest = await lying_rpc(chain.node.url, lie=False)
     urls = [chain.node.url, honest.url, liar.url]
@@ -198,7 +196,7 @@ async def test_revocation_and_reallow_as_configured(chain: Chain, tmp_path: Path
 
 
 async def test_snapshot_policy_plugs_into_the_verifier(chain: Chain) -> None:
-    """certmgr.verify's PolicyCheck, answered from one quorum-agreed snapshot."""
+    """certmgr.attest.policycheck's PolicyCheck, answered from one quorum-agreed snapshot."""
     from certmgr.policy.model import SnapshotPolicy
     from certmgr.policy.rpc import read_snapshot
 

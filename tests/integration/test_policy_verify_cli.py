@@ -13,15 +13,9 @@ import pytest
 
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import measurement_id
-from tests.integration.chain_peers import (  # noqa: F401 - fixtures
-    AnvilFactory,
-    anvil,
-    anvil_account0,
-    deploy_policy,
-    owner_tx,
-)
-from tests.integration.test_serve import REPO
-from tests.unit.certmgr.attest_helpers import DATA, T_TDX
+from tests.helpers.attest import DATA, T_TDX
+from tests.helpers.chain import AnvilFactory, anvil_account0, deploy_policy, owner_tx
+from tests.helpers.serve import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +44,7 @@ async def verify_quote(*extra: str) -> tuple[int, dict[str, object]]:
     return int(proc.returncode or 0), json.loads(out)
 
 
-async def test_verify_quote_against_the_on_chain_policy(anvil: AnvilFactory) -> None:  # noqa: F811
+async def test_verify_quote_against_the_on_chain_policy(anvil: AnvilFactory) -> None:
     node = await anvil()
     raw = await asyncio.to_thread((DATA / "tdx_quote").read_bytes)
     quote = await asyncio.to_thread(parse_quote, raw)  # may import its parser lazily

@@ -1,11 +1,12 @@
 """Receipts checked on chain: MeasurementPolicy's signer registry and ``verifyReceipt`` on anvil.
 
-The contract's EIP-712 digest must equal ``certmgr.receipt.typed_data_hash`` (the RECEIPTS.md
-test vector and many generated inputs, non-ASCII included); ``verifyReceipt`` must accept a
-receipt from ``certmgr.receipt.sign_receipt`` only for a signer registered for exactly the
-receipt's measurement while that measurement is allowed, and reject every malformed or
-malleated signature without reverting. Access control, events and version bumps of
-``registerSigner`` / ``unregisterSigner`` are checked with the custom errors decoded by name.
+The contract's EIP-712 digest must equal ``certmgr.receipts.format.typed_data_hash`` (the
+RECEIPTS.md test vector and many generated inputs, non-ASCII included); ``verifyReceipt``
+must accept a receipt from ``certmgr.receipts.signing.sign_receipt`` only for a signer
+registered for exactly the receipt's measurement while that measurement is allowed, and
+reject every malformed or malleated signature without reverting. Access control, events and
+version bumps of ``registerSigner`` / ``unregisterSigner`` are checked with the custom errors
+decoded by name.
 """
 
 from __future__ import annotations
@@ -24,15 +25,7 @@ from certmgr.policy.artifacts import ABI
 from certmgr.receipts.format import RECEIPT_TYPEHASH, Receipt, domain_separator, typed_data_hash
 from certmgr.receipts.signing import sign_receipt
 from certmgr.receipts.verify import recover_signer
-from tests.integration.chain_peers import (  # noqa: F401 - fixtures
-    AnvilFactory,
-    AsyncWeb3,
-    ContractCalls,
-    ContractLogicError,
-    anvil,
-    deploy_policy,
-    web3_for,
-)
+from tests.helpers.chain import AnvilFactory, AsyncWeb3, ContractCalls, deploy_policy, web3_for
 
 with eth_import_guard():
     from eth_account import Account
@@ -118,7 +111,7 @@ class Chain(ContractCalls):
 
 
 @pytest.fixture
-async def chain(anvil: AnvilFactory) -> AsyncIterator[Chain]:  # noqa: F811
+async def chain(anvil: AnvilFactory) -> AsyncIterator[Chain]:
     node = await anvil()
     w3 = web3_for(node.url)
     accounts = await w3.eth.accounts

@@ -1,8 +1,8 @@
-"""Signed receipts through the forwarder (issue 6): what a client receives verifies.
+"""Signed receipts through the forwarder: what a client receives verifies.
 
 A real loopback backend (aiohttp) speaks the OpenAI shapes; the proxy runs in process with
 a receipt issuer holding a real secp256k1 key. Every test checks the receipt against the
-exact bytes the client sent and received, with ``certmgr.receipt.verify_receipt``.
+exact bytes the client sent and received, with ``certmgr.receipts.verify.verify_receipt``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from certmgr.receipts.signing import SigningKey
 from certmgr.receipts.verify import verify_receipt
 from proxy.dataplane.receipt_store import LocalStore, ReceiptStore
 from proxy.dataplane.receipts import ID_HEADER, RECEIPT_HEADER, ReceiptIssuer
-from tests.conftest import ProxyFactory, RunningProxy, make_config
+from tests.helpers.proxies import ProxyFactory, RunningProxy, make_config
 
 MID = hashlib.sha256(b"test measurement").digest()
 KEY = SigningKey.from_private_bytes(hashlib.sha256(b"receipt test key").digest())

@@ -1,4 +1,4 @@
-"""Receipts from a real ``teeproxy serve`` with two workers and the simulated TEE (issue 6).
+"""Receipts from a real ``teeproxy serve`` with two workers and the simulated TEE.
 
 - the signer is the address bound in the attestation (the evidence endpoint's claims) and
   the receipt names the measurement the quote attests;
@@ -27,15 +27,7 @@ from certmgr.attest.quote import parse_evidence
 from certmgr.receipts.format import Receipt
 from certmgr.receipts.verify import verify_receipt
 from proxy.dataplane.receipts import ID_HEADER, RECEIPT_HEADER
-from tests.integration.test_serve import (  # noqa: F401 - fixtures
-    Launch,
-    Served,
-    TLSFiles,
-    launch,
-    serve,
-    tls_files,
-    write_config,
-)
+from tests.helpers.serve import Launch, Served, TLSFiles, serve, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -58,9 +50,9 @@ async def _sse(request: web.Request) -> web.StreamResponse:
 
 @pytest.fixture
 async def served(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     tmp_path: Path,
-    tls_files: TLSFiles,  # noqa: F811
+    tls_files: TLSFiles,
     aiohttp_server: AiohttpServer,
 ) -> Served:
     app = web.Application()
@@ -129,7 +121,7 @@ async def test_receipts_verify_against_the_attested_signer_across_workers(
 
 
 async def test_restart_keeps_the_signing_key(
-    launch: Launch,  # noqa: F811
+    launch: Launch,
     served: Served,
     client_ssl: ssl.SSLContext,
 ) -> None:

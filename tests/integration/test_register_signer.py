@@ -29,14 +29,8 @@ from certmgr.policy.artifacts import ABI
 from certmgr.receipts.format import Receipt
 from certmgr.receipts.verify import verify_receipt
 from proxy.cli.main import main
-from tests.integration.chain_peers import (  # noqa: F401 - fixtures
-    AnvilFactory,
-    anvil,
-    deploy_policy,
-    fund,
-    web3_for,
-)
-from tests.integration.test_serve import Launch, launch  # noqa: F401 - fixture
+from tests.helpers.chain import AnvilFactory, deploy_policy, fund, web3_for
+from tests.helpers.serve import Launch
 
 pytestmark = pytest.mark.slow
 
@@ -113,8 +107,8 @@ class Setup:
 @pytest.fixture
 async def setup(  # noqa: PLR0917 - pytest injects fixtures by name
     tmp_path: Path,
-    launch: Launch,  # noqa: F811
-    anvil: AnvilFactory,  # noqa: F811
+    launch: Launch,
+    anvil: AnvilFactory,
     aiohttp_server: AiohttpServer,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,

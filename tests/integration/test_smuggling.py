@@ -12,15 +12,9 @@ import ssl
 
 import pytest
 
-from tests.conftest import ProxyFactory
-from tests.integration.conftest import (
-    Recorder,
-    UploadProbe,
-    close_writer,
-    read_response,
-    tls_connect,
-    wait_closed,
-)
+from tests.helpers.backends import Recorder, UploadProbe
+from tests.helpers.proxies import ProxyFactory
+from tests.helpers.rawhttp import close_writer, read_response, tls_connect, wait_closed
 
 H = b"Host: localhost\r\n"
 

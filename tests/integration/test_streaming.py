@@ -15,7 +15,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.pytest_plugin import AiohttpServer
 from aiohttp.web_protocol import RequestHandler
 
-from tests.conftest import ProxyFactory
+from tests.helpers.proxies import ProxyFactory
 
 
 async def _sse_backend(request: web.Request) -> web.StreamResponse:

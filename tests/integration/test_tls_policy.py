@@ -19,7 +19,7 @@ import trustme
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from tests.conftest import ProxyFactory, RunningProxy
+from tests.helpers.proxies import ProxyFactory, RunningProxy
 
 AEAD = re.compile(r"GCM|CHACHA20|CCM")
 

@@ -13,7 +13,7 @@ import pytest
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.pytest_plugin import AiohttpServer
 
-from tests.conftest import ProxyFactory
+from tests.helpers.proxies import ProxyFactory
 
 FLOOD_MESSAGES = 300  # 19 MiB: far beyond what socket buffers on both hops can hold
 

@@ -1,4 +1,5 @@
-"""The development CA: persistent sealed root, leaves that verify, renewal at 2/3 of life."""
+"""certmgr.devca: the development CA: persistent sealed root, leaves that verify, renewal at
+2/3 of life."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sealing, sealed key storage and atomic writes."""
+"""certmgr.keys: sealing, sealed key storage and atomic writes."""
 
 from __future__ import annotations
 

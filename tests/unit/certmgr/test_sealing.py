@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 
 from certmgr.errors import SealError, SealingUnavailable
-from certmgr.sealing import DstackSealer, GramineSealer, make_sealer
-from proxy.config import loads
-from proxy.errors import ConfigError
-from proxy.runtime import sealer_for
+from certmgr.sealing import DstackSealer, GramineSealer
 
 
 def test_gramine_roundtrip_and_binding(tmp_path: Path) -> None:
@@ -121,20 +118,3 @@ def test_dstack_bad_answers_fail_closed(
 def test_dstack_agent_absent(tmp_path: Path) -> None:
     with pytest.raises(SealingUnavailable, match="dstack GetKey"):
         DstackSealer(str(tmp_path / "missing.sock"), timeout=1.0)
-
-
-def test_config_selects_provider_and_fails_closed(tmp_path: Path) -> None:
-    key = tmp_path / "_sgx_mrsigner"
-    key.write_bytes(b"\x07" * 16)
-    cfg = loads(f'[sealing]\nprovider = "gramine"\ngramine_key_path = "{key}"\n')
-    assert sealer_for(cfg).provider == "gramine-sgx-mrsigner"
-    assert sealer_for(loads("")).provider == "insecure-development"
-    missing = loads(f'[sealing]\nprovider = "gramine"\ngramine_key_path = "{tmp_path}/none"\n')
-    with pytest.raises(ConfigError) as e:
-        sealer_for(missing)
-    assert e.value.field == "sealing.provider"
-    with pytest.raises(ConfigError) as e2:
-        loads('[sealing]\nprovider = "tpm"\n')
-    assert e2.value.field == "sealing.provider"
-    with pytest.raises(ValueError, match="unknown sealing provider"):
-        make_sealer("tpm")

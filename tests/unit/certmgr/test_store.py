@@ -1,4 +1,6 @@
-"""CertStore.select: the pure SNI -> certificate choice, on entries built in memory."""
+"""certmgr.store: CertStore.select, the pure SNI -> certificate choice, on entries built in
+memory; entries built from certificate files, the key never handed to OpenSSL in plaintext.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import trustme
 from certmgr.errors import CertError
 from certmgr.store import CertEntry, CertStore, StoreHolder, entry_from_files
 from proxy.tls import context_factory
+from tests.helpers.certs import leaf_files
 
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
@@ -157,3 +160,29 @@ def test_entry_from_files_refuses_expired_and_missing(
         )
     with pytest.raises(CertError, match="cannot read"):
         entry_from_files(str(tmp_path / "nope.pem"), key, None, context_factory())
+
+
+def test_openssl_never_reads_a_plaintext_key(leaf: trustme.LeafCert, tmp_path: Path) -> None:
+    """The temporary file handed to load_cert_chain holds the key encrypted, even when the
+    operator's key file is plaintext."""
+    cert, key = leaf_files(leaf, tmp_path)
+    assert b"BEGIN PRIVATE KEY" in key.read_bytes() or b"BEGIN EC PRIVATE KEY" in key.read_bytes()
+    handed: list[bytes] = []
+    make = context_factory()
+
+    class Spy(ssl.SSLContext):
+        def load_cert_chain(self, certfile, keyfile=None, password=None):  # type: ignore[no-untyped-def]
+            handed.append(Path(certfile).read_bytes())
+            return super().load_cert_chain(certfile, keyfile, password)
+
+    def factory() -> ssl.SSLContext:
+        ctx = Spy(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = make().minimum_version
+        return ctx
+
+    entry = entry_from_files(str(cert), str(key), None, factory)
+    assert entry.names == frozenset({"localhost", "127.0.0.1", "::1"})
+    [pem] = handed
+    assert b"BEGIN ENCRYPTED PRIVATE KEY" in pem
+    assert b"BEGIN PRIVATE KEY" not in pem and b"BEGIN EC PRIVATE KEY" not in pem
+    assert key.read_bytes().split(b"-----")[2].strip() not in pem

@@ -1,7 +1,10 @@
-"""Configuration: embedded defaults, overrides, validation naming the field, env secrets."""
+"""proxy.config: embedded defaults, overrides, validation naming the field, env secrets, the
+sections a reload may change; the [attestation] and [governance] rules.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 
@@ -11,12 +14,17 @@ from proxy.config import (
     CertificateConfig,
     Config,
     ConfigError,
+    GovernanceConfig,
     ListenAddress,
     default_toml,
     load,
     loads,
     parse_listen,
+    reloadable,
+    validate_governance,
 )
+from tests.helpers.governance import ADDR, ENFORCE
+from tests.helpers.simulated_tee import simulated_config
 
 
 def test_shipped_default_toml_loads_and_matches_the_dataclass_defaults() -> None:
@@ -319,3 +327,105 @@ def test_key_password_from_env_unset(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_no_password_env_means_unencrypted_key() -> None:
     assert CertificateConfig("/c", "/k").key_password() is None
+
+
+# -- reload -------------------------------------------------------------------------------
+
+
+def test_reload_applies_only_reloadable_sections() -> None:
+    running = loads('state_dir = "/a"\n[server]\nlisten = ["127.0.0.1:4443"]\ndrain_grace = 5.0')
+    new = loads(
+        'state_dir = "/b"\n[server]\nlisten = ["127.0.0.1:0"]\ndrain_grace = 99.0\n'
+        '[backend]\nurl = "http://127.0.0.1:9"\n[tls]\nhsts_max_age = 60\n'
+        '[limits]\nmax_headers = 7\n[logging]\nlevel = "DEBUG"\n[admin]\nlisten = ""'
+    )
+    merged = reloadable(running, new)
+    # Restart-only: the resolved listen ports, drain_grace, admin, state_dir.
+    assert merged.server == running.server
+    assert merged.admin == running.admin
+    assert merged.state_dir == "/a"
+    # Reloadable: everything else.
+    assert merged.backend == new.backend
+    assert merged.tls == new.tls
+    assert merged.limits == new.limits
+    assert merged.logging == new.logging
+    assert merged.dev_ca == new.dev_ca
+
+
+# -- [attestation] ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ('provider = "sgx"', "attestation.provider"),
+        ("cert_lifetime = 90000.0", "attestation.cert_lifetime"),
+        ("cert_lifetime = 60.0", "attestation.cert_lifetime"),
+        ('server_name = ""', "attestation.server_name"),
+        ("quote_rate = 0.0", "attestation.quote_rate"),
+        ("quote_burst = 0", "attestation.quote_burst"),
+    ],
+)
+def test_attestation_config_errors_name_the_field(tmp_path: Path, extra: str, field: str) -> None:
+    with pytest.raises(ConfigError) as ei:
+        simulated_config(tmp_path, extra)
+    assert ei.value.field == field
+
+
+def test_default_config_has_attestation_section() -> None:
+    a = loads("").attestation
+    assert a.provider == "auto" and a.cert_lifetime <= 86400
+
+
+# -- [governance] -------------------------------------------------------------------------
+
+
+def test_default_config_has_governance_off() -> None:
+    cfg = loads("")
+    assert cfg.governance.mode == "off"
+    assert cfg.governance.refresh_period == 15.0
+    assert cfg.governance.max_staleness == 120.0
+
+
+def test_loads_governance_section() -> None:
+    cfg = loads(
+        "[governance]\nmode = 'monitor'\n"
+        f"rpc_urls = ['http://127.0.0.1:1', 'http://127.0.0.1:2']\nquorum = 2\ncontract = '{ADDR}'"
+    )
+    assert cfg.governance.rpc_urls == ("http://127.0.0.1:1", "http://127.0.0.1:2")
+    assert cfg.governance.quorum == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"mode": "enforcing"}, "governance.mode"),
+        ({"rpc_urls": ()}, "governance.rpc_urls"),
+        ({"rpc_urls": ("ftp://x",)}, "governance.rpc_urls[0]"),
+        ({"rpc_urls": ("http://a", "http://a")}, "governance.rpc_urls"),
+        ({"contract": "0x1234"}, "governance.contract"),
+        ({"quorum": 2}, "governance.quorum"),
+        ({"quorum": 0}, "governance.quorum"),
+        ({"refresh_period": 0.0}, "governance.refresh_period"),
+        ({"max_staleness": 1.0, "refresh_period": 5.0}, "governance.max_staleness"),
+        ({"rpc_timeout": float("inf")}, "governance.rpc_timeout"),
+        ({"rpc_timeout": 61.0}, "governance.rpc_timeout"),
+        ({"self_measurement": "0x12"}, "governance.self_measurement"),
+        ({"embedded_chain": True}, "governance.rpc_urls"),
+        (
+            {"embedded_chain": True, "rpc_urls": (), "embedded_chain_listen": "0.0.0.0:8546"},
+            "governance.embedded_chain_listen",
+        ),
+    ],
+)
+def test_invalid_governance_names_the_field(change: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_governance(dataclasses.replace(ENFORCE, **change))  # type: ignore[arg-type]
+    assert info.value.field == field
+
+
+def test_valid_governance_variants() -> None:
+    validate_governance(ENFORCE)
+    validate_governance(dataclasses.replace(ENFORCE, embedded_chain=True, rpc_urls=(), contract=""))
+    validate_governance(dataclasses.replace(ENFORCE, self_measurement="0x" + "ab" * 32))
+    validate_governance(GovernanceConfig())  # off: nothing else is checked

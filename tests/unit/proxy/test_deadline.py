@@ -1,4 +1,5 @@
-"""Deadline: one reschedulable timer cancelling its task, distinguishable from other cancels."""
+"""proxy.deadline: one reschedulable timer cancelling its task, distinguishable from other
+cancels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TLS policy, checked on the contexts and by in-memory handshakes (ssl.MemoryBIO, no sockets)."""
+"""proxy.tls: the TLS policy, checked on the contexts and by in-memory handshakes
+(ssl.MemoryBIO, no sockets)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import trustme
 
 from certmgr.store import CertStore, StoreHolder
 from proxy.tls import ALPN_HTTP11, context_factory, listener_context
-from tests.conftest import store_from_leaf
+from tests.helpers.proxies import store_from_leaf
 
 OLD_VERSIONS = [
     pytest.param(ssl.TLSVersion.TLSv1, id="TLSv1.0"),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certmgr.attest.measurement import TeeType
 from certmgr.attest.quote import parse_evidence
 from certmgr.attest.sevsnp import (
     ARK_GUID,
@@ -27,8 +28,7 @@ from certmgr.attest.sevsnp import (
     parse_snp_report,
 )
 from certmgr.errors import CertmgrError, QuoteError
-
-from .snp_helpers import (
+from tests.helpers.snp import (
     DSTACK_CHIP_PREFIX,
     DSTACK_CHIP_SUFFIX,
     DSTACK_HOST_DATA,
@@ -345,3 +345,29 @@ def test_fuzz_cert_table_headers(
     assert len(entries) <= len(headers)
     assert all(e.data and e.guid.int != 0 for e in entries)
     assert len({e.guid for e in entries}) == len(entries)
+
+
+# -- a synthetic report through the dispatching parser -----------------------------------
+
+
+def _synthetic_report(policy: int = 0x30000, version: int = 3) -> bytes:
+    r = bytearray(SNP_REPORT_SIZE)
+    struct.pack_into("<IIQ", r, 0, version, 1, policy)
+    r[0x50:0x90] = b"\x11" * 64
+    r[0x90:0xC0] = b"\x22" * 48
+    r[0xC0:0xE0] = b"\x33" * 32
+    return bytes(r)
+
+
+def test_synthetic_report() -> None:
+    q = parse_evidence(_synthetic_report())
+    assert q.tee is TeeType.SEV_SNP
+    assert q.report_data == b"\x11" * 64
+    assert q.measurement.measurement == b"\x22" * 48
+    assert q.measurement.host_data == b"\x33" * 32
+    assert not q.measurement.debug
+    assert parse_snp_report(_synthetic_report(policy=0x30000 | 1 << 19)).measurement.debug
+    with pytest.raises(QuoteError, match="version"):
+        parse_snp_report(_synthetic_report(version=1))
+    with pytest.raises(QuoteError, match="1184"):
+        parse_snp_report(_synthetic_report()[:-1])

@@ -34,8 +34,7 @@ from certmgr.attest.snp_verify import (
     verify_snp_report,
 )
 from certmgr.errors import CollateralUnavailable, QuoteError, VerifyError
-
-from .snp_helpers import (
+from tests.helpers.snp import (
     DATA,
     T_DSTACK,
     T_GOSEV,

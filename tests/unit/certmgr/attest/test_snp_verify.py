@@ -30,8 +30,7 @@ from certmgr.attest.snp_verify import (
     verify_snp_report,
 )
 from certmgr.errors import VerifyError
-
-from .snp_helpers import (
+from tests.helpers.snp import (
     T_DSTACK,
     T_GOSEV,
     certs,

@@ -1,0 +1,212 @@
+"""certmgr.attest.ratls: building our RA-TLS certificates and parsing anyone's, strictly."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import cbor2
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.ratls import (
+    GRAMINE_LEGACY_OID,
+    MAX_EXTENSION_SIZE,
+    RATLS_OID,
+    expected_report_data,
+    parse_certificate,
+    parse_extension,
+    pubkey_hash_matches,
+    report_data_for_claims,
+)
+from certmgr.errors import RaTlsError
+from tests.helpers.attest import (
+    cmw,
+    good_extension,
+    legacy_quote_for,
+    make_ratls,
+    resign_with_null_params,
+    sign_tbs,
+    spki,
+    tbs_with_extensions,
+)
+
+
+def test_built_certificate_is_interoperable_format() -> None:
+    cert_der, key = make_ratls(extra={"hostname": "attest.test"})
+    cert = x509.load_der_x509_certificate(cert_der)
+    ext = cert.extensions.get_extension_for_oid(x509.ObjectIdentifier(RATLS_OID))
+    assert ext.critical is False
+    top = cbor2.loads(ext.value.value)  # type: ignore[attr-defined]
+    assert isinstance(top, cbor2.CBORTag) and top.tag == 60000
+    quote, claims_bytes = top.value
+    claims = cbor2.loads(claims_bytes)
+    assert claims["pubkey-hash"] == [1, hashlib.sha256(spki(key)).digest()]
+    assert claims["hostname"] == "attest.test"
+    assert parse_quote(quote).report_data == hashlib.sha256(claims_bytes).digest() + bytes(32)
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
+
+    parsed = parse_certificate(cert_der)
+    assert parsed.format == "tcg-cmw"
+    assert parsed.self_signature_ok
+    assert parsed.spki_der == spki(key)
+    assert pubkey_hash_matches(parsed)
+    assert expected_report_data(parsed) == report_data_for_claims(claims_bytes)
+
+
+def test_pem_input() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert_der, _ = make_ratls()
+    pem = x509.load_der_x509_certificate(cert_der).public_bytes(serialization.Encoding.PEM)
+    assert parse_certificate(pem).der == cert_der
+
+
+def test_wrong_pubkey_hash_is_detected() -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    cert_der, _ = make_ratls(claims_spki=spki(other))
+    assert not pubkey_hash_matches(parse_certificate(cert_der))
+
+
+def test_non_conformant_null_parameters_still_parse() -> None:
+    cert_der, key = make_ratls()
+    odd = resign_with_null_params(cert_der, key)
+    try:
+        x509.load_der_x509_certificate(odd)
+        loader_refused = False
+    except ValueError:
+        loader_refused = True
+    parsed = parse_certificate(odd)
+    assert parsed.self_signature_ok
+    assert parsed.format == "tcg-cmw"
+    # The point of the hand-written reader: it works whether or not cryptography's does.
+    assert loader_refused or parsed.der == odd
+
+
+def test_gramine_legacy_extension() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    quote = legacy_quote_for(key)
+    tbs = tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, quote)])
+    cert = resign_with_null_params(b"", key, tbs=tbs) if False else sign_tbs(tbs, key)
+    parsed = parse_certificate(cert)
+    assert parsed.format == "gramine-legacy"
+    assert parsed.quote == quote
+    assert parsed.self_signature_ok
+    assert expected_report_data(parsed) == hashlib.sha256(spki(key)).digest() + bytes(32)
+
+
+def test_explicit_critical_false_is_tolerated() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, False, good_extension(key))]), key)
+    assert parse_certificate(cert).self_signature_ok
+
+
+def test_critical_attestation_extension_rejected() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, True, good_extension(key))]), key)
+    with pytest.raises(RaTlsError, match="critical"):
+        parse_certificate(cert)
+
+
+def test_duplicate_extensions_rejected() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    ext = good_extension(key)
+    cert = sign_tbs(
+        tbs_with_extensions(key, [(RATLS_OID, False, ext), (RATLS_OID, False, ext)]), key
+    )
+    with pytest.raises(RaTlsError, match="duplicate extension"):
+        parse_certificate(cert)
+
+
+def test_both_formats_rejected() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    exts = [(RATLS_OID, False, good_extension(key)), (GRAMINE_LEGACY_OID, False, b"q")]
+    with pytest.raises(RaTlsError, match="both"):
+        parse_certificate(sign_tbs(tbs_with_extensions(key, exts), key))
+
+
+def test_no_attestation_extension() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(RaTlsError, match="no attestation extension"):
+        parse_certificate(sign_tbs(tbs_with_extensions(key, [("2.5.29.99", False, b"x")]), key))
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (b"\xff\x00", "malformed CBOR"),
+        (cbor2.dumps([b"q", b"c"]), "tag 60000"),
+        (cbor2.dumps(cbor2.CBORTag(60001, [b"q", b"c"])), "tag 60000"),
+        (cbor2.dumps(cbor2.CBORTag(60000, [b"q"])), r"\[bstr quote"),
+        (cbor2.dumps(cbor2.CBORTag(60000, [b"q", "text"])), r"\[bstr quote"),
+        (cmw(b"q", cbor2.dumps([1, 2])), "CBOR map"),
+        (cmw(b"q", cbor2.dumps({"x": 1})), "pubkey-hash"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": [2, bytes(32)]})), "algorithm"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": [True, bytes(32)]})), "algorithm"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": [1, bytes(31)]})), "31 bytes"),
+        (cmw(b"q", b"\xa2\x61a\x01\x61a\x02"), "malformed CBOR"),  # duplicate map keys
+        (b"\x00" * (MAX_EXTENSION_SIZE + 1), "too large"),
+        (cmw(b"q", b"\x00" * 9000), "claims too large"),
+        (b"\x81" * 50 + b"\x00", "malformed CBOR"),  # nesting beyond the depth cap
+    ],
+)
+def test_bad_extension_values(value: bytes, match: str) -> None:
+    with pytest.raises(RaTlsError, match=match):
+        parse_extension(value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x30",
+        b"\x30\x80\x00\x00",
+        b"\x30\x05\x02\x01\x01",
+        b"-----BEGIN CERTIFICATE-----\n!!\n",
+    ],
+)
+def test_garbage_certificates(data: bytes) -> None:
+    with pytest.raises(RaTlsError):
+        parse_certificate(data)
+
+
+_SEED, _ = make_ratls()
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, len(_SEED) - 1), st.integers(0, 255)), max_size=6),
+    st.integers(0, len(_SEED)),
+)
+def test_fuzz_certificate_parser(flips: list[tuple[int, int]], cut: int) -> None:
+    b = bytearray(_SEED)
+    for pos, val in flips:
+        b[pos] = val
+    with contextlib.suppress(RaTlsError):
+        parse_certificate(bytes(b[:cut]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzz_extension_parser(data: bytes) -> None:
+    with contextlib.suppress(RaTlsError):
+        parse_extension(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.binary(max_size=8) | st.integers() | st.text(max_size=4),
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=3), c, max_size=3),
+        max_leaves=20,
+    )
+)
+def test_fuzz_structured_cbor(obj: object) -> None:
+    for value in (cbor2.dumps(cbor2.CBORTag(60000, obj)), cmw(b"q", cbor2.dumps(obj))):
+        with contextlib.suppress(RaTlsError):
+            parse_extension(value)

@@ -1,0 +1,533 @@
+"""certmgr.attest.verify: real vectors at their pinned times, and the negative matrix.
+
+Each negative case breaks exactly one property of otherwise valid evidence and must be
+rejected with its own reason code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from certmgr.attest.collateral import load_collateral
+from certmgr.attest.evidence import build_evidence, encode_evidence_claims
+from certmgr.attest.intel import parse_quote
+from certmgr.attest.measurement import Measurement, TeeType, measurement_id
+from certmgr.attest.policycheck import CheckResult, PolicyCheck
+from certmgr.attest.ratls import GRAMINE_LEGACY_OID, RATLS_OID, report_data_for_claims
+from certmgr.attest.simulated import build_simulated_quote
+from certmgr.attest.snp_verify import SnpCollateral, SnpPolicy
+from certmgr.attest.verify import (
+    QuoteResult,
+    Reason,
+    TcbPolicy,
+    VerifyOptions,
+    load_dev_key,
+    verify_certificate,
+    verify_evidence,
+    verify_quote,
+    verify_quote_verdict,
+)
+from certmgr.errors import VerifyError
+from certmgr.policy.allowlist import AllowlistPolicy, load_allowlist
+from tests.helpers.attest import (
+    DEV_KEY,
+    DEV_KEY_RAW,
+    NOW,
+    T_SGX,
+    T_TDX,
+    T_TDX_OUTDATED,
+    cmw,
+    collateral_text,
+    good_extension,
+    legacy_quote_for,
+    make_ratls,
+    sign_tbs,
+    spki,
+    tbs_with_extensions,
+    vector,
+)
+from tests.helpers.snp import (
+    T_DSTACK,
+    T_GOSEV,
+    certs,
+    dstack_collateral,
+    dstack_report,
+    edit,
+    gosev_collateral,
+    gosev_report,
+    with_policy,
+)
+
+ANY = VerifyOptions(any_measurement=True)
+
+
+DEV = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), any_measurement=True)
+
+
+def _coll(name: str) -> object:
+    return load_collateral(collateral_text(name))
+
+
+# -- real vectors --------------------------------------------------------------------------
+
+
+def test_tdx_vector_up_to_date() -> None:
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), ANY, now=T_TDX)
+    assert v.trusted, v.failures
+    assert (v.tee, v.status, v.advisories) == ("tdx", "UpToDate", ())
+
+
+def test_sgx_vector_needs_named_status() -> None:
+    raw, coll = vector("sgx_quote"), _coll("sgx_quote")
+    strict = verify_quote_verdict(raw, coll, ANY, now=T_SGX)
+    assert strict.status == "ConfigurationAndSWHardeningNeeded"
+    assert strict.advisories == ("INTEL-SA-00289", "INTEL-SA-00615")
+    assert strict.reasons == (Reason.TCB_STATUS,)
+    relaxed = VerifyOptions(
+        tcb=TcbPolicy(accept=frozenset({"ConfigurationAndSWHardeningNeeded"})),
+        any_measurement=True,
+    )
+    assert verify_quote_verdict(raw, coll, relaxed, now=T_SGX).trusted
+
+
+def test_advisory_deny_list() -> None:
+    opts = VerifyOptions(
+        tcb=TcbPolicy(
+            accept=frozenset({"ConfigurationAndSWHardeningNeeded"}),
+            deny_advisories=frozenset({"INTEL-SA-00615"}),
+        ),
+        any_measurement=True,
+    )
+    v = verify_quote_verdict(vector("sgx_quote"), _coll("sgx_quote"), opts, now=T_SGX)
+    assert v.reasons == (Reason.ADVISORY,)
+
+
+def test_tdx_v5_outdated_vector_has_no_tcb_level() -> None:
+    v = verify_quote_verdict(
+        vector("tdx_quote_outdated"), _coll("tdx_quote_outdated"), ANY, now=T_TDX_OUTDATED
+    )
+    assert v.reasons == (Reason.TCB_STATUS,)
+    assert "No matching TCB level found" in v.failures[0].message
+
+
+def test_unknown_status_name_is_a_usage_error() -> None:
+    with pytest.raises(VerifyError):
+        TcbPolicy(accept=frozenset({"UpToDat"}))
+
+
+# -- negative matrix on quotes -------------------------------------------------------------
+
+
+def test_tampered_quote() -> None:
+    raw = bytearray(vector("tdx_quote"))
+    raw[300] ^= 1  # inside MRTD: still parses, signature no longer verifies
+    v = verify_quote_verdict(bytes(raw), _coll("tdx_quote"), ANY, now=T_TDX)
+    assert v.reasons == (Reason.QUOTE_SIGNATURE,)
+
+
+def test_expired_collateral() -> None:
+    later = T_TDX + 60 * 86400
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), ANY, now=later)
+    assert v.reasons == (Reason.COLLATERAL_EXPIRED,)
+
+
+def test_wrong_tee_type() -> None:
+    opts = VerifyOptions(any_measurement=True, expect_tee=TeeType.SGX)
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), opts, now=T_TDX)
+    assert v.reasons == (Reason.TEE_TYPE,)
+
+
+def test_missing_collateral() -> None:
+    v = verify_quote_verdict(vector("tdx_quote"), None, ANY, now=T_TDX)
+    assert v.reasons == (Reason.COLLATERAL_MISSING,)
+
+
+def test_simulated_quote_needs_trusted_dev_key() -> None:
+    q = build_simulated_quote(DEV_KEY, bytes(64))
+    assert verify_quote_verdict(q, None, ANY, now=T_TDX).reasons == (Reason.SIMULATED_UNTRUSTED,)
+    other = ec.generate_private_key(ec.SECP256R1())
+    from certmgr.attest.simulated import raw_public_key
+
+    wrong = VerifyOptions(
+        trusted_dev_keys=(raw_public_key(other.public_key()),), any_measurement=True
+    )
+    assert verify_quote_verdict(q, None, wrong, now=T_TDX).reasons == (Reason.SIMULATED_UNTRUSTED,)
+    ok = verify_quote_verdict(q, None, DEV, now=T_TDX)
+    assert ok.trusted and ok.status == "SimulatedTrustedDevKey" and ok.simulated
+
+
+def test_simulated_quote_tampered() -> None:
+    q = bytearray(build_simulated_quote(DEV_KEY, bytes(64)))
+    q[200] ^= 1
+    assert verify_quote_verdict(bytes(q), None, DEV, now=T_TDX).reasons == (Reason.QUOTE_SIGNATURE,)
+
+
+def test_debug_rejected() -> None:
+    q = build_simulated_quote(DEV_KEY, bytes(64), debug=True)
+    assert verify_quote_verdict(q, None, DEV, now=T_TDX).reasons == (Reason.DEBUG,)
+
+
+def test_binding_of_bare_quote() -> None:
+    rd = bytes(range(64))
+    q = build_simulated_quote(DEV_KEY, rd[:32] + bytes(32))
+    good = verify_quote_verdict(q, None, DEV, now=T_TDX, report_data=rd[:32] + bytes(32))
+    assert good.trusted and good.binding
+    bad = verify_quote_verdict(q, None, DEV, now=T_TDX, report_data=bytes(64))
+    assert bad.reasons == (Reason.REPORT_DATA,) and not bad.binding
+
+
+# -- negative matrix on RA-TLS certificates ------------------------------------------------
+
+
+def _cert_verdict(cert: bytes, opts: VerifyOptions = DEV) -> tuple[Reason, ...]:
+    return verify_certificate(cert, None, opts).reasons
+
+
+def test_good_certificate() -> None:
+    cert, key = make_ratls()
+    v = verify_certificate(cert, None, DEV)
+    assert v.trusted and v.binding, v.failures
+    assert v.to_json()["spki_sha256"] == hashlib.sha256(spki(key)).hexdigest()
+
+
+def test_cert_wrong_pubkey_hash() -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    cert, _ = make_ratls(claims_spki=spki(other))
+    assert _cert_verdict(cert) == (Reason.PUBKEY_HASH,)
+
+
+def test_cert_report_data_mismatch() -> None:
+    cert, _ = make_ratls(report_data=b"\x01" * 32 + bytes(32))
+    assert _cert_verdict(cert) == (Reason.REPORT_DATA,)
+
+
+def test_cert_nonzero_padding() -> None:
+    _, key = make_ratls()
+    from certmgr.attest.ratls import encode_claims
+
+    claims = encode_claims(spki(key))
+    rd = hashlib.sha256(claims).digest() + b"\x00" * 31 + b"\x01"
+    cert2, _ = make_ratls(key=key, report_data=rd)
+    assert _cert_verdict(cert2) == (Reason.REPORT_DATA_PADDING,)
+
+
+def test_cert_debug() -> None:
+    cert, _ = make_ratls(debug=True)
+    assert _cert_verdict(cert) == (Reason.DEBUG,)
+
+
+def test_cert_tcb_status_not_accepted() -> None:
+    # A real SGX quote at its pinned time: genuine, but its TCB status is not UpToDate.
+    cert, _ = make_ratls(quote=vector("sgx_quote"))
+    v = verify_certificate(cert, _coll("sgx_quote"), ANY, now=T_SGX)
+    assert Reason.TCB_STATUS in v.reasons
+
+
+def test_cert_expired_and_not_yet_valid() -> None:
+    old, _ = make_ratls(not_before=NOW - dt.timedelta(days=3))
+    assert _cert_verdict(old) == (Reason.VALIDITY,)
+    future, _ = make_ratls(not_before=NOW + dt.timedelta(hours=2))
+    assert _cert_verdict(future) == (Reason.VALIDITY,)
+
+
+def test_cert_oversized_and_malformed_cbor() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    huge = cmw(b"q" * 100_000, b"")
+    malformed = b"\xd9\xea\x60\x82\x41"  # tag 60000, array, truncated bstr
+    for value in (huge, malformed):
+        cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, False, value)]), key)
+        assert _cert_verdict(cert) == (Reason.CBOR,)
+
+
+def test_cert_duplicate_extensions() -> None:
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    ext = good_extension(key)
+    cert = sign_tbs(tbs_with_extensions(key, [(RATLS_OID, False, ext)] * 2), key)
+    assert _cert_verdict(cert) == (Reason.DUPLICATE_EXTENSION,)
+
+
+def test_cert_bad_self_signature() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    tbs = tbs_with_extensions(key, [(RATLS_OID, False, good_extension(key))])
+    other = ec.generate_private_key(ec.SECP256R1())
+    assert _cert_verdict(sign_tbs(tbs, other)) == (Reason.SELF_SIGNATURE,)
+
+
+def test_gramine_legacy_cert_verifies() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = sign_tbs(
+        tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(key))]), key
+    )
+    v = verify_certificate(cert, None, DEV)
+    assert v.trusted and v.binding and v.to_json()["format"] == "gramine-legacy"
+    other = ec.generate_private_key(ec.SECP256R1())
+    bad = sign_tbs(
+        tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(other))]), key
+    )
+    assert _cert_verdict(bad) == (Reason.REPORT_DATA,)
+
+
+# -- measurement policy --------------------------------------------------------------------
+
+
+def test_allowlist_and_policy_hook(tmp_path: Path) -> None:
+    cert, _ = make_ratls()
+    v = verify_certificate(cert, None, DEV)
+    mid = measurement_id(v.measurement)  # type: ignore[arg-type]
+    f = tmp_path / "allow.txt"
+    f.write_text(f"# allowed builds\n0x{mid.hex()}  # simulated\n")
+    allowed = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), policy=load_allowlist(f))
+    assert verify_certificate(cert, None, allowed).trusted
+    f.write_text("11" * 32 + "\n")
+    denied = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), policy=load_allowlist(f))
+    assert verify_certificate(cert, None, denied).reasons == (Reason.MEASUREMENT,)
+    none = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,))
+    assert verify_certificate(cert, None, none).reasons == (Reason.NO_MEASUREMENT_POLICY,)
+
+    seen: list[bytes] = []
+
+    def onchain(m_id: bytes, m: Measurement) -> CheckResult:
+        seen.append(m_id)
+        return CheckResult(False, "revoked on chain")
+
+    check: PolicyCheck = onchain
+    hooked = VerifyOptions(trusted_dev_keys=(DEV_KEY_RAW,), policy=check)
+    v2 = verify_certificate(cert, None, hooked)
+    assert v2.reasons == (Reason.MEASUREMENT,) and seen == [mid]
+    assert v2.failures[0].message == "revoked on chain"
+    f.write_text("abc\n")
+    with pytest.raises(VerifyError, match=r"allow\.txt:1"):
+        load_allowlist(f)
+    assert AllowlistPolicy(frozenset({mid}))(mid, v.measurement).allowed  # type: ignore[arg-type]
+
+
+def test_json_names_registers() -> None:
+    v = verify_quote_verdict(vector("tdx_quote"), _coll("tdx_quote"), ANY, now=T_TDX)
+    out = v.to_json()
+    for key in ("tee", "status", "binding", "mr_td", "rt_mr0", "rt_mr3", "measurement_id"):
+        assert key in out
+    assert out["mr_td"] == parse_quote(vector("tdx_quote")).measurement.mr_td.hex()
+    sgx = verify_quote_verdict(vector("sgx_quote"), _coll("sgx_quote"), ANY, now=T_SGX).to_json()
+    assert {"mr_enclave", "mr_signer"} <= set(sgx)
+    json.dumps(out)
+
+
+def test_dev_key_formats() -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    pem = DEV_KEY.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert load_dev_key(pem) == DEV_KEY_RAW
+    assert load_dev_key(DEV_KEY_RAW.hex().encode()) == DEV_KEY_RAW
+    with pytest.raises(VerifyError):
+        load_dev_key(b"00")
+
+
+# -- fresh evidence ------------------------------------------------------------------------
+
+
+def _evidence(nonce: bytes, spki_hash: bytes, rd_override: bytes | None = None) -> bytes:
+    claims = encode_evidence_claims(nonce, spki_hash, 1700000000, acme_account="https://ca/acct/1")
+    rd = rd_override or report_data_for_claims(claims)
+    q = build_simulated_quote(DEV_KEY, rd)
+    return json.dumps(build_evidence(q, claims, tee="tdx", provider="simulated")).encode()
+
+
+def test_evidence_checks() -> None:
+    nonce, h = b"n" * 16, b"\x07" * 32
+    ok = verify_evidence(_evidence(nonce, h), nonce, h, None, DEV)
+    assert ok.trusted and ok.binding, ok.failures
+    assert ok.to_json()["claims"]["acme-account"] == "https://ca/acct/1"
+    assert verify_evidence(_evidence(nonce, h), b"m" * 16, h, None, DEV).reasons == (Reason.NONCE,)
+    assert verify_evidence(_evidence(nonce, h), nonce, b"\x08" * 32, None, DEV).reasons == (
+        Reason.SPKI,
+    )
+    rebound = _evidence(nonce, h, rd_override=bytes(64))
+    assert verify_evidence(rebound, nonce, h, None, DEV).reasons == (Reason.REPORT_DATA,)
+    assert verify_evidence(b"{", nonce, h, None, DEV).reasons == (Reason.EVIDENCE_MALFORMED,)
+
+
+# -- the receipt signing address (the signing-address claim) ----------------------------
+
+
+ADDRESS = "0x" + "ab" * 20
+
+
+MALFORMED_ADDRESSES: list[object] = [
+    "0x" + "AB" * 20,  # upper case: not the canonical form
+    "0x" + "aB" * 20,  # mixed case (EIP-55 style) is not accepted either
+    "ab" * 20,  # no 0x
+    "0X" + "ab" * 20,
+    "0x" + "ab" * 19 + "a",  # 39 digits
+    "0x" + "ab" * 21,  # 42 digits
+    "0x" + "ab" * 19 + "zz",
+    " 0x" + "ab" * 20,
+    "0x" + "ab" * 20 + "\n",
+    "0x" + "ab" * 19 + "\u0661\u0662",  # non-ASCII digits
+    "",
+    bytes.fromhex("ab" * 20),  # bytes, not text
+    0xAB,
+    None,
+    ["0x" + "ab" * 20],
+]
+
+
+def _evidence_with(nonce: bytes, spki_hash: bytes, extra: dict[str, object]) -> bytes:
+    import cbor2
+
+    claims = cbor2.dumps(
+        {"nonce": nonce, "pubkey-hash": [1, spki_hash], "iat": 1, **extra}, canonical=True
+    )
+    q = build_simulated_quote(DEV_KEY, report_data_for_claims(claims))
+    return json.dumps(build_evidence(q, claims, tee="tdx", provider="simulated")).encode()
+
+
+def test_signing_address_from_certificate_and_evidence() -> None:
+    cert, _ = make_ratls(extra={"signing-address": ADDRESS})
+    v = verify_certificate(cert, None, DEV)
+    assert v.trusted, v.failures
+    assert v.signing_address == bytes.fromhex("ab" * 20)
+    assert v.to_json()["signing_address"] == ADDRESS
+    nonce, h = b"n" * 16, b"\x07" * 32
+    body = json.dumps(
+        build_evidence(
+            build_simulated_quote(
+                DEV_KEY,
+                report_data_for_claims(
+                    claims := encode_evidence_claims(nonce, h, 1, signing_address=ADDRESS)
+                ),
+            ),
+            claims,
+            tee="tdx",
+            provider="simulated",
+        )
+    ).encode()
+    ev = verify_evidence(body, nonce, h, None, DEV)
+    assert ev.trusted and ev.signing_address == bytes.fromhex("ab" * 20)
+    assert ev.to_json()["signing_address"] == ADDRESS
+    # No claim: no address, and that alone is no failure.
+    plain = verify_certificate(make_ratls()[0], None, DEV)
+    assert plain.trusted and plain.signing_address is None
+    assert plain.to_json()["signing_address"] is None
+
+
+@pytest.mark.parametrize("value", MALFORMED_ADDRESSES, ids=repr)
+def test_malformed_signing_address_is_rejected(value: object) -> None:
+    cert, _ = make_ratls(extra={"signing-address": value})
+    v = verify_certificate(cert, None, DEV)
+    assert v.reasons == (Reason.SIGNING_ADDRESS,)
+    assert not v.trusted and v.signing_address is None
+    assert v.binding  # the quote binds the claims; only the claim's form is wrong
+    nonce, h = b"n" * 16, b"\x07" * 32
+    ev = verify_evidence(_evidence_with(nonce, h, {"signing-address": value}), nonce, h, None, DEV)
+    assert ev.reasons == (Reason.SIGNING_ADDRESS,)
+    assert not ev.trusted and ev.signing_address is None
+
+
+def test_signing_address_agreement() -> None:
+    from certmgr.attest.verify import Verdict, signing_address_agreement
+
+    a, b = bytes.fromhex("ab" * 20), bytes.fromhex("cd" * 20)
+    assert signing_address_agreement(Verdict(signing_address=a), Verdict(signing_address=a)) == []
+    assert signing_address_agreement(Verdict(), Verdict()) == []
+    for x, y in [(a, b), (a, None), (None, b)]:
+        (f,) = signing_address_agreement(Verdict(signing_address=x), Verdict(signing_address=y))
+        assert f.reason is Reason.SIGNING_ADDRESS_MISMATCH
+
+
+# -- SEV-SNP reports: one verdict shape, snp-* reason codes -----------------------------
+
+
+INSPECT = VerifyOptions(any_measurement=True, snp=SnpPolicy(allow_smt=True))
+
+
+def _reasons(q: QuoteResult) -> list[Reason]:
+    return [f.reason for f in q.failures]
+
+
+TDX_QUOTE = Path(__file__).resolve().parents[3] / "data" / "dcap-qvl" / "tdx_quote"
+
+
+def test_dstack_report_is_trusted_with_its_collateral() -> None:
+    raw = dstack_report()
+    rd = b"attest-test-fixture-2026".ljust(64, b"\x00")
+    v = verify_quote_verdict(raw, dstack_collateral(), INSPECT, now=int(T_DSTACK.timestamp()))
+    assert v.status == "UpToDate"
+    assert v.failures == ()
+    assert v.trusted
+    assert v.tee == "sev-snp"
+    doc = v.to_json()
+    assert doc["measurement"].startswith("7f51e17f")
+    assert doc["host_data"].startswith("783f0057")
+    assert doc["report_data"] == rd.hex()
+    assert doc["sev_snp"]["policy"] == "0x30000"
+    assert doc["sev_snp"]["product"] == "Milan"
+
+
+def test_go_sev_guest_report_fails_only_on_debug_and_smt() -> None:
+    v = verify_quote_verdict(
+        gosev_report(),
+        gosev_collateral(),
+        VerifyOptions(any_measurement=True),
+        now=int(T_GOSEV.timestamp()),
+    )
+    assert v.status == "UpToDate"
+    # DEBUG is reported once, by the common check; SMT by the SNP policy.
+    assert sorted(v.reasons) == sorted([Reason.SNP_POLICY, Reason.DEBUG])
+    assert not v.trusted
+
+
+def test_without_snp_collateral_the_report_is_unverified() -> None:
+    for coll in (None, SnpCollateral(), object()):
+        q = verify_quote(dstack_report(), coll, int(T_DSTACK.timestamp()), INSPECT)
+        assert q.status == "Unverified"
+        assert [f.reason for f in q.failures] == [Reason.UNVERIFIED_TEE]
+
+
+def test_snp_failures_map_to_their_reasons() -> None:
+    now = int(T_DSTACK.timestamp())
+    flipped = edit(dstack_report(), 0x90, b"\x00")
+    assert Reason.SNP_SIGNATURE in _reasons(
+        verify_quote(flipped, dstack_collateral(), now, INSPECT)
+    )
+    ask, ark = certs("ask_ark_genoa.pem")
+    genoa = SnpCollateral(vek=dstack_collateral().vek, ask=ask, ark=ark)
+    assert Reason.SNP_CHAIN in _reasons(verify_quote(dstack_report(), genoa, now, INSPECT))
+    late = int(T_DSTACK.timestamp()) + 20 * 365 * 86400
+    res = verify_quote(dstack_report(), dstack_collateral(), late, INSPECT)
+    assert Reason.COLLATERAL_EXPIRED in _reasons(res)
+    tcb = edit(dstack_report(), 0x186, b"\x18")
+    assert Reason.SNP_TCB in _reasons(verify_quote(tcb, dstack_collateral(), now, INSPECT))
+    debug = with_policy(dstack_report(), 0x30000 | 1 << 19)
+    reasons = _reasons(verify_quote(debug, dstack_collateral(), now, INSPECT))
+    assert Reason.DEBUG in reasons and Reason.SNP_POLICY not in reasons
+    smt = _reasons(verify_quote(dstack_report(), dstack_collateral(), now, VerifyOptions()))
+    assert smt == [Reason.SNP_POLICY]
+
+
+def test_expect_tee_and_measurement_policy_still_apply() -> None:
+    from certmgr.attest.measurement import TeeType
+
+    now = int(T_DSTACK.timestamp())
+    opts = VerifyOptions(expect_tee=TeeType.TDX, snp=SnpPolicy(allow_smt=True))
+    v = verify_quote_verdict(dstack_report(), dstack_collateral(), opts, now=now)
+    assert Reason.TEE_TYPE in v.reasons
+    v = verify_quote_verdict(
+        dstack_report(), dstack_collateral(), VerifyOptions(snp=SnpPolicy(allow_smt=True)), now=now
+    )
+    assert v.reasons == (Reason.NO_MEASUREMENT_POLICY,)
+
+
+def test_an_intel_quote_with_snp_collateral_is_collateral_missing() -> None:
+    q = verify_quote(TDX_QUOTE.read_bytes(), dstack_collateral(), 1750414563, VerifyOptions())
+    assert [f.reason for f in q.failures] == [Reason.COLLATERAL_MISSING]
+    assert q.details == {}

@@ -1,0 +1,62 @@
+"""proxy.control.supervisor: the worker monitor, without processes (fake workers)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from proxy.config import loads
+from proxy.control.supervisor import Supervisor
+from proxy.tasks import spawn
+
+
+@dataclass
+class FakeProc:
+    pid: int
+    alive: bool = False
+    exitcode: int = -9
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
+@dataclass
+class FakeConn:
+    closed: list[int] = field(default_factory=list)
+
+    def close(self) -> None:
+        self.closed.append(1)
+
+
+async def test_monitor_restarts_every_dead_worker_in_one_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers dead at once: both are replaced (removal by index broke on the second)."""
+    cfg = loads("[[tls.certificates]]\ncert_file = '/c.pem'\nkey_file = '/k.pem'")
+    sup = Supervisor(cfg)
+    live = (FakeProc(1, alive=True), FakeConn())
+    dead1 = (FakeProc(2), FakeConn())
+    dead2 = (FakeProc(3), FakeConn())
+    sup._workers = [dead1, live, dead2]  # type: ignore[list-item]
+    spawned: list[int] = []
+
+    def fake_spawn() -> None:
+        spawned.append(1)
+        sup._workers.append((FakeProc(100 + len(spawned), alive=True), FakeConn()))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sup, "_spawn_worker", fake_spawn)
+    task = spawn(sup._monitor(None), "test-monitor")
+    try:
+        async with asyncio.timeout(5):
+            while len(spawned) < 2 and not task.done():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert spawned == [1, 1]
+    pids = [p.pid for p, _ in sup._workers]
+    assert 2 not in pids and 3 not in pids
+    assert pids[0] == 1 and len(pids) == 3
+    assert dead1[1].closed and dead2[1].closed and not live[1].closed
