@@ -116,15 +116,22 @@ def teeproxy_command() -> str:
 
 
 def runnable(text: str, command: str) -> str:
-    """The banner with every command line that starts with ``teeproxy`` made runnable."""
+    """The banner with every command runnable: in the indented command lines, the word
+    ``teeproxy`` that starts a command (at the start of the line, or after ``ENV=value``
+    prefixes) becomes ``command``; prose is left alone."""
     if command == "teeproxy":
         return text
-    return "\n".join(
-        line.replace("teeproxy ", command + " ", 1)
-        if line.lstrip().startswith("teeproxy ")
-        else line
-        for line in text.split("\n")
-    )
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if not line.startswith(" "):
+            continue
+        words = line.split(" ")
+        for j, word in enumerate(words):
+            if word == "teeproxy" and all("=" in w or not w for w in words[:j]):
+                words[j] = command
+                lines[i] = " ".join(words)
+                break
+    return "\n".join(lines)
 
 
 def _print_demo_banner(cfg: Config, port: int, measurement_id: bytes | None = None) -> None:

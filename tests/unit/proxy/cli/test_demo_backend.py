@@ -462,3 +462,58 @@ def test_main_rejects_bad_rate() -> None:
     with pytest.raises(SystemExit) as exc_info:
         main(["--tokens-per-second", "-5"])
     assert exc_info.value.code == 2
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+
+async def test_embeddings_are_deterministic_unit_vectors(client: Client) -> None:
+    resp = await client.post(
+        "/v1/embeddings", json={"model": "m", "input": ["hello world", "bye"], "dimensions": 32}
+    )
+    assert resp.status == 200
+    doc = await resp.json()
+    assert doc["object"] == "list" and doc["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+    first, second = (d["embedding"] for d in doc["data"])
+    assert [d["index"] for d in doc["data"]] == [0, 1]
+    assert len(first) == 32 and abs(sum(v * v for v in first) - 1.0) < 1e-9
+    assert first != second
+    again = await (await client.post("/v1/embeddings", json={"input": "hello world"})).json()
+    assert len(again["data"][0]["embedding"]) == 64  # the default size
+    same = await (
+        await client.post("/v1/embeddings", json={"input": "hello world", "dimensions": 32})
+    ).json()
+    assert same["data"][0]["embedding"] == first
+
+
+async def test_embeddings_base64_is_little_endian_float32(client: Client) -> None:
+    import base64
+    import struct
+
+    plain = await (await client.post("/v1/embeddings", json={"input": "x", "dimensions": 4})).json()
+    b64 = await (
+        await client.post(
+            "/v1/embeddings", json={"input": "x", "dimensions": 4, "encoding_format": "base64"}
+        )
+    ).json()
+    decoded = struct.unpack("<4f", base64.b64decode(b64["data"][0]["embedding"]))
+    assert decoded == pytest.approx(plain["data"][0]["embedding"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"input": []}, "input"),
+        ({"input": [1]}, "input"),
+        ({"input": "x", "dimensions": 0}, "dimensions"),
+        ({"input": "x", "dimensions": True}, "dimensions"),
+        ({"input": "x", "encoding_format": "hex"}, "encoding_format"),
+        ({"input": "x", "model": 3}, "model"),
+    ],
+)
+async def test_embeddings_refuse_bad_requests(
+    client: Client, body: dict[str, Any], param: str
+) -> None:
+    resp = await client.post("/v1/embeddings", json=body)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == param
