@@ -1,27 +1,32 @@
 """Fresh evidence served at ``GET /.well-known/tee/attestation?nonce=HEX``: claims and JSON.
 
 The quote's report_data is ``SHA-256(claims) || 0^32`` (DESIGN "Trust formats"), where
-``claims`` is a deterministic CBOR map (RFC 8949 section 4.2.1) with:
+``claims`` is an interoperable RA-TLS claims buffer (:mod:`certmgr.attest.claims`: a
+deterministic CBOR map with text keys and byte-string values) holding:
 
-- ``"nonce"``: the client's nonce (bytes, 8 to 64);
-- ``"pubkey-hash"``: ``[1, SHA-256(DER SPKI)]`` of the certificate the server presented on
-  the connection the request came over (ACME or RA-TLS): the client compares it with the
-  certificate it actually received;
+- ``"nonce"``: the client's nonce (8 to 64 bytes), the bytes themselves;
+- ``"pubkey-hash"``: the CBOR hash-entry ``[1, SHA-256(DER SPKI)]`` of the certificate the
+  server presented on the connection the request came over (ACME or RA-TLS): the client
+  compares it with the certificate it actually received;
 - ``"iat"``: issue time, unix seconds;
 - optionally ``"acme-account"`` (the ACME account URI), ``"acme-keys"`` (``[[1, hash], ...]``
   of every ACME certificate key the TEE generated), ``"signing-address"`` (the receipt
   signing key's Ethereum address, text ``0x`` + 40 lowercase hex, the same value as in the
-  RA-TLS certificate's claims; :mod:`certmgr.receipts.signing`).
+  RA-TLS certificate's claims; :mod:`certmgr.receipts.signing`). Each of these byte strings
+  holds the CBOR encoding of its value.
 
-JSON shape (``application/json``)::
+JSON shape (``application/json``), version 2 (version 1 put the claim values in the map
+unwrapped, which no other producer or verifier reads)::
 
-    {"version": 1, "tee": "tdx", "provider": "configfs-tsm",
+    {"version": 2, "tee": "tdx", "provider": "configfs-tsm",
      "quote": "<base64>", "claims": "<base64 CBOR>",
      "claims_view": {"nonce": "<hex>", "pubkey-hash": [1, "<hex>"], "iat": 1700000000, ...},
+     "endorsements": null | {"format": "sev-snp-cert-table", "data": "<base64>"},
      "gpu": null}
 
 ``claims_view`` is informative only; a verifier uses the CBOR ``claims`` it hashes.
-Pure module: no I/O.
+``endorsements`` carries what verifying the quote needs when the TEE hands it out (the
+SEV-SNP extended report's certificate table: VCEK, ASK, ARK). Pure module: no I/O.
 """
 
 from __future__ import annotations
@@ -31,12 +36,11 @@ import binascii
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import cbor2
-
-from certmgr.errors import EvidenceError
+from certmgr.attest.claims import Claims, encode_claims, parse_claims
+from certmgr.errors import EvidenceError, RaTlsError
 
 __all__ = [
     "EVIDENCE_VERSION",
@@ -50,7 +54,7 @@ __all__ = [
     "parse_nonce",
 ]
 
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2
 MAX_EVIDENCE_SIZE = 256 * 1024
 MIN_NONCE = 8
 MAX_NONCE = 64
@@ -79,30 +83,16 @@ def encode_evidence_claims(
     acme_keys: Sequence[bytes] = (),
     signing_address: str = "",
 ) -> bytes:
-    claims: dict[str, Any] = {
-        "nonce": nonce,
-        "pubkey-hash": [1, spki_sha256],
-        "iat": issued_at,
-    }
+    ours: dict[str, object] = {"iat": issued_at}
     if acme_account:
-        claims["acme-account"] = acme_account
+        ours["acme-account"] = acme_account
     if acme_keys:
-        claims["acme-keys"] = [[1, k] for k in acme_keys]
+        ours["acme-keys"] = [[1, k] for k in acme_keys]
     if signing_address:
         if _ADDRESS.fullmatch(signing_address) is None:
             raise EvidenceError("signing_address must be 0x + 40 lowercase hex digits")
-        claims["signing-address"] = signing_address
-    return cbor2.dumps(claims, canonical=True)
-
-
-def _view(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.hex()
-    if isinstance(v, list):
-        return [_view(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _view(x) for k, x in v.items()}
-    return v
+        ours["signing-address"] = signing_address
+    return encode_claims(None, ours, nonce=nonce, spki_sha256=spki_sha256)
 
 
 def build_evidence(
@@ -111,15 +101,23 @@ def build_evidence(
     *,
     tee: str,
     provider: str,
+    endorsements: tuple[str, bytes] | None = None,
     gpu: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The JSON document; ``endorsements`` is (format, bytes), e.g. ("sev-snp-cert-table",
+    the extended report's certificate table)."""
     return {
         "version": EVIDENCE_VERSION,
         "tee": tee,
         "provider": provider,
         "quote": base64.b64encode(quote).decode(),
         "claims": base64.b64encode(claims_bytes).decode(),
-        "claims_view": _view(cbor2.loads(claims_bytes)),
+        "claims_view": parse_claims(claims_bytes).view(),
+        "endorsements": (
+            {"format": endorsements[0], "data": base64.b64encode(endorsements[1]).decode()}
+            if endorsements is not None
+            else None
+        ),
         "gpu": dict(gpu) if gpu is not None else None,
     }
 
@@ -128,8 +126,9 @@ def build_evidence(
 class Evidence:
     quote: bytes
     claims_bytes: bytes
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    claims: Claims
     provider: str = ""
+    endorsements: tuple[str, bytes] | None = None
     gpu: Mapping[str, Any] | None = None
 
 
@@ -156,16 +155,21 @@ def parse_evidence_json(body: bytes) -> Evidence:
     quote = _b64(doc, "quote")
     claims_bytes = _b64(doc, "claims")
     try:
-        claims = cbor2.loads(claims_bytes, max_depth=8, allow_duplicate_keys=False)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise EvidenceError(f"evidence claims: malformed CBOR: {e}") from e
-    if not isinstance(claims, dict) or not all(isinstance(k, str) for k in claims):
-        raise EvidenceError("evidence claims must be a CBOR map with text keys")
+        claims = parse_claims(claims_bytes)
+    except RaTlsError as e:
+        raise EvidenceError(f"evidence claims: {e}") from e
+    endorsements: tuple[str, bytes] | None = None
+    raw_end = doc.get("endorsements")
+    if raw_end is not None:
+        if not isinstance(raw_end, dict) or not isinstance(raw_end.get("format"), str):
+            raise EvidenceError("evidence: 'endorsements' must be null or {format, data}")
+        endorsements = (raw_end["format"][:64], _b64(raw_end, "data"))
     gpu = doc.get("gpu")
     return Evidence(
         quote=quote,
         claims_bytes=claims_bytes,
         claims=claims,
         provider=str(doc.get("provider", "")),
+        endorsements=endorsements,
         gpu=gpu if isinstance(gpu, dict) else None,
     )

@@ -6,14 +6,18 @@ Format (the one Gramine >= 1.8, rats-tls and the Intel SGX SDK emit and accept):
 - extension ``2.23.133.5.4.9`` (TCG DICE "conceptual message wrapper", TCG DICE Attestation
   Architecture v1.1 section 6.1.8), NOT critical, whose value is
   ``CBOR tag 60000 ([bstr quote, bstr claims])`` (RFC 8949 section 3.4 tags);
-- ``claims`` is a CBOR map with at least ``"pubkey-hash": [alg, H(DER SubjectPublicKeyInfo)]``
-  where alg is 1 / 7 / 8 for SHA-256 / SHA-384 / SHA-512 (IANA "Named Information Hash
-  Algorithm" registry); our extra claims (``hostname``, ``not-before``, ``not-after``,
-  ``signing-address``) sit in the same map and peers ignore them;
+- ``claims`` is a CBOR map with text keys and byte-string values
+  (:mod:`certmgr.attest.claims`): ``"pubkey-hash"`` holds the CBOR hash-entry
+  ``[alg, H(DER SubjectPublicKeyInfo)]`` (alg 1 / 7 / 8 = SHA-256 / SHA-384 / SHA-512), an
+  optional ``"nonce"``, and our extra claims (``hostname``, ``not-before``, ``not-after``,
+  ``signing-address``), which peers ignore;
 - the quote's report_data is ``SHA-256(claims bytes) || 32 zero bytes``.
 
-Gramine's legacy format (OID ``1.2.840.113741.1337.6``, the raw SGX quote as the value,
-report_data = ``SHA-256(DER SubjectPublicKeyInfo) || 32 zero bytes``) is read too.
+The legacy Intel RA-TLS OID ``1.2.840.113741.1337.6`` (the raw SGX quote as the value),
+as older Gramine and rats-tls emit it, is read too: report_data[:32] is the SHA-256 of the
+key, over the DER SubjectPublicKeyInfo (Gramine) or, for an RSA key, over the PKCS#1
+RSAPublicKey (rats-tls); either binds the same key, so both are accepted and the verdict
+says which one held.
 
 The parser is a small bounded DER reader of its own, so that a peer certificate which
 cryptography's loader refuses (e.g. a NULL parameter in the ECDSA signature algorithm, or an
@@ -31,7 +35,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -41,6 +45,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
+from certmgr.attest import claims as claims_codec
+from certmgr.attest.claims import HASH_ALGS, Claims, parse_claims
 from certmgr.errors import RaTlsError
 
 __all__ = [
@@ -55,6 +61,8 @@ __all__ = [
     "encode_claims",
     "encode_extension",
     "expected_report_data",
+    "legacy_binding",
+    "legacy_key_hashes",
     "parse_certificate",
     "parse_extension",
     "report_data_for_claims",
@@ -65,13 +73,12 @@ GRAMINE_LEGACY_OID = "1.2.840.113741.1337.6"
 CMW_TAG = 60000
 MAX_CERT_SIZE = 128 * 1024
 MAX_EXTENSION_SIZE = 96 * 1024
-MAX_CLAIMS_SIZE = 8 * 1024
-HASH_ALGS: Mapping[int, tuple[str, int]] = {1: ("sha256", 32), 7: ("sha384", 48), 8: ("sha512", 64)}
 
 _ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 _ECDSA_SHA384 = "1.2.840.10045.4.3.3"
 _RSA_SHA256 = "1.2.840.113549.1.1.11"
 _RSA_SHA384 = "1.2.840.113549.1.1.12"
+_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
 _SIG_ALGS: Mapping[str, hashes.HashAlgorithm] = {
     _ECDSA_SHA256: hashes.SHA256(),
     _ECDSA_SHA384: hashes.SHA384(),
@@ -91,7 +98,7 @@ class RaTlsCert:
     format: str  # "tcg-cmw" or "gramine-legacy"
     quote: bytes
     claims_bytes: bytes = b""
-    claims: Mapping[str, Any] = field(default_factory=dict)
+    claims: Claims | None = None  # None for the legacy format (no claims)
     self_signature_ok: bool = False
 
     @property
@@ -103,10 +110,8 @@ class RaTlsCert:
 
 
 def encode_claims(spki_der: bytes, extra: Mapping[str, Any] | None = None) -> bytes:
-    """Deterministic CBOR (RFC 8949 section 4.2) claims map with ``pubkey-hash`` first-class."""
-    claims: dict[str, Any] = dict(extra or {})
-    claims["pubkey-hash"] = [1, hashlib.sha256(spki_der).digest()]
-    return cbor2.dumps(claims, canonical=True)
+    """Our certificate's claims buffer (:func:`certmgr.attest.claims.encode_claims`)."""
+    return claims_codec.encode_claims(spki_der, extra)
 
 
 def report_data_for_claims(claims_bytes: bytes) -> bytes:
@@ -125,8 +130,8 @@ def _cbor_loads(data: bytes, what: str) -> Any:
         raise RaTlsError(f"{what}: malformed CBOR: {e}") from e
 
 
-def parse_extension(value: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
-    """Decode a ``2.23.133.5.4.9`` value into (quote, claims bytes, claims map), strictly."""
+def parse_extension(value: bytes) -> tuple[bytes, bytes, Claims]:
+    """Decode a ``2.23.133.5.4.9`` value into (quote, claims bytes, claims), strictly."""
     if len(value) > MAX_EXTENSION_SIZE:
         raise RaTlsError(f"attestation extension too large ({len(value)} bytes)")
     top = _cbor_loads(value, "attestation extension")
@@ -137,36 +142,47 @@ def parse_extension(value: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
     if not (isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, bytes) for x in v)):
         raise RaTlsError("attestation extension must wrap [bstr quote, bstr claims]")
     quote, claims_bytes = v
-    if len(claims_bytes) > MAX_CLAIMS_SIZE:
-        raise RaTlsError(f"claims too large ({len(claims_bytes)} bytes)")
-    claims = _cbor_loads(claims_bytes, "claims")
-    if not isinstance(claims, dict) or not all(isinstance(k, str) for k in claims):
-        raise RaTlsError("claims must be a CBOR map with text keys")
-    ph = claims.get("pubkey-hash")
-    if not (isinstance(ph, list | tuple) and len(ph) == 2 and isinstance(ph[1], bytes)):
-        raise RaTlsError('claims lack a "pubkey-hash": [alg, bstr] entry')
-    alg = ph[0]
-    if isinstance(alg, bool) or not isinstance(alg, int) or alg not in HASH_ALGS:
-        raise RaTlsError(f"pubkey-hash algorithm {alg!r} is not 1, 7 or 8")
-    if len(ph[1]) != HASH_ALGS[alg][1]:
-        raise RaTlsError(f"pubkey-hash has {len(ph[1])} bytes for algorithm {alg}")
-    return quote, claims_bytes, claims
+    return quote, claims_bytes, parse_claims(claims_bytes)
+
+
+def legacy_key_hashes(spki_der: bytes) -> dict[str, bytes]:
+    """What a legacy (1.2.840.113741.1337.6) quote's report_data[:32] may be: SHA-256 of
+    the DER SubjectPublicKeyInfo (Gramine) or, for RSA, of the PKCS#1 RSAPublicKey
+    (rats-tls: the SPKI's subjectPublicKey BIT STRING content)."""
+    out = {"spki-sha256": hashlib.sha256(spki_der).digest()}
+    try:
+        parts = _children(_read_tlv(spki_der, 0)[0].value)
+        alg = _children(_expect(parts[0], 0x30, "algorithm").value)
+        if _oid(_expect(alg[0], 0x06, "algorithm").value) == _RSA_ENCRYPTION:
+            bits = _expect(parts[1], 0x03, "subjectPublicKey").value
+            if bits[:1] == b"\x00":
+                out["pkcs1-sha256"] = hashlib.sha256(bits[1:]).digest()
+    except (RaTlsError, IndexError):
+        pass
+    return out
 
 
 def expected_report_data(cert: RaTlsCert) -> bytes:
-    """The report_data a genuine quote in this certificate must carry (64 bytes)."""
+    """The report_data a genuine quote in this certificate must carry (64 bytes); for the
+    legacy format, the SPKI binding (see :func:`legacy_binding` for the PKCS#1 one)."""
     if cert.format == "gramine-legacy":
         return cert.spki_sha256 + bytes(32)
     return report_data_for_claims(cert.claims_bytes)
 
 
+def legacy_binding(cert: RaTlsCert, report_data: bytes) -> str | None:
+    """Which key hash a legacy certificate's report_data[:32] holds, or None."""
+    for name, digest in legacy_key_hashes(cert.spki_der).items():
+        if report_data[:32] == digest:
+            return name
+    return None
+
+
 def pubkey_hash_matches(cert: RaTlsCert) -> bool:
     """Whether the claims' pubkey-hash is the hash of this certificate's own SPKI."""
     if cert.format == "gramine-legacy":
-        return True  # legacy binds the SPKI through report_data directly
-    alg, h = cert.claims["pubkey-hash"]
-    name, _ = HASH_ALGS[alg]
-    return bool(hashlib.new(name, cert.spki_der).digest() == h)
+        return True  # legacy binds the key through report_data directly
+    return cert.claims is not None and cert.claims.pubkey_hash_matches(cert.spki_der)
 
 
 # -- building ------------------------------------------------------------------------------

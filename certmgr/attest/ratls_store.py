@@ -94,7 +94,9 @@ def _matches(cert: x509.Certificate, m: RaTlsMaterial) -> bool:
         log.warning("stored RA-TLS certificate malformed, replacing it: %s", e)
         return False
     claims = parsed.claims
-    return (
+    if claims is None:  # another format: not ours
+        return False
+    return bool(
         claims.get("hostname") == m.server_name
         and claims.get("provider") == m.provider
         and claims.get("signing-address", "") == m.signing_address

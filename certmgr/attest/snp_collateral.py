@@ -34,14 +34,9 @@ from pathlib import Path
 import aiohttp
 
 from certmgr.attest.sevsnp import (
-    ARK_GUID,
-    ASK_GUID,
-    VCEK_GUID,
-    VLEK_GUID,
     SigningKey,
     SnpProduct,
     SnpReport,
-    parse_cert_table,
     parse_snp,
 )
 from certmgr.attest.snp_verify import (
@@ -49,6 +44,7 @@ from certmgr.attest.snp_verify import (
     SnpCollateral,
     check_cert_chain,
     check_vek,
+    collateral_from_cert_table,
     load_certificates,
 )
 from certmgr.errors import CollateralUnavailable, QuoteError, VerifyError
@@ -72,38 +68,6 @@ MAX_COLLATERAL_FILES = 16
 """Most files read from a collateral directory."""
 _HWID_BYTES = {SnpProduct.MILAN: 64, SnpProduct.GENOA: 64, SnpProduct.TURIN: 8}
 _Check = Callable[[bytes], None]  # validates an answer (VerifyError) before it is cached
-
-
-def collateral_from_cert_table(
-    table: bytes, *, report: SnpReport | None = None, source: str = "cert-table"
-) -> SnpCollateral:
-    """The certificates of an extended report's certificate table.
-
-    Entries are keyed by GUID: VCEK, VLEK, ASK (also the ASVK) and ARK; other entries (e.g.
-    go-sev-guest's extra platform info) are ignored. With both a VCEK and a VLEK the
-    ``report``'s SIGNING_KEY picks one (the VCEK without a report). Each entry must hold
-    exactly one certificate, DER or PEM. Pure; raises :class:`QuoteError` for a malformed
-    table and :class:`VerifyError` for an unreadable certificate.
-    """
-    by_guid = {e.guid: e.data for e in parse_cert_table(table)}
-
-    def one(guid_data: bytes, what: str) -> bytes:
-        certs = load_certificates(guid_data)
-        if len(certs) != 1:
-            raise VerifyError(f"certificate table {what} entry holds {len(certs)} certificates")
-        return certs[0]
-
-    vek_guid = VCEK_GUID
-    if VLEK_GUID in by_guid and (
-        VCEK_GUID not in by_guid or (report is not None and report.signing_key is SigningKey.VLEK)
-    ):
-        vek_guid = VLEK_GUID
-    return SnpCollateral(
-        vek=one(by_guid[vek_guid], "VCEK/VLEK") if vek_guid in by_guid else b"",
-        ask=one(by_guid[ASK_GUID], "ASK") if ASK_GUID in by_guid else b"",
-        ark=one(by_guid[ARK_GUID], "ARK") if ARK_GUID in by_guid else b"",
-        source=source,
-    )
 
 
 def read_collateral_path(path: str | os.PathLike[str]) -> SnpCollateral:

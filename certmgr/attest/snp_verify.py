@@ -55,11 +55,16 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from certmgr.attest.sevsnp import (
+    ARK_GUID,
+    ASK_GUID,
     SIGNATURE_ALGO_ECDSA_P384_SHA384,
+    VCEK_GUID,
+    VLEK_GUID,
     SigningKey,
     SnpProduct,
     SnpReport,
     TcbVersion,
+    parse_cert_table,
     parse_snp,
 )
 from certmgr.attest.snp_roots import (
@@ -85,6 +90,7 @@ __all__ = [
     "amd_anchors",
     "check_cert_chain",
     "check_vek",
+    "collateral_from_cert_table",
     "load_certificates",
     "vek_extensions",
     "verify_snp_report",
@@ -793,3 +799,35 @@ def _common_name_or_empty(cert: x509.Certificate) -> str:
         return _common_name(cert)
     except VerifyError:
         return ""
+
+
+def collateral_from_cert_table(
+    table: bytes, *, report: SnpReport | None = None, source: str = "cert-table"
+) -> SnpCollateral:
+    """The certificates of an extended report's certificate table.
+
+    Entries are keyed by GUID: VCEK, VLEK, ASK (also the ASVK) and ARK; other entries (e.g.
+    go-sev-guest's extra platform info) are ignored. With both a VCEK and a VLEK the
+    ``report``'s SIGNING_KEY picks one (the VCEK without a report). Each entry must hold
+    exactly one certificate, DER or PEM. Pure; raises :class:`QuoteError` for a malformed
+    table and :class:`VerifyError` for an unreadable certificate.
+    """
+    by_guid = {e.guid: e.data for e in parse_cert_table(table)}
+
+    def one(guid_data: bytes, what: str) -> bytes:
+        certs = load_certificates(guid_data)
+        if len(certs) != 1:
+            raise VerifyError(f"certificate table {what} entry holds {len(certs)} certificates")
+        return certs[0]
+
+    vek_guid = VCEK_GUID
+    if VLEK_GUID in by_guid and (
+        VCEK_GUID not in by_guid or (report is not None and report.signing_key is SigningKey.VLEK)
+    ):
+        vek_guid = VLEK_GUID
+    return SnpCollateral(
+        vek=one(by_guid[vek_guid], "VCEK/VLEK") if vek_guid in by_guid else b"",
+        ask=one(by_guid[ASK_GUID], "ASK") if ASK_GUID in by_guid else b"",
+        ark=one(by_guid[ARK_GUID], "ARK") if ARK_GUID in by_guid else b"",
+        source=source,
+    )

@@ -51,6 +51,7 @@ import dcap_qvl  # type: ignore[import-untyped]  # ships .pyi but no py.typed
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from certmgr.attest.claims import Claims
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
 from certmgr.attest.policycheck import PolicyCheck
@@ -58,6 +59,7 @@ from certmgr.attest.quote import parse_evidence as parse_quote_bytes
 from certmgr.attest.ratls import (
     RaTlsCert,
     expected_report_data,
+    legacy_binding,
     parse_certificate,
     pubkey_hash_matches,
     report_data_for_claims,
@@ -393,16 +395,16 @@ def _measurement_decision(m: Measurement, opts: VerifyOptions) -> list[Failure]:
     return [] if decision.allowed else [Failure(Reason.MEASUREMENT, decision.reason)]
 
 
-def parse_signing_address(claims: Mapping[str, Any]) -> tuple[bytes | None, list[Failure]]:
+def parse_signing_address(claims: Claims | None) -> tuple[bytes | None, list[Failure]]:
     """The ``"signing-address"`` claim as 20 bytes: (None, []) when absent.
 
-    Strict: a CBOR text string ``0x`` followed by exactly 40 lowercase hex digits, the one
-    form teeproxy emits (no EIP-55 mixed case, no bytes, no whitespace); anything else is a
-    :attr:`Reason.SIGNING_ADDRESS` failure and no address.
+    Strict: the claim's byte string holds a CBOR text string ``0x`` followed by exactly 40
+    lowercase hex digits, the one form teeproxy emits (no EIP-55 mixed case, no bytes, no
+    whitespace); anything else is a :attr:`Reason.SIGNING_ADDRESS` failure and no address.
     """
-    if "signing-address" not in claims:
+    if claims is None or "signing-address" not in claims.ours:
         return None, []
-    value = claims["signing-address"]
+    value = claims.ours["signing-address"]
     if type(value) is str and _ADDRESS.fullmatch(value) is not None:
         return bytes.fromhex(value[2:]), []
     shown = repr(value)[:60]
@@ -467,8 +469,13 @@ def verify_certificate(
     q = verify_quote(parsed.quote, collateral, int(now), opts)
     fails.extend(q.failures)
     binding = False
+    details: dict[str, Any] = {}
     if q.parsed is not None:
-        bind_fails = check_binding(q.parsed.report_data, expected_report_data(parsed))
+        if parsed.format == "gramine-legacy":
+            bind_fails, details["binding_rule"] = _legacy_binding(parsed, q.parsed.report_data)
+        else:
+            bind_fails = check_binding(q.parsed.report_data, expected_report_data(parsed))
+            details["binding_rule"] = "claims-sha256"
         if not pubkey_hash_matches(parsed):
             bind_fails.insert(
                 0, Failure(Reason.PUBKEY_HASH, "claims pubkey-hash is not this certificate's key")
@@ -488,10 +495,25 @@ def verify_certificate(
             "spki_sha256": parsed.spki_sha256.hex(),
             "not_before": parsed.not_before.isoformat(),
             "not_after": parsed.not_after.isoformat(),
-            "claims": _printable(parsed.claims),
+            "claims": parsed.claims.view() if parsed.claims is not None else {},
+            **details,
         },
         address,
     )
+
+
+def _legacy_binding(cert: RaTlsCert, report_data: bytes) -> tuple[list[Failure], str]:
+    """The legacy format binds the key itself: report_data[:32] is SHA-256 of the SPKI
+    (Gramine) or of the PKCS#1 RSAPublicKey (rats-tls), report_data[32:] zero."""
+    fails: list[Failure] = []
+    how = legacy_binding(cert, report_data)
+    if how is None:
+        fails.append(
+            Failure(Reason.REPORT_DATA, "report_data does not hash this certificate's key")
+        )
+    if report_data[32:] != bytes(32):
+        fails.append(Failure(Reason.REPORT_DATA_PADDING, "report_data[32:64] is not all zero"))
+    return fails, how or "none"
 
 
 def verify_quote_verdict(
@@ -580,16 +602,11 @@ def verify_evidence(
     binding = False
     if q.parsed is not None:
         bind = check_binding(q.parsed.report_data, report_data_for_claims(ev.claims_bytes))
-        got_nonce = ev.claims.get("nonce")
-        if not isinstance(got_nonce, bytes) or not hmac.compare_digest(got_nonce, nonce):
+        got_nonce = ev.claims.nonce
+        if got_nonce is None or not hmac.compare_digest(got_nonce, nonce):
             bind.append(Failure(Reason.NONCE, "evidence does not echo the client's nonce"))
-        ph = ev.claims.get("pubkey-hash")
-        if not (
-            isinstance(ph, list)
-            and len(ph) == 2
-            and ph[0] == 1
-            and isinstance(ph[1], bytes)
-            and hmac.compare_digest(ph[1], connection_spki_sha256)
+        if ev.claims.hash_alg != 1 or not hmac.compare_digest(
+            ev.claims.pubkey_hash, connection_spki_sha256
         ):
             bind.append(Failure(Reason.SPKI, "evidence names another key than this connection's"))
         binding = not bind
@@ -602,6 +619,6 @@ def verify_evidence(
         q,
         fails,
         binding,
-        {"claims": _printable(ev.claims), "provider": ev.provider, "gpu": ev.gpu},
+        {"claims": ev.claims.view(), "provider": ev.provider, "gpu": ev.gpu},
         address,
     )

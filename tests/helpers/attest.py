@@ -57,12 +57,18 @@ def make_ratls(
     quote: bytes | None = None,
     debug: bool = False,
     extra: dict[str, Any] | None = None,
+    raw_extra: dict[str, Any] | None = None,
     lifetime: dt.timedelta = dt.timedelta(hours=24),
     not_before: dt.datetime | None = None,
 ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
-    """A DER RA-TLS certificate with a simulated quote; every argument injects one fault."""
+    """A DER RA-TLS certificate with a simulated quote; every argument injects one fault.
+
+    ``extra``: teeproxy claims, encoded as teeproxy does; ``raw_extra``: claims put into the
+    map as given (for values teeproxy's encoder would refuse to write)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     claims = encode_claims(claims_spki if claims_spki is not None else spki(key), extra)
+    if raw_extra:
+        claims = cbor2.dumps({**cbor2.loads(claims), **raw_extra}, canonical=True)
     rd = report_data if report_data is not None else report_data_for_claims(claims)
     q = quote if quote is not None else build_simulated_quote(DEV_KEY, rd, debug=debug)
     nb = not_before or NOW - dt.timedelta(minutes=5)

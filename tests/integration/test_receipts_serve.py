@@ -78,8 +78,9 @@ async def _attested(served: Served, client_ssl: ssl.SSLContext) -> tuple[bytes, 
     ):
         assert r.status == 200
         evidence = parse_evidence_json(await r.read())
-    claims = cbor2.loads(evidence.claims_bytes)
-    address = claims["signing-address"]
+    # Interoperable RA-TLS claims: every value a byte string, ours CBOR-encoded inside.
+    address = cbor2.loads(cbor2.loads(evidence.claims_bytes)["signing-address"])
+    assert address == evidence.claims["signing-address"]
     assert address.startswith("0x") and len(address) == 42
     return bytes.fromhex(address[2:]), measurement_id(parse_evidence(evidence.quote).measurement)
 

@@ -45,8 +45,12 @@ def test_built_certificate_is_interoperable_format() -> None:
     assert isinstance(top, cbor2.CBORTag) and top.tag == 60000
     quote, claims_bytes = top.value
     claims = cbor2.loads(claims_bytes)
-    assert claims["pubkey-hash"] == [1, hashlib.sha256(spki(key)).digest()]
-    assert claims["hostname"] == "attest.test"
+    # CCC interoperable RA-TLS: every value a byte string; pubkey-hash holds the CBOR
+    # hash-entry, teeproxy's own claims the CBOR encoding of their value.
+    assert all(isinstance(v, bytes) for v in claims.values())
+    assert claims["pubkey-hash"] == bytes.fromhex("820158 20") + hashlib.sha256(spki(key)).digest()
+    assert cbor2.loads(claims["pubkey-hash"]) == [1, hashlib.sha256(spki(key)).digest()]
+    assert claims["hostname"] == cbor2.dumps("attest.test")
     assert parse_quote(quote).report_data == hashlib.sha256(claims_bytes).digest() + bytes(32)
     assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
     assert cert.public_key().curve.name == "secp256r1"  # type: ignore[union-attr]
@@ -146,9 +150,20 @@ def test_no_attestation_extension() -> None:
         (cbor2.dumps(cbor2.CBORTag(60000, [b"q", "text"])), r"\[bstr quote"),
         (cmw(b"q", cbor2.dumps([1, 2])), "CBOR map"),
         (cmw(b"q", cbor2.dumps({"x": 1})), "pubkey-hash"),
-        (cmw(b"q", cbor2.dumps({"pubkey-hash": [2, bytes(32)]})), "algorithm"),
-        (cmw(b"q", cbor2.dumps({"pubkey-hash": [True, bytes(32)]})), "algorithm"),
-        (cmw(b"q", cbor2.dumps({"pubkey-hash": [1, bytes(31)]})), "31 bytes"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": cbor2.dumps([2, bytes(32)])})), "algorithm"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": cbor2.dumps([True, bytes(32)])})), "algorithm"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": cbor2.dumps([1, bytes(31)])})), "sha256 digest"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": cbor2.dumps([7, bytes(32)])})), "sha384 digest"),
+        # The array itself instead of a byte string holding it (what teeproxy wrongly
+        # emitted before, and no other producer reads).
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": [1, bytes(32)]})), "byte string"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": cbor2.dumps([1])})), r"hash-alg-id, hash-value"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": b"\xff"})), "malformed CBOR"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": cbor2.dumps([1, bytes(32)]), "nonce": 5})), "nonce"),
+        (
+            cmw(b"q", cbor2.dumps({"pubkey-hash": cbor2.dumps([1, bytes(32)]), "hostname": "x"})),
+            "hostname",
+        ),
         (cmw(b"q", b"\xa2\x61a\x01\x61a\x02"), "malformed CBOR"),  # duplicate map keys
         (b"\x00" * (MAX_EXTENSION_SIZE + 1), "too large"),
         (cmw(b"q", b"\x00" * 9000), "claims too large"),

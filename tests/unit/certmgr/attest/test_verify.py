@@ -382,10 +382,17 @@ MALFORMED_ADDRESSES: list[object] = [
 
 
 def _evidence_with(nonce: bytes, spki_hash: bytes, extra: dict[str, object]) -> bytes:
+    """Evidence whose claims hold ``extra`` values as given, each CBOR-wrapped."""
     import cbor2
 
     claims = cbor2.dumps(
-        {"nonce": nonce, "pubkey-hash": [1, spki_hash], "iat": 1, **extra}, canonical=True
+        {
+            "nonce": nonce,
+            "pubkey-hash": cbor2.dumps([1, spki_hash]),
+            "iat": cbor2.dumps(1),
+            **{k: cbor2.dumps(v) for k, v in extra.items()},
+        },
+        canonical=True,
     )
     q = build_simulated_quote(DEV_KEY, report_data_for_claims(claims))
     return json.dumps(build_evidence(q, claims, tee="tdx", provider="simulated")).encode()
@@ -422,7 +429,9 @@ def test_signing_address_from_certificate_and_evidence() -> None:
 
 @pytest.mark.parametrize("value", MALFORMED_ADDRESSES, ids=repr)
 def test_malformed_signing_address_is_rejected(value: object) -> None:
-    cert, _ = make_ratls(extra={"signing-address": value})
+    import cbor2
+
+    cert, _ = make_ratls(raw_extra={"signing-address": cbor2.dumps(value)})
     v = verify_certificate(cert, None, DEV)
     assert v.reasons == (Reason.SIGNING_ADDRESS,)
     assert not v.trusted and v.signing_address is None
