@@ -13,11 +13,22 @@ Format (the one Gramine >= 1.8, rats-tls and the Intel SGX SDK emit and accept):
   ``signing-address``), which peers ignore;
 - the quote's report_data is ``SHA-256(claims bytes) || 32 zero bytes``.
 
-The legacy Intel RA-TLS OID ``1.2.840.113741.1337.6`` (the raw SGX quote as the value),
-as older Gramine and rats-tls emit it, is read too: report_data[:32] is the SHA-256 of the
-key, over the DER SubjectPublicKeyInfo (Gramine) or, for an RSA key, over the PKCS#1
-RSAPublicKey (rats-tls); either binds the same key, so both are accepted and the verdict
-says which one held.
+Other producers' certificates are read too (tests/data/ratls/ holds a real one of each):
+
+- the legacy raw-evidence extensions ``1.2.840.113741.1337.6`` (SGX quote; Gramine, old
+  rats-tls), ``.1337.8`` (TDX quote) and ``.1337.20`` (SEV-SNP report) of rats-tls, and the
+  Intel SGX SDK's ``1.2.840.113741.1.13.1``: report_data[:32] is a SHA-256 of the key, over
+  the DER SubjectPublicKeyInfo (Gramine, rats-tls), the PKCS#1 RSAPublicKey (rats-tls's RSA
+  path) or the PEM text with its trailing NUL (the SDK before TCG); each binds the same key,
+  so each is accepted and the verdict says which held. Gramine writes its legacy extnID
+  wrongly (the complete OID TLV ``06 09 2a 86 48 86 f8 4d 8a 39 06`` as the OID's content, so
+  decoders read 0.6.9.42.840.113741.1337.6): matched on those raw bytes, as Gramine's own
+  verifier does;
+- Gramine >= 1.8 and the SDK write a legacy extension *next to* ``2.23.133.5.4.9``. The TCG
+  one is then the evidence (both producers' verifiers try it first and never fall back);
+  the other is kept in :attr:`RaTlsCert.extra_quotes` and must tell the same story
+  (:mod:`certmgr.attest.verify`: same measurement, and it binds this key or is the same quote);
+- dstack's extensions under ``1.3.6.1.4.1.62397.1`` (:mod:`certmgr.attest.dstack`).
 
 The parser is a small bounded DER reader of its own, so that a peer certificate which
 cryptography's loader refuses (e.g. a NULL parameter in the ECDSA signature algorithm, or an
@@ -46,18 +57,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from certmgr.attest import claims as claims_codec
+from certmgr.attest import dstack
 from certmgr.attest.claims import HASH_ALGS, Claims, parse_claims
 from certmgr.errors import RaTlsError
 
 __all__ = [
     "CMW_TAG",
-    "GRAMINE_LEGACY_OID",
     "HASH_ALGS",
+    "INTEL_SDK_QUOTE_OID",
+    "LEGACY_QUOTE_OID",
     "MAX_CERT_SIZE",
     "MAX_EXTENSION_SIZE",
     "RATLS_OID",
     "RaTlsCert",
     "build_certificate",
+    "claims_report_data",
     "encode_claims",
     "encode_extension",
     "expected_report_data",
@@ -69,7 +83,14 @@ __all__ = [
 ]
 
 RATLS_OID = "2.23.133.5.4.9"
-GRAMINE_LEGACY_OID = "1.2.840.113741.1337.6"
+LEGACY_QUOTE_OID = "1.2.840.113741.1337.6"  # rats-tls oid.h: SGX ECDSA quote
+LEGACY_TDX_OID = "1.2.840.113741.1337.8"  # rats-tls oid.h: TDX quote
+LEGACY_SNP_OID = "1.2.840.113741.1337.20"  # rats-tls oid.h: SEV-SNP report
+INTEL_SDK_QUOTE_OID = "1.2.840.113741.1.13.1"  # intel/linux-sgx sdk/ttls: raw quote
+_LEGACY_OIDS = frozenset({LEGACY_QUOTE_OID, LEGACY_TDX_OID, LEGACY_SNP_OID, INTEL_SDK_QUOTE_OID})
+# Gramine's ra_tls_common.h: "below OID is actually wrong: it shouldn't have the first two
+# bytes (0x06 0x09)"; the extnID's content is a whole OID TLV.
+_GRAMINE_MISENCODED = bytes.fromhex("06092a864886f84d8a3906")
 CMW_TAG = 60000
 MAX_CERT_SIZE = 128 * 1024
 MAX_EXTENSION_SIZE = 96 * 1024
@@ -79,11 +100,19 @@ _ECDSA_SHA384 = "1.2.840.10045.4.3.3"
 _RSA_SHA256 = "1.2.840.113549.1.1.11"
 _RSA_SHA384 = "1.2.840.113549.1.1.12"
 _RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+# Self-signature algorithms. SHA-1 is among them because real RA-TLS certificates use it
+# (rats-tls's wolfSSL build signs with sha1WithRSAEncryption): an RA-TLS certificate's
+# self-signature only shows possession of the key, which the TLS handshake shows again, and
+# the key is bound by the quote, not by this signature; the verdict names the algorithm.
 _SIG_ALGS: Mapping[str, hashes.HashAlgorithm] = {
+    "1.2.840.10045.4.1": hashes.SHA1(),  # noqa: S303  # ecdsa-with-SHA1 (see above)
     _ECDSA_SHA256: hashes.SHA256(),
     _ECDSA_SHA384: hashes.SHA384(),
+    "1.2.840.10045.4.3.4": hashes.SHA512(),
+    "1.2.840.113549.1.1.5": hashes.SHA1(),  # noqa: S303  # sha1WithRSAEncryption
     _RSA_SHA256: hashes.SHA256(),
     _RSA_SHA384: hashes.SHA384(),
+    "1.2.840.113549.1.1.13": hashes.SHA512(),
 }
 
 
@@ -95,11 +124,20 @@ class RaTlsCert:
     spki_der: bytes
     not_before: dt.datetime
     not_after: dt.datetime
-    format: str  # "tcg-cmw" or "gramine-legacy"
+    format: str  # "tcg-cmw", "intel-legacy" or "dstack"
     quote: bytes
     claims_bytes: bytes = b""
-    claims: Claims | None = None  # None for the legacy format (no claims)
+    claims: Claims | None = None  # None for the legacy and dstack formats (no claims)
     self_signature_ok: bool = False
+    signature_hash: str = ""  # the self-signature's hash algorithm ("sha256", ...)
+    self_issued: bool = False  # issuer == subject (dstack leaves are issued by an app CA)
+    quote_extension: str = ""  # the OID the quote came from
+    # Further quote extensions next to 2.23.133.5.4.9, as (OID, raw quote): Gramine's legacy
+    # quote, the Intel SDK's copy. The verifier requires them to agree with the main one.
+    extra_quotes: tuple[tuple[str, bytes], ...] = ()
+    dstack: dstack.DstackAttestation | None = None
+    dstack_app_id: bytes | None = None  # extension .1.3 (not covered by the quote)
+    dstack_usage: str | None = None  # extension .1.4
 
     @property
     def spki_sha256(self) -> bytes:
@@ -146,10 +184,18 @@ def parse_extension(value: bytes) -> tuple[bytes, bytes, Claims]:
 
 
 def legacy_key_hashes(spki_der: bytes) -> dict[str, bytes]:
-    """What a legacy (1.2.840.113741.1337.6) quote's report_data[:32] may be: SHA-256 of
-    the DER SubjectPublicKeyInfo (Gramine) or, for RSA, of the PKCS#1 RSAPublicKey
-    (rats-tls: the SPKI's subjectPublicKey BIT STRING content)."""
+    """What a legacy quote's report_data[:32] may be: SHA-256 of the DER
+    SubjectPublicKeyInfo (Gramine, rats-tls), of the PEM public key text with its trailing
+    NUL (Intel SGX SDK ttls before TCG: ``PEM_write_bio_PUBKEY`` output + NUL) or, for RSA, of
+    the PKCS#1 RSAPublicKey (rats-tls: the SPKI's subjectPublicKey BIT STRING content)."""
     out = {"spki-sha256": hashlib.sha256(spki_der).digest()}
+    try:
+        pem = serialization.load_der_public_key(spki_der).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        out["pem-nul-sha256"] = hashlib.sha256(pem + b"\x00").digest()
+    except (ValueError, UnsupportedAlgorithm):
+        pass
     try:
         parts = _children(_read_tlv(spki_der, 0)[0].value)
         alg = _children(_expect(parts[0], 0x30, "algorithm").value)
@@ -163,11 +209,25 @@ def legacy_key_hashes(spki_der: bytes) -> dict[str, bytes]:
 
 
 def expected_report_data(cert: RaTlsCert) -> bytes:
-    """The report_data a genuine quote in this certificate must carry (64 bytes); for the
-    legacy format, the SPKI binding (see :func:`legacy_binding` for the PKCS#1 one)."""
-    if cert.format == "gramine-legacy":
+    """The report_data a genuine quote in this certificate must carry (64 bytes): for the
+    legacy format the SPKI binding (:func:`legacy_binding` knows the others), for dstack's
+    the SHA-512 rule, for the TCG format the SHA-256 one (:func:`claims_report_data` also
+    gives the SHA-384 one Intel uses on TDX)."""
+    if cert.format == "intel-legacy":
         return cert.spki_sha256 + bytes(32)
+    if cert.format == "dstack":
+        return dstack.ratls_report_data(cert.spki_der)
     return report_data_for_claims(cert.claims_bytes)
+
+
+def claims_report_data(claims_bytes: bytes, *, tdx: bool) -> dict[str, bytes]:
+    """The report_data rules for a claims buffer: ``SHA-256(claims) || 0^32`` (every SGX
+    producer, rats-tls on TDX) and, for a TDX quote, ``SHA-384(claims) || 0^16`` (Intel's
+    ttls under TDX_ENV), by rule name."""
+    out = {"claims-sha256": report_data_for_claims(claims_bytes)}
+    if tdx:
+        out["claims-sha384"] = hashlib.sha384(claims_bytes).digest() + bytes(16)
+    return out
 
 
 def legacy_binding(cert: RaTlsCert, report_data: bytes) -> str | None:
@@ -180,8 +240,8 @@ def legacy_binding(cert: RaTlsCert, report_data: bytes) -> str | None:
 
 def pubkey_hash_matches(cert: RaTlsCert) -> bool:
     """Whether the claims' pubkey-hash is the hash of this certificate's own SPKI."""
-    if cert.format == "gramine-legacy":
-        return True  # legacy binds the key through report_data directly
+    if cert.format != "tcg-cmw":
+        return True  # legacy and dstack bind the key through report_data directly
     return cert.claims is not None and cert.claims.pubkey_hash_matches(cert.spki_der)
 
 
@@ -373,18 +433,17 @@ def parse_certificate(data: bytes) -> RaTlsCert:
             if len(inner) != 1:
                 raise RaTlsError("[3] extensions must wrap one SEQUENCE")
             ext_list = _children(_expect(inner[0], 0x30, "extensions").value)
-    seen: set[str] = set()
     found: dict[str, bytes] = {}
     for ext in ext_list:
         items = _children(_expect(ext, 0x30, "Extension").value)
         if len(items) not in (2, 3):
             raise RaTlsError("Extension must be (oid, [critical], value)")
-        oid = _oid(_expect(items[0], 0x06, "extnID").value)
-        if oid in seen:
+        oid_raw = _expect(items[0], 0x06, "extnID").value
+        oid = LEGACY_QUOTE_OID if oid_raw == _GRAMINE_MISENCODED else _oid(oid_raw)
+        if oid in found:
             # RFC 5280 4.2: "A certificate MUST NOT include more than one instance of a
             # particular extension." Two quotes would let a verifier and a peer disagree.
             raise RaTlsError(f"duplicate extension {oid}")
-        seen.add(oid)
         critical = False
         if len(items) == 3:
             crit = _expect(items[1], 0x01, "critical")
@@ -392,38 +451,75 @@ def parse_certificate(data: bytes) -> RaTlsCert:
         value = _expect(items[-1], 0x04, "extnValue").value
         if oid == RATLS_OID and critical:
             raise RaTlsError(f"extension {RATLS_OID} must not be critical")
-        if oid in (RATLS_OID, GRAMINE_LEGACY_OID):
-            found[oid] = value
-    if len(found) == 2:
-        raise RaTlsError("certificate carries both the standard and the legacy quote extension")
-    self_ok = _verify_self_signature(spki, tbs.raw, alg_oid, sig)
+        found[oid] = value
+    base: dict[str, Any] = {
+        "der": cert_tlv.raw,
+        "spki_der": spki,
+        "not_before": not_before,
+        "not_after": not_after,
+        "self_signature_ok": _verify_self_signature(spki, tbs.raw, alg_oid, sig),
+        "self_issued": fields[i + 2].raw == fields[i + 4].raw,
+        "signature_hash": _SIG_ALGS[alg_oid].name if alg_oid in _SIG_ALGS else alg_oid,
+    }
+    legacy = sorted(o for o in found if o in _LEGACY_OIDS)
+    dstack_oids = sorted(o for o in found if o in dstack.OIDS)
+    for o in legacy:
+        if len(found[o]) > MAX_EXTENSION_SIZE:
+            raise RaTlsError(f"quote extension {o} too large ({len(found[o])} bytes)")
     if RATLS_OID in found:
+        if dstack_oids:
+            raise RaTlsError("certificate mixes dstack and 2.23.133.5.4.9 attestation extensions")
         quote, claims_bytes, claims = parse_extension(found[RATLS_OID])
         return RaTlsCert(
-            der=cert_tlv.raw,
-            spki_der=spki,
-            not_before=not_before,
-            not_after=not_after,
+            **base,
             format="tcg-cmw",
             quote=quote,
             claims_bytes=claims_bytes,
             claims=claims,
-            self_signature_ok=self_ok,
+            quote_extension=RATLS_OID,
+            extra_quotes=tuple((o, found[o]) for o in legacy),
         )
-    if GRAMINE_LEGACY_OID in found:
-        quote = found[GRAMINE_LEGACY_OID]
-        if len(quote) > MAX_EXTENSION_SIZE:
-            raise RaTlsError("legacy quote extension too large")
+    if dstack.TDX_QUOTE_OID in found or dstack.ATTESTATION_OID in found:
+        if legacy:
+            raise RaTlsError("certificate mixes dstack and legacy quote extensions")
+        return _dstack_cert(base, found)
+    if len(legacy) > 1:
+        raise RaTlsError(f"certificate carries {len(legacy)} legacy quote extensions")
+    if legacy:
         return RaTlsCert(
-            der=cert_tlv.raw,
-            spki_der=spki,
-            not_before=not_before,
-            not_after=not_after,
-            format="gramine-legacy",
-            quote=quote,
-            self_signature_ok=self_ok,
+            **base, format="intel-legacy", quote=found[legacy[0]], quote_extension=legacy[0]
         )
-    raise RaTlsError(f"no attestation extension ({RATLS_OID} or {GRAMINE_LEGACY_OID})")
+    raise RaTlsError(
+        f"no attestation extension ({RATLS_OID}, {LEGACY_QUOTE_OID}, {INTEL_SDK_QUOTE_OID} "
+        f"or dstack's {dstack.OID_ARC}.*)"
+    )
+
+
+def _dstack_cert(base: dict[str, Any], found: Mapping[str, bytes]) -> RaTlsCert:
+    for oid in dstack.OIDS & found.keys():
+        if len(found[oid]) > MAX_EXTENSION_SIZE:
+            raise RaTlsError(f"dstack extension {oid} too large ({len(found[oid])} bytes)")
+    payload = {oid: dstack.unwrap_octets(found[oid]) for oid in dstack.OIDS & found.keys()}
+    if dstack.ATTESTATION_OID in payload:  # dstack's reader prefers it over .1.1/.1.2
+        att = dstack.decode_attestation(payload[dstack.ATTESTATION_OID])
+        ext = dstack.ATTESTATION_OID
+    else:
+        att = dstack.from_classic(payload[dstack.TDX_QUOTE_OID], payload.get(dstack.EVENT_LOG_OID))
+        ext = dstack.TDX_QUOTE_OID
+    usage = payload.get(dstack.USAGE_OID)
+    try:
+        usage_text = usage.decode("utf-8")[:200] if usage is not None else None
+    except UnicodeDecodeError as e:
+        raise RaTlsError(f"dstack usage extension is not UTF-8: {e}") from e
+    return RaTlsCert(
+        **base,
+        format="dstack",
+        quote=att.quote,
+        quote_extension=ext,
+        dstack=att,
+        dstack_app_id=payload.get(dstack.APP_ID_OID),
+        dstack_usage=usage_text,
+    )
 
 
 def _pem_to_der(data: bytes) -> bytes:

@@ -51,6 +51,7 @@ import dcap_qvl  # type: ignore[import-untyped]  # ships .pyi but no py.typed
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from certmgr.attest import dstack as dstack_format
 from certmgr.attest.claims import Claims
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
@@ -58,7 +59,7 @@ from certmgr.attest.policycheck import PolicyCheck
 from certmgr.attest.quote import parse_evidence as parse_quote_bytes
 from certmgr.attest.ratls import (
     RaTlsCert,
-    expected_report_data,
+    claims_report_data,
     legacy_binding,
     parse_certificate,
     pubkey_hash_matches,
@@ -131,6 +132,10 @@ class Reason(enum.StrEnum):
     SNP_CHAIN = "snp-chain"  # VCEK/VLEK <- ASK/ASVK <- AMD ARK does not hold (or is unreadable)
     SNP_TCB = "snp-tcb"  # the VCEK is not this chip's or TCB's, or the TCB is below the minimum
     SNP_POLICY = "snp-policy"  # the guest policy or firmware is not accepted (SMT, MA, ...)
+    EXTRA_QUOTE = "extra-quote"  # a second quote extension disagrees with the evidence
+    EVENT_LOG = "event-log"  # dstack: RTMR3 does not replay, or an event's digest is wrong
+    MR_CONFIG_ID = "mr-config-id"  # dstack: MRCONFIGID does not name the measured compose hash
+    APP_ID = "app-id"  # dstack: the certificate's app id is not the measured one
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,7 +460,11 @@ def verify_certificate(
         except RaTlsError as e:
             return Verdict(failures=(Failure(_ratls_reason(e), str(e)),))
     fails: list[Failure] = []
-    if not parsed.self_signature_ok:
+    details: dict[str, Any] = {}
+    if parsed.format == "dstack" and not parsed.self_issued:
+        # A dstack leaf is issued by the app's CA (KMS); its key is bound by the quote itself.
+        details["issuer_signature"] = "not checked: issued by another CA; the quote binds the key"
+    elif not parsed.self_signature_ok:
         fails.append(Failure(Reason.SELF_SIGNATURE, "certificate self-signature does not verify"))
     when = dt.datetime.fromtimestamp(now, dt.UTC)
     if not parsed.not_before <= when < parsed.not_after:
@@ -469,13 +478,14 @@ def verify_certificate(
     q = verify_quote(parsed.quote, collateral, int(now), opts)
     fails.extend(q.failures)
     binding = False
-    details: dict[str, Any] = {}
     if q.parsed is not None:
-        if parsed.format == "gramine-legacy":
+        if parsed.format == "intel-legacy":
             bind_fails, details["binding_rule"] = _legacy_binding(parsed, q.parsed.report_data)
+        elif parsed.format == "dstack":
+            bind_fails, details["binding_rule"] = _dstack_checks(parsed, q.parsed, details)
         else:
-            bind_fails = check_binding(q.parsed.report_data, expected_report_data(parsed))
-            details["binding_rule"] = "claims-sha256"
+            bind_fails, details["binding_rule"] = _claims_binding(parsed, q.parsed)
+            bind_fails.extend(_extra_quote_checks(parsed, q.parsed, details))
         if not pubkey_hash_matches(parsed):
             bind_fails.insert(
                 0, Failure(Reason.PUBKEY_HASH, "claims pubkey-hash is not this certificate's key")
@@ -492,6 +502,8 @@ def verify_certificate(
         binding,
         {
             "format": parsed.format,
+            "quote_extension": parsed.quote_extension,
+            "signature_hash": parsed.signature_hash,
             "spki_sha256": parsed.spki_sha256.hex(),
             "not_before": parsed.not_before.isoformat(),
             "not_after": parsed.not_after.isoformat(),
@@ -502,9 +514,82 @@ def verify_certificate(
     )
 
 
+def _claims_binding(cert: RaTlsCert, parsed: ParsedQuote) -> tuple[list[Failure], str]:
+    """report_data is SHA-256(claims) || 0^32 or, in a TDX quote, SHA-384(claims) || 0^16."""
+    rules = claims_report_data(cert.claims_bytes, tdx=parsed.tee is TeeType.TDX)
+    for name, expected in rules.items():
+        if hmac.compare_digest(parsed.report_data, expected):
+            return [], name
+    return check_binding(parsed.report_data, rules["claims-sha256"]), "none"
+
+
+def _extra_quote_checks(
+    cert: RaTlsCert, main: ParsedQuote, details: dict[str, Any]
+) -> list[Failure]:
+    """A quote extension next to 2.23.133.5.4.9 must tell the same story: the same quote
+    (the Intel SDK copies it), or one of the same TEE and measurement that binds this
+    certificate's key by the legacy rule (Gramine's second quote). Its signature is not
+    verified: a verifier reading only that extension would verify it."""
+    fails: list[Failure] = []
+    seen: list[dict[str, Any]] = []
+    for oid, raw in cert.extra_quotes:
+        if raw == main.raw:
+            seen.append({"oid": oid, "relation": "same-quote"})
+            continue
+        try:
+            other = parse_quote_bytes(raw)
+        except QuoteError as e:
+            fails.append(Failure(Reason.EXTRA_QUOTE, f"quote in extension {oid}: {e}"))
+            continue
+        if other.tee is not main.tee or measurement_id(other.measurement) != measurement_id(
+            main.measurement
+        ):
+            fails.append(
+                Failure(Reason.EXTRA_QUOTE, f"quote in extension {oid} measures other code")
+            )
+            continue
+        rule = legacy_binding(cert, other.report_data)
+        if rule is None or other.report_data[32:] != bytes(32):
+            fails.append(
+                Failure(Reason.EXTRA_QUOTE, f"quote in extension {oid} does not bind this key")
+            )
+            continue
+        seen.append({"oid": oid, "relation": "same-measurement", "binding_rule": rule})
+    details["extra_quotes"] = seen
+    return fails
+
+
+_DSTACK_REASONS = {
+    "binding": Reason.REPORT_DATA,
+    "event-log": Reason.EVENT_LOG,
+    "mr-config-id": Reason.MR_CONFIG_ID,
+    "app-id": Reason.APP_ID,
+}
+
+
+def _dstack_checks(
+    cert: RaTlsCert, parsed: ParsedQuote, details: dict[str, Any]
+) -> tuple[list[Failure], str]:
+    """dstack's binding (SHA-512 rule), RTMR3 replay, MRCONFIGID and app id."""
+    att = cert.dstack
+    if att is None or parsed.tee is not TeeType.TDX:
+        return [Failure(Reason.QUOTE_MALFORMED, "dstack certificate without a TDX quote")], "none"
+    res = dstack_format.check(
+        att,
+        spki_der=cert.spki_der,
+        quote_report_data=parsed.report_data,
+        rt_mr3=parsed.measurement.rt_mr3,
+        mr_config_id=parsed.measurement.mr_config_id,
+        app_id_extension=cert.dstack_app_id,
+    )
+    details["dstack"] = {**res.details, "usage": cert.dstack_usage}
+    fails = [Failure(_DSTACK_REASONS[check], message) for check, message in res.failures]
+    return fails, "dstack-sha512"
+
+
 def _legacy_binding(cert: RaTlsCert, report_data: bytes) -> tuple[list[Failure], str]:
-    """The legacy format binds the key itself: report_data[:32] is SHA-256 of the SPKI
-    (Gramine) or of the PKCS#1 RSAPublicKey (rats-tls), report_data[32:] zero."""
+    """The legacy format binds the key itself: report_data[:32] is a SHA-256 of the key
+    (:func:`certmgr.attest.ratls.legacy_key_hashes`), report_data[32:] zero."""
     fails: list[Failure] = []
     how = legacy_binding(cert, report_data)
     if how is None:

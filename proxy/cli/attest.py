@@ -121,6 +121,14 @@ def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
     for key in ("tee", "status", "binding", "simulated", "measurement_id"):
         if key in verdict_json:
             print(f"{key + ':':<9} {verdict_json[key]}")
+    if "format" in verdict_json:
+        rule = verdict_json.get("binding_rule", "")
+        print(f"format:   {verdict_json['format']} ({verdict_json.get('quote_extension')}, {rule})")
+    app = verdict_json.get("dstack")
+    if isinstance(app, dict):
+        for key in ("app_id", "compose_hash", "instance_id", "os_image_hash", "usage"):
+            if app.get(key):
+                print(f"  dstack {key}: {app[key]}")
     for f in verdict_json.get("failures", []):
         print(f"  - {f['reason']}: {f['message']}")
     ev = verdict_json.get("evidence")

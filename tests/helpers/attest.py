@@ -2,7 +2,8 @@
 
 The faults are made at the byte level (DER, CBOR) so that each negative test exercises
 exactly one broken property of an otherwise valid certificate. Also the real quote vectors
-(tests/data/dcap-qvl) and :func:`fifo_server`, the kernel side of the FIFO interfaces the
+(tests/data/dcap-qvl), other producers' real RA-TLS certificates (tests/data/ratls) and
+:func:`fifo_server`, the kernel side of the FIFO interfaces the
 configfs-tsm and Gramine quote providers read.
 """
 
@@ -33,6 +34,14 @@ T_TDX_OUTDATED = 1771498731
 DEV_KEY = ec.generate_private_key(ec.SECP256R1())
 DEV_KEY_RAW = raw_public_key(DEV_KEY.public_key())
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+RATLS_DATA = Path(__file__).resolve().parents[1] / "data" / "ratls"
+
+
+def ratls_artifact(name: str) -> bytes:
+    """A real RA-TLS certificate made by another producer (tests/data/ratls/*/README.txt)."""
+    return (RATLS_DATA / name).read_bytes()
 
 
 def vector(name: str) -> bytes:

@@ -101,3 +101,57 @@ def test_verify_cert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     garbage.write_bytes(b"not a certificate")
     rc, doc = _run(capsys, "verify-cert", str(garbage), "--json", "--any-measurement")
     assert rc == 1 and doc["failures"][0]["reason"] == "cert-malformed"
+
+
+# Other producers' real certificates (tests/data/ratls/*/README.txt), through the CLI as a
+# client runs it, inside each certificate's validity window.
+REAL = Path(__file__).resolve().parents[1] / "data" / "ratls"
+
+
+@pytest.mark.parametrize(
+    ("name", "at", "fmt", "rule", "reasons"),
+    [
+        (
+            "gramine/ccc-interop-gramine-cert.pem",
+            "1700000000",
+            "tcg-cmw",
+            "claims-sha256",
+            {"collateral-missing", "debug"},
+        ),
+        (
+            "intel-sgxsdk/ccc-interop-intel-sgxsdk-cert.pem",
+            "1700000000",
+            "tcg-cmw",
+            "claims-sha256",
+            {"collateral-missing", "debug"},
+        ),
+        (
+            "rats-tls/ccc-interop-rats-tls-cert.pem",
+            "1680000000",
+            "tcg-cmw",
+            "claims-sha256",
+            {"collateral-missing", "debug"},
+        ),
+        (
+            "rats-tls-legacy/rats-tls-cert-sample.pem",
+            "1700000000",
+            "intel-legacy",
+            "pkcs1-sha256",
+            {"collateral-missing"},
+        ),
+        (
+            "dstack/tdx-lite-v1-issue-cert.leaf.pem",
+            "1700000000",
+            "dstack",
+            "dstack-sha512",
+            {"collateral-missing"},
+        ),
+    ],
+)
+def test_verify_cert_of_other_producers(  # noqa: PLR0917  # pytest passes parameters by name
+    capsys: pytest.CaptureFixture[str], name: str, at: str, fmt: str, rule: str, reasons: set[str]
+) -> None:
+    rc, v = _run(capsys, "verify-cert", str(REAL / name), "--any-measurement", "--at", at, "--json")
+    assert rc == 1 and v["trusted"] is False
+    assert (v["format"], v["binding_rule"], v["binding"]) == (fmt, rule, True)
+    assert {f["reason"] for f in v["failures"]} == reasons

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.ratls import (
-    GRAMINE_LEGACY_OID,
+    INTEL_SDK_QUOTE_OID,
+    LEGACY_QUOTE_OID,
     MAX_EXTENSION_SIZE,
     RATLS_OID,
     expected_report_data,
@@ -29,6 +30,7 @@ from tests.helpers.attest import (
     good_extension,
     legacy_quote_for,
     make_ratls,
+    ratls_artifact,
     resign_with_null_params,
     sign_tbs,
     spki,
@@ -95,10 +97,10 @@ def test_non_conformant_null_parameters_still_parse() -> None:
 def test_gramine_legacy_extension() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     quote = legacy_quote_for(key)
-    tbs = tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, quote)])
+    tbs = tbs_with_extensions(key, [(LEGACY_QUOTE_OID, False, quote)])
     cert = resign_with_null_params(b"", key, tbs=tbs) if False else sign_tbs(tbs, key)
     parsed = parse_certificate(cert)
-    assert parsed.format == "gramine-legacy"
+    assert parsed.format == "intel-legacy"
     assert parsed.quote == quote
     assert parsed.self_signature_ok
     assert expected_report_data(parsed) == hashlib.sha256(spki(key)).digest() + bytes(32)
@@ -127,10 +129,20 @@ def test_duplicate_extensions_rejected() -> None:
         parse_certificate(cert)
 
 
-def test_both_formats_rejected() -> None:
+def test_legacy_next_to_tcg_is_an_extra_quote() -> None:
+    """Gramine >= 1.8 writes both: the TCG extension is the evidence, the other is kept."""
     key = ec.generate_private_key(ec.SECP256R1())
-    exts = [(RATLS_OID, False, good_extension(key)), (GRAMINE_LEGACY_OID, False, b"q")]
-    with pytest.raises(RaTlsError, match="both"):
+    exts = [(RATLS_OID, False, good_extension(key)), (LEGACY_QUOTE_OID, False, b"q")]
+    parsed = parse_certificate(sign_tbs(tbs_with_extensions(key, exts), key))
+    assert parsed.format == "tcg-cmw"
+    assert parsed.quote_extension == RATLS_OID
+    assert parsed.extra_quotes == ((LEGACY_QUOTE_OID, b"q"),)
+
+
+def test_two_legacy_extensions_rejected() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    exts = [(LEGACY_QUOTE_OID, False, b"q"), (INTEL_SDK_QUOTE_OID, False, b"r")]
+    with pytest.raises(RaTlsError, match="2 legacy quote extensions"):
         parse_certificate(sign_tbs(tbs_with_extensions(key, exts), key))
 
 
@@ -225,3 +237,94 @@ def test_fuzz_structured_cbor(obj: object) -> None:
     for value in (cbor2.dumps(cbor2.CBORTag(60000, obj)), cmw(b"q", cbor2.dumps(obj))):
         with contextlib.suppress(RaTlsError):
             parse_extension(value)
+
+
+# -- other producers' real certificates (tests/data/ratls/*/README.txt) --------------------
+
+# file, format, the extension the quote came from, further quote extensions, self-signature
+# hash, self-issued: as each README states them.
+REAL_CERTS = [
+    (
+        "gramine/ccc-interop-gramine-cert.pem",
+        "tcg-cmw",
+        RATLS_OID,
+        (LEGACY_QUOTE_OID,),  # its mis-encoded extnID, read as the intended OID
+        "sha256",
+        True,
+    ),
+    (
+        "intel-sgxsdk/ccc-interop-intel-sgxsdk-cert.pem",
+        "tcg-cmw",
+        RATLS_OID,
+        (INTEL_SDK_QUOTE_OID,),
+        "sha256",
+        True,
+    ),
+    ("rats-tls/ccc-interop-rats-tls-cert.pem", "tcg-cmw", RATLS_OID, (), "sha256", True),
+    (
+        "rats-tls-legacy/rats-tls-cert-sample.pem",
+        "intel-legacy",
+        LEGACY_QUOTE_OID,
+        (),
+        "sha1",
+        True,
+    ),
+    (
+        "rats-tls-legacy/rats-tls-cert-openssl-sample.pem",
+        "intel-legacy",
+        LEGACY_QUOTE_OID,
+        (),
+        "sha256",
+        True,
+    ),
+    (
+        "dstack/tdx-lite-v0-get-tls-key.pem",
+        "dstack",
+        "1.3.6.1.4.1.62397.1.8",
+        (),
+        "sha256",
+        False,  # issued by "App Root Cert"
+    ),
+    ("dstack/tdx-lite-v0-app-root-cert.pem", "dstack", "1.3.6.1.4.1.62397.1.8", (), "sha256", True),
+    (
+        "dstack/tdx-lite-v1-issue-cert.leaf.pem",
+        "dstack",
+        "1.3.6.1.4.1.62397.1.8",
+        (),
+        "sha256",
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", REAL_CERTS, ids=[c[0] for c in REAL_CERTS])
+def test_real_certificates_parse(case: tuple[str, str, str, tuple[str, ...], str, bool]) -> None:
+    name, fmt, ext, extra, sig_hash, self_issued = case
+    parsed = parse_certificate(ratls_artifact(name))
+    assert (parsed.format, parsed.quote_extension) == (fmt, ext)
+    assert tuple(oid for oid, _ in parsed.extra_quotes) == extra
+    assert parsed.signature_hash == sig_hash
+    assert parsed.self_issued is self_issued
+    # A self-issued certificate's signature verifies (the Gramine one only with a DER reader
+    # that tolerates its NULL ECDSA parameters); a dstack leaf's is its CA's.
+    assert parsed.self_signature_ok is self_issued
+    assert pubkey_hash_matches(parsed)
+
+
+def test_gramine_certificate_is_one_strict_parsers_refuse() -> None:
+    """The reason for our own DER reader: pyca/cryptography refuses Gramine's certificate."""
+    with pytest.raises(ValueError):
+        x509.load_pem_x509_certificate(ratls_artifact("gramine/ccc-interop-gramine-cert.pem"))
+
+
+def test_gramine_misencoded_oid_is_matched_by_its_bytes() -> None:
+    der = parse_certificate(ratls_artifact("gramine/ccc-interop-gramine-cert.pem")).der
+    assert bytes.fromhex("060b06092a864886f84d8a3906") in der  # OID TLV inside the OID
+
+
+def test_real_claims_read_with_unknown_claims() -> None:
+    """rats-tls's sample app adds custom claims (C strings with their NUL): ignored, shown."""
+    claims = parse_certificate(ratls_artifact("rats-tls/ccc-interop-rats-tls-cert.pem")).claims
+    assert claims is not None
+    assert claims.hash_alg == 1
+    assert claims.other == {"key_0": b"value_0\x00", "key_1": b"value_1\x00"}

@@ -6,6 +6,7 @@ rejected with its own reason code.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -19,7 +20,12 @@ from certmgr.attest.evidence import build_evidence, encode_evidence_claims
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import Measurement, TeeType, measurement_id
 from certmgr.attest.policycheck import CheckResult, PolicyCheck
-from certmgr.attest.ratls import GRAMINE_LEGACY_OID, RATLS_OID, report_data_for_claims
+from certmgr.attest.ratls import (
+    LEGACY_QUOTE_OID,
+    RATLS_OID,
+    parse_certificate,
+    report_data_for_claims,
+)
 from certmgr.attest.simulated import build_simulated_quote
 from certmgr.attest.snp_verify import SnpCollateral, SnpPolicy
 from certmgr.attest.verify import (
@@ -47,6 +53,7 @@ from tests.helpers.attest import (
     good_extension,
     legacy_quote_for,
     make_ratls,
+    ratls_artifact,
     sign_tbs,
     spki,
     tbs_with_extensions,
@@ -261,16 +268,16 @@ def test_cert_bad_self_signature() -> None:
     assert _cert_verdict(sign_tbs(tbs, other)) == (Reason.SELF_SIGNATURE,)
 
 
-def test_gramine_legacy_cert_verifies() -> None:
+def test_legacy_cert_verifies() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = sign_tbs(
-        tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(key))]), key
+        tbs_with_extensions(key, [(LEGACY_QUOTE_OID, False, legacy_quote_for(key))]), key
     )
     v = verify_certificate(cert, None, DEV)
-    assert v.trusted and v.binding and v.to_json()["format"] == "gramine-legacy"
+    assert v.trusted and v.binding and v.to_json()["format"] == "intel-legacy"
     other = ec.generate_private_key(ec.SECP256R1())
     bad = sign_tbs(
-        tbs_with_extensions(key, [(GRAMINE_LEGACY_OID, False, legacy_quote_for(other))]), key
+        tbs_with_extensions(key, [(LEGACY_QUOTE_OID, False, legacy_quote_for(other))]), key
     )
     assert _cert_verdict(bad) == (Reason.REPORT_DATA,)
 
@@ -540,3 +547,202 @@ def test_an_intel_quote_with_snp_collateral_is_collateral_missing() -> None:
     q = verify_quote(TDX_QUOTE.read_bytes(), dstack_collateral(), 1750414563, VerifyOptions())
     assert [f.reason for f in q.failures] == [Reason.COLLATERAL_MISSING]
     assert q.details == {}
+
+
+# -- other producers' real certificates (tests/data/ratls/*/README.txt) --------------------
+
+_GRAMINE = "gramine/ccc-interop-gramine-cert.pem"
+_INTEL = "intel-sgxsdk/ccc-interop-intel-sgxsdk-cert.pem"
+_RATS = "rats-tls/ccc-interop-rats-tls-cert.pem"
+_RATS_OLD = "rats-tls-legacy/rats-tls-cert-sample.pem"
+_RATS_OLD_OPENSSL = "rats-tls-legacy/rats-tls-cert-openssl-sample.pem"
+_DSTACK_V0 = "dstack/tdx-lite-v0-get-tls-key.pem"
+_DSTACK_ROOT = "dstack/tdx-lite-v0-app-root-cert.pem"
+_DSTACK_V1 = "dstack/tdx-lite-v1-issue-cert.leaf.pem"
+_DSTACK_MRTD = (
+    "c757a8fb1e8322b4bfe59fdc4be74f131b00e23806297fbb"
+    "fa84fd2d6f79a81fb3f9d741bab70f9a084cd7dfd2cdfa1d"
+)
+_DSTACK_RTMR3 = (
+    "1a734a4eb4ec4cf573c38aa4e66fd5ef9c81131612fc6ef4"
+    "b48fab230b86d737e36453a19f40949990999811e5fc206b"
+)
+_SGX_MRSIGNER_RATS = "83d719e77deaca1470f6baf62a4d774303c899db69020f9c70ee1dfc08c7ce9e"
+
+# The README values: registers, the binding rule that holds, and every failure a verifier
+# with no collateral must report inside the validity window (the SGX enclaves of the CCC
+# interop tests are DEBUG builds, which are never trusted).
+REAL_VERDICTS = {
+    _GRAMINE: (
+        {
+            "mr_enclave": "0866e7ca11b9f4efe4bf39b2607f4e1299f111920d96d95719080f01b62b7585",
+            "mr_signer": "adc53501f21ced9b998e37a7a18e061c63e00315045fa57a49c18ef0a30d02ca",
+        },
+        "claims-sha256",
+        {Reason.COLLATERAL_MISSING, Reason.DEBUG},
+    ),
+    _INTEL: (
+        {
+            "mr_enclave": "09e218a4be9dadbf7cdc82c45497d6d4f676d3b75445fc37a376f0b65b47de6a",
+            "mr_signer": "e0c86c51e05ad8592673db348155bddf4bcad6131a5205ce4265c0d795803ba2",
+        },
+        "claims-sha256",
+        {Reason.COLLATERAL_MISSING, Reason.DEBUG},
+    ),
+    _RATS: (
+        {
+            "mr_enclave": "38e1b40b8c68186f359c97ecb6a89965d9d8638f2df06fbe18e84d79a266c041",
+            "mr_signer": _SGX_MRSIGNER_RATS,
+        },
+        "claims-sha256",
+        {Reason.COLLATERAL_MISSING, Reason.DEBUG},
+    ),
+    _RATS_OLD: (
+        {
+            "mr_enclave": "144e81488fc3d59ddbe69b03bd939a3b938d85b6a7c9897e2b09808ade956574",
+            "mr_signer": _SGX_MRSIGNER_RATS,
+        },
+        "pkcs1-sha256",  # NOT the SPKI: rats-tls hashed the PKCS#1 RSAPublicKey
+        {Reason.COLLATERAL_MISSING},
+    ),
+    _RATS_OLD_OPENSSL: (
+        {
+            "mr_enclave": "d74f2eb87fa3c64c40d16e35a6f8d3259e3dd931a0bcce0637e33ada67df0b52",
+            "mr_signer": _SGX_MRSIGNER_RATS,
+        },
+        "pkcs1-sha256",
+        {Reason.COLLATERAL_MISSING},
+    ),
+    _DSTACK_V0: (
+        {"mr_td": _DSTACK_MRTD, "rt_mr3": _DSTACK_RTMR3},
+        "dstack-sha512",
+        {Reason.COLLATERAL_MISSING},
+    ),
+    _DSTACK_ROOT: ({"mr_td": _DSTACK_MRTD}, "dstack-sha512", {Reason.COLLATERAL_MISSING}),
+    _DSTACK_V1: (
+        {"mr_td": _DSTACK_MRTD, "rt_mr3": _DSTACK_RTMR3},
+        "dstack-sha512",
+        {Reason.COLLATERAL_MISSING},
+    ),
+}
+
+
+def _inside_validity(name: str) -> float:
+    parsed = parse_certificate(ratls_artifact(name))
+    return (parsed.not_before + dt.timedelta(days=1)).timestamp()
+
+
+@pytest.mark.parametrize("name", sorted(REAL_VERDICTS))
+def test_real_certificates_verdicts(name: str) -> None:
+    registers, rule, reasons = REAL_VERDICTS[name]
+    v = verify_certificate(
+        ratls_artifact(name), None, VerifyOptions(any_measurement=True), now=_inside_validity(name)
+    )
+    out = v.to_json()
+    assert {k: out[k] for k in registers} == registers
+    assert v.binding, v.failures
+    assert out["binding_rule"] == rule
+    assert set(v.reasons) == reasons
+    assert not v.trusted  # without collateral, nothing is trusted
+
+
+def test_real_certificates_with_a_measurement_policy_are_judged() -> None:
+    """Collateral missing stops the measurement decision: a verifier never allows code
+    whose quote it could not verify, whatever the allowlist says."""
+    v = verify_certificate(
+        ratls_artifact(_DSTACK_V0), None, VerifyOptions(), now=_inside_validity(_DSTACK_V0)
+    )
+    assert set(v.reasons) == {Reason.COLLATERAL_MISSING}
+
+
+def test_expired_real_certificate() -> None:
+    """The rats-tls interop certificate expired on 2024-02-22 (now - 1 h .. now + 1 year)."""
+    v = verify_certificate(ratls_artifact(_RATS), None, VerifyOptions(any_measurement=True))
+    assert Reason.VALIDITY in v.reasons
+
+
+def test_gramine_second_quote_agrees() -> None:
+    v = verify_certificate(
+        ratls_artifact(_GRAMINE), None, DEV, now=_inside_validity(_GRAMINE)
+    ).to_json()
+    assert v["extra_quotes"] == [
+        {"oid": LEGACY_QUOTE_OID, "relation": "same-measurement", "binding_rule": "spki-sha256"}
+    ]
+    intel = verify_certificate(ratls_artifact(_INTEL), None, DEV, now=_inside_validity(_INTEL))
+    assert intel.to_json()["extra_quotes"] == [
+        {"oid": "1.2.840.113741.1.13.1", "relation": "same-quote"}
+    ]
+
+
+def _with(name: str, **changes: object) -> tuple[Reason, ...]:
+    parsed = dataclasses.replace(parse_certificate(ratls_artifact(name)), **changes)  # type: ignore[arg-type]
+    v = verify_certificate(b"", None, DEV, now=_inside_validity(name), parsed=parsed)
+    return tuple(r for r in v.reasons if r not in {Reason.COLLATERAL_MISSING, Reason.DEBUG})
+
+
+def test_real_certificates_negative() -> None:
+    intel = parse_certificate(ratls_artifact(_INTEL))
+    # Gramine's second quote replaced by another enclave's quote: other code.
+    assert _with(_GRAMINE, extra_quotes=((LEGACY_QUOTE_OID, intel.quote),)) == (Reason.EXTRA_QUOTE,)
+    assert _with(_GRAMINE, extra_quotes=((LEGACY_QUOTE_OID, b"\x03\x00"),)) == (Reason.EXTRA_QUOTE,)
+    # A claims byte changed: report_data no longer hashes the claims.
+    claims = bytearray(intel.claims_bytes)
+    claims[-1] ^= 1
+    assert Reason.REPORT_DATA in _with(_INTEL, claims_bytes=bytes(claims))
+    # Another certificate's key under a legacy quote.
+    other = parse_certificate(ratls_artifact(_RATS_OLD_OPENSSL))
+    assert _with(_RATS_OLD, spki_der=other.spki_der) == (Reason.REPORT_DATA,)
+    assert _with(_DSTACK_V0, spki_der=other.spki_der) == (Reason.REPORT_DATA,)
+
+
+def test_dstack_negative() -> None:
+    parsed = parse_certificate(ratls_artifact(_DSTACK_V0))
+    att = parsed.dstack
+    assert att is not None
+    events = list(att.runtime_events)
+    events[2] = ("compose-hash", bytes(32))
+    # The compose hash changed: RTMR3 no longer replays and MRCONFIGID names another.
+    assert set(
+        _with(_DSTACK_V0, dstack=dataclasses.replace(att, runtime_events=tuple(events)))
+    ) == {
+        Reason.EVENT_LOG,
+        Reason.MR_CONFIG_ID,
+    }
+    assert _with(_DSTACK_V0, dstack_app_id=bytes(20)) == (Reason.APP_ID,)
+    assert _with(_DSTACK_V0, dstack=dataclasses.replace(att, report_data=bytes(64))) == (
+        Reason.REPORT_DATA,
+    )
+    # A dstack certificate that IS self-issued must carry a good self-signature.
+    assert _with(_DSTACK_V0, self_issued=True) == (Reason.SELF_SIGNATURE,)
+
+
+def test_dstack_verdict_reports_the_app() -> None:
+    v = verify_certificate(
+        ratls_artifact(_DSTACK_V0), None, DEV, now=_inside_validity(_DSTACK_V0)
+    ).to_json()
+    d = v["dstack"]
+    assert d["app_id"] == "53226fcd7b6bc7ea979b0a550bf49cad993f28e2"
+    assert d["compose_hash"] == ("53226fcd7b6bc7ea979b0a550bf49cad993f28e2370169a9510e56c90b3029dc")
+    assert d["os_image_hash"] == (
+        "98a3394699570adf5921eb17bafed62b37b4a63cad28eb5506b430b63af2e20e"
+    )
+    assert d["key_provider"] == '{"name":"none","id":""}'
+    assert d["usage"] == "app:custom"
+    assert (d["encoding"], d["mr_config_id_version"], d["mr_config_id_checked"]) == (
+        "scale-v0",
+        1,
+        True,
+    )
+    assert d["rtmr3_replayed"] == _DSTACK_RTMR3
+    assert [e["event"] for e in d["runtime_events"]] == [
+        "system-preparing",
+        "app-id",
+        "compose-hash",
+        "gpu-policy-hash",
+        "instance-id",
+        "boot-mr-done",
+        "key-provider",
+        "storage-fs",
+        "system-ready",
+    ]
+    assert v["issuer_signature"].startswith("not checked")
