@@ -7,6 +7,7 @@ v1 one); the expected values are the README's.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -15,6 +16,8 @@ import msgpack  # type: ignore[import-untyped]
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from certmgr.attest import dstack
 from certmgr.attest.intel import parse_quote
@@ -205,3 +208,33 @@ def test_unwrap_octets() -> None:
     for bad in (b"", b"\x05\x01a", b"\x04\x05abc", b"\x04\x85" + bytes(5), b"\x04\x03abcd"):
         with pytest.raises(RaTlsError):
             dstack.unwrap_octets(bad)
+
+
+_REAL = {name: _payload(name) for name in (V0, V1)}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from(sorted(_REAL)),
+    cuts=st.lists(st.tuples(st.integers(0, 20000), st.integers(0, 255)), max_size=6),
+    truncate=st.integers(0, 20000),
+)
+def test_mutated_attestations_fail_cleanly(
+    name: str, cuts: list[tuple[int, int]], truncate: int
+) -> None:
+    """Byte flips and truncations of the real payloads: decoded, or RaTlsError, nothing else."""
+    data = bytearray(_REAL[name])
+    for pos, value in cuts:
+        data[pos % len(data)] = value
+    with contextlib.suppress(RaTlsError):
+        dstack.decode_attestation(bytes(data[: max(1, truncate)]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_fail_cleanly(data: bytes) -> None:
+    for decode in (dstack.decode_attestation, dstack.unwrap_octets):
+        with contextlib.suppress(RaTlsError):
+            decode(data)
+    with contextlib.suppress(RaTlsError):
+        dstack.from_classic(b"", data)
