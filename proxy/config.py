@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from certmgr.acme.settings import AcmeSettings
+from certmgr.acme.settings import AcmeSettings, parse_host_port
 from certmgr.errors import PolicyError, SettingsError
 from certmgr.policy.model import parse_measurement_id
 from proxy.errors import ConfigError
@@ -84,24 +84,11 @@ def parse_listen(value: str, fld: str, *, allow_unix: bool = False) -> ListenAdd
         if not path.startswith("/"):
             raise ConfigError(fld, f"unix socket path must be absolute, got {value!r}")
         return ListenAddress(path=path)
-    host, sep, port_s = value.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(fld, f"expected HOST:PORT, got {value!r}")
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        if host != "localhost" or bracketed:
-            raise ConfigError(fld, f"listen host must be an IP address, got {host!r}") from None
-    else:
-        # "::1:80" is itself an IPv6 address: the port is unambiguous only after "[V6]".
-        if (ip.version == 6) != bracketed:
-            raise ConfigError(fld, f"write IPv6 hosts (only) in brackets, [V6]:PORT: {value!r}")
-    if not (port_s.isascii() and port_s.isdigit()) or not 0 <= int(port_s) <= 65535:
-        raise ConfigError(fld, f"port must be 0-65535, got {port_s!r}")
-    return ListenAddress(host=host, port=int(port_s))
+        host, port = parse_host_port(value, fld)
+    except SettingsError as e:
+        raise ConfigError(e.field, e.message) from None
+    return ListenAddress(host=host, port=port)
 
 
 @dataclass(frozen=True, slots=True)
