@@ -259,6 +259,7 @@ class AttestationConfig:
     collateral_pccs_url: str = ""
     collateral_file: str = ""
     collateral_timeout: float = 10.0
+    snp_endorsements: bool = True
     configfs_tsm_dir: str = "/sys/kernel/config/tsm/report"
     gramine_dir: str = "/dev/attestation"
     dstack_socket: str = "/var/run/dstack.sock"

@@ -107,6 +107,9 @@ class RaTlsMaterial:
     # Intel quote without endorsements is then replaced when prepared again (and one with
     # them when none is configured any more).
     intel_collateral: bool = False
+    # Whether an SEV-SNP report's certificate table goes into the certificate (rats-tls and
+    # librats verifiers refuse a certificate with endorsements for SNP evidence: off for them).
+    snp_endorsements: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +140,8 @@ def _matches(cert: x509.Certificate, m: RaTlsMaterial) -> bool:
     if _wants_intel_collateral(parsed.quote) and m.intel_collateral != _has_endorsements(
         parsed.der
     ):
+        return False
+    if is_snp_report(parsed.quote) and m.snp_endorsements != _has_endorsements(parsed.der):
         return False
     return bool(
         claims.get("hostname") == m.server_name
@@ -236,7 +241,7 @@ def prepare_ratls(
     claims = encode_claims(spki_der, extra)
     evidence = get_evidence(provider, report_data_for_claims(claims))
     quote = evidence.quote
-    endorsements = _endorsements(evidence, collateral, now)
+    endorsements = _endorsements(evidence, collateral, now, snp=material.snp_endorsements)
     new = build_certificate(
         key,
         material.server_name,
@@ -264,10 +269,13 @@ def prepare_ratls(
 
 
 def _endorsements(
-    evidence: TeeEvidence, collateral: CollateralSource | None, now: dt.datetime
+    evidence: TeeEvidence, collateral: CollateralSource | None, now: dt.datetime, *, snp: bool
 ) -> bytes | None:
     """The endorsements value for this evidence, or None (logged) when there is none."""
     if is_snp_report(evidence.quote):
+        if not snp:
+            _once("snp-off", "SEV-SNP: certificate table not put in the certificate (config)")
+            return None
         if not evidence.auxblob:
             _once("snp-none", "SEV-SNP: no certificate table from the TEE: no endorsements")
             return None

@@ -71,6 +71,7 @@ def prepare_attestation(cfg: Config, runtime: Runtime, now: dt.datetime | None =
         intel_collateral=bool(
             cfg.attestation.collateral_pccs_url or cfg.attestation.collateral_file
         ),
+        snp_endorsements=cfg.attestation.snp_endorsements,
     )
     try:
         prepare_ratls(

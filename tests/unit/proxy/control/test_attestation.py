@@ -329,3 +329,19 @@ def test_collateral_config_is_validated(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as ei:
         simulated_config(tmp_path, 'collateral_pccs_url = "ftp://p"')
     assert ei.value.field == "attestation.collateral_pccs_url"
+
+
+def test_snp_table_kept_out_of_the_certificate_when_configured(tmp_path: Path) -> None:
+    """``snp_endorsements = false`` (for rats-tls / librats peers, which refuse endorsements
+    with SNP evidence): no extension; turning it on again replaces the certificate."""
+    cfg, tsm = _tsm_config(
+        tmp_path, "sev_guest", dstack_report(), dstack_cert_table(), "snp_endorsements = false"
+    )
+    try:
+        pem = _prepare(cfg)
+        assert _endorsements(pem) is None and parse_certificate(pem).quote == dstack_report()
+        assert _prepare(cfg) == pem  # stable while the setting holds
+        on = cfg.replace(attestation=dataclasses.replace(cfg.attestation, snp_endorsements=True))
+        assert _endorsements(_prepare(on)) is not None
+    finally:
+        tsm.close()
