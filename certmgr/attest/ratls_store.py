@@ -75,9 +75,9 @@ __all__ = [
 
 _BACKDATE = dt.timedelta(minutes=5)
 
-CollateralSource = Callable[[bytes], str]
-"""Blocking: dcap-qvl collateral JSON for this raw Intel quote (raises a CertmgrError or
-an OSError when there is none to be had)."""
+CollateralSource = Callable[[bytes, dt.datetime], str]
+"""Blocking: dcap-qvl collateral JSON for this raw Intel quote, current at this time
+(raises a CertmgrError or an OSError when there is none to be had)."""
 
 _logged: set[str] = set()
 
@@ -294,7 +294,7 @@ def _endorsements(
         )
         return None
     try:
-        intel = IntelCollateral.from_json(collateral(evidence.quote))
+        intel = IntelCollateral.from_json(collateral(evidence.quote, now))
         due = intel.next_update()
         if due <= now:
             log.warning("collateral for this quote expired at %s: not embedded", due.isoformat())

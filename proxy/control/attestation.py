@@ -36,7 +36,7 @@ __all__ = ["attestation_renewal", "collateral_source", "prepare_attestation"]
 
 def collateral_source(cfg: Config) -> CollateralSource | None:
     """The configured collateral of this TEE's Intel quotes, as a blocking function of the
-    raw quote (None: none configured). PCCS answers are cached per platform in
+    raw quote and the time (None: none configured). PCCS answers are cached per platform in
     ``STATE/attestation/collateral`` until their nextUpdate (:class:`CollateralCache`).
 
     Called in the supervisor's preparation thread, which runs no event loop: each fetch
@@ -51,9 +51,11 @@ def collateral_source(cfg: Config) -> CollateralSource | None:
         cache_dir=str(ratls_dir(cfg.state_dir) / "collateral") if a.collateral_pccs_url else "",
     )
 
-    def fetch(quote: bytes) -> str:
+    def fetch(quote: bytes, now: dt.datetime) -> str:
         parsed = parse_evidence(quote)
-        return asyncio.run(asyncio.wait_for(cache.get_text(parsed), a.collateral_timeout))
+        return asyncio.run(
+            asyncio.wait_for(cache.get_text(parsed, now.timestamp()), a.collateral_timeout)
+        )
 
     return fetch
 

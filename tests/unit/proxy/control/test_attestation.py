@@ -6,6 +6,7 @@ nextUpdate; an SEV-SNP guest's certificate table, over a fake configfs-tsm tree)
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import logging
@@ -31,6 +32,7 @@ from proxy.control.certificates import next_renewal, prepare_certificates
 from proxy.dataplane.certstore import build_store
 from proxy.runtime import build_runtime
 from tests.helpers.attest import T_TDX, at, collateral_text, vector
+from tests.helpers.pccs import FakePccs, serve_pccs
 from tests.helpers.simulated_tee import dev_verify_options, prepare_simulated, simulated_config
 from tests.helpers.snp import dstack_cert_table, dstack_report
 from tests.helpers.tsm import FakeTsm
@@ -345,3 +347,38 @@ def test_snp_table_kept_out_of_the_certificate_when_configured(tmp_path: Path) -
         assert _endorsements(_prepare(on)) is not None
     finally:
         tsm.close()
+
+
+async def test_collateral_from_a_pccs_is_fetched_once_and_embedded(tmp_path: Path) -> None:
+    """``collateral_pccs_url`` against a loopback PCCS (dcap-qvl's own fetcher, the real
+    collateral): embedded; cached in STATE/attestation/collateral and not fetched again
+    while it is valid."""
+    text = await asyncio.to_thread(collateral_text, "tdx_quote")
+    quote = await asyncio.to_thread(vector, "tdx_quote")
+    async with serve_pccs(FakePccs(text)) as pccs:
+        cfg, tsm = await asyncio.to_thread(
+            _tsm_config,
+            tmp_path,
+            "tdx_guest",
+            quote,
+            b"",
+            f'collateral_pccs_url = "{pccs.base_url}"',
+        )
+        try:
+            pem = await asyncio.to_thread(_prepare, cfg, at(T_TDX))
+            fetched = len(pccs.requests)
+            assert fetched == 4 and any(
+                "/tdx/certification/v4/tcb?fmspc=" in r for r in pccs.requests
+            )
+            renewed = await asyncio.to_thread(_prepare, cfg, at(T_TDX) + dt.timedelta(hours=17))
+            assert renewed != pem and len(pccs.requests) == fetched  # from the cache
+        finally:
+            await asyncio.to_thread(tsm.close)
+    for cert in (pem, renewed):
+        value = _endorsements(cert)
+        assert value is not None
+        assert decode_endorsements(value).intel == IntelCollateral.from_json(text)
+    cached = await asyncio.to_thread(
+        lambda: list((ratls_dir(cfg.state_dir) / "collateral").iterdir())
+    )
+    assert len(cached) == 1 and cached[0].suffix == ".json"
