@@ -19,6 +19,7 @@ working, and carries its context as attributes rather than only in the message.
     ├── QuoteProviderError (OSError)      the TEE produced no quote
     │   └── QuoteRateLimited              more quotes asked for than the rate allows
     ├── RaTlsError (ValueError)           an RA-TLS certificate is malformed
+    │   └── EndorsementsError             its endorsements extension is malformed
     ├── EvidenceError (ValueError)        a nonce evidence document or nonce is malformed
     ├── VerifyError (ValueError)          bad verifier input (collateral, allowlist, key)
     │   └── CollateralUnavailable (OSError)  collateral could not be fetched; .retry_after
@@ -41,6 +42,7 @@ __all__ = [
     "CertmgrError",
     "ChallengeError",
     "CollateralUnavailable",
+    "EndorsementsError",
     "EvidenceError",
     "IssuedCertError",
     "PolicyError",
@@ -125,6 +127,11 @@ class QuoteRateLimited(QuoteProviderError):
 
 class RaTlsError(CertmgrError, ValueError):
     """The certificate or its attestation extension is malformed or inconsistent."""
+
+
+class EndorsementsError(RaTlsError):
+    """An endorsements extension (``2.23.133.5.4.2``: a quote's collateral, or an SEV-SNP
+    certificate table) is malformed, oversized, or of another evidence kind."""
 
 
 class EvidenceError(CertmgrError, ValueError):

@@ -243,6 +243,10 @@ class AttestationConfig:
     quote_burst: int = 4
     quote_timeout: float = 10.0
     simulated_key_file: str = ""
+    collateral_pccs_url: str = ""
+    collateral_file: str = ""
+    collateral_timeout: float = 10.0
+    snp_endorsements: bool = True
     configfs_tsm_dir: str = "/sys/kernel/config/tsm/report"
     gramine_dir: str = "/dev/attestation"
     dstack_socket: str = "/var/run/dstack.sock"
@@ -523,6 +527,13 @@ def _validate(cfg: Config) -> None:
     _positive(at.quote_timeout, "attestation.quote_timeout")
     if not 1 <= at.quote_burst <= 1000:
         raise ConfigError("attestation.quote_burst", "must be 1-1000")
+    if at.collateral_pccs_url and at.collateral_file:
+        raise ConfigError(
+            "attestation.collateral_file", "set collateral_pccs_url or this, not both"
+        )
+    if at.collateral_pccs_url and not at.collateral_pccs_url.startswith(("https://", "http://")):
+        raise ConfigError("attestation.collateral_pccs_url", "must be an http(s) URL")
+    _positive(at.collateral_timeout, "attestation.collateral_timeout")
 
     rc = cfg.receipts
     for i, route in enumerate(rc.routes):

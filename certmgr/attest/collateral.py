@@ -86,10 +86,17 @@ class CollateralCache:
     _mem: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     async def get(self, quote: ParsedQuote, now: float | None = None) -> Any:
+        """dcap-qvl's collateral object for ``quote``."""
+        return load_collateral(await self.get_text(quote, now))
+
+    async def get_text(self, quote: ParsedQuote, now: float | None = None) -> str:
+        """The collateral for ``quote`` as dcap-qvl's JSON text (file, cache or PCCS)."""
         now = time.time() if now is None else now
         if self.file:
             text = await asyncio.to_thread(Path(self.file).read_text)
-            return load_collateral(text)
+            if len(text) > MAX_COLLATERAL_SIZE:
+                raise VerifyError("collateral too large")
+            return text
         if not self.pccs_url:
             raise VerifyError("no collateral: give a collateral file or a PCCS URL")
         key = f"{quote.tee}-{hashlib.sha256(quote.cert_data).hexdigest()[:16]}"
@@ -97,14 +104,16 @@ class CollateralCache:
         if cached is None and self.cache_dir:
             cached = await asyncio.to_thread(self._read_disk, key)
         if cached is not None and now < cached[0]:
-            return load_collateral(cached[1])
+            return cached[1]
         text = await self.fetch(self.pccs_url, quote.raw)
+        if len(text) > MAX_COLLATERAL_SIZE:
+            raise VerifyError("collateral too large")
         until = collateral_next_update(text)
         self._mem[key] = (until, text)
         if self.cache_dir:
             await asyncio.to_thread(self._write_disk, key, until, text)
         log.info("collateral fetched from %s, cached until %s", self.pccs_url, until)
-        return load_collateral(text)
+        return text
 
     def _read_disk(self, key: str) -> tuple[float, str] | None:
         p = Path(self.cache_dir) / f"{key}.json"

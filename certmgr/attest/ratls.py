@@ -11,7 +11,13 @@ Format (the one Gramine >= 1.8, rats-tls and the Intel SGX SDK emit and accept):
   ``[alg, H(DER SubjectPublicKeyInfo)]`` (alg 1 / 7 / 8 = SHA-256 / SHA-384 / SHA-512), an
   optional ``"nonce"``, and our extra claims (``hostname``, ``not-before``, ``not-after``,
   ``signing-address``), which peers ignore;
-- the quote's report_data is ``SHA-256(claims bytes) || 32 zero bytes``.
+- the quote's report_data is ``SHA-256(claims bytes) || 32 zero bytes``;
+- the tag names the evidence kind, as rats-tls ``src/include/internal/dice.h`` numbers them:
+  60000 an Intel TEE quote (SGX or TDX), ``0x1a7504`` an AMD SEV-SNP ATTESTATION_REPORT
+  (1184 bytes); a tag that does not match the evidence it wraps is refused;
+- optionally extension ``2.23.133.5.4.2`` (endorsements: the quote's collateral, or the
+  SNP certificate table), NOT critical, under the same tag
+  (:mod:`certmgr.attest.endorsements`).
 
 Other producers' certificates are read too (tests/data/ratls/ holds a real one of each):
 
@@ -59,10 +65,14 @@ from cryptography.x509.oid import NameOID
 from certmgr.attest import claims as claims_codec
 from certmgr.attest import dstack
 from certmgr.attest.claims import HASH_ALGS, Claims, parse_claims
+from certmgr.attest.endorsements import ENDORSEMENTS_OID, INTEL_QUOTE_TAG, SNP_REPORT_TAG
+from certmgr.attest.quote import is_snp_report
 from certmgr.errors import RaTlsError
 
 __all__ = [
     "CMW_TAG",
+    "ENDORSEMENTS_OID",
+    "EVIDENCE_TAGS",
     "HASH_ALGS",
     "INTEL_SDK_QUOTE_OID",
     "LEGACY_QUOTE_OID",
@@ -71,9 +81,11 @@ __all__ = [
     "RATLS_OID",
     "RaTlsCert",
     "build_certificate",
+    "certificate_extension",
     "claims_report_data",
     "encode_claims",
     "encode_extension",
+    "evidence_tag",
     "expected_report_data",
     "legacy_binding",
     "legacy_key_hashes",
@@ -91,7 +103,8 @@ _LEGACY_OIDS = frozenset({LEGACY_QUOTE_OID, LEGACY_TDX_OID, LEGACY_SNP_OID, INTE
 # Gramine's ra_tls_common.h: "below OID is actually wrong: it shouldn't have the first two
 # bytes (0x06 0x09)"; the extnID's content is a whole OID TLV.
 _GRAMINE_MISENCODED = bytes.fromhex("06092a864886f84d8a3906")
-CMW_TAG = 60000
+CMW_TAG = INTEL_QUOTE_TAG  # 60000
+EVIDENCE_TAGS = (INTEL_QUOTE_TAG, SNP_REPORT_TAG)
 MAX_CERT_SIZE = 128 * 1024
 MAX_EXTENSION_SIZE = 96 * 1024
 
@@ -157,8 +170,14 @@ def report_data_for_claims(claims_bytes: bytes) -> bytes:
     return hashlib.sha256(claims_bytes).digest() + bytes(32)
 
 
+def evidence_tag(quote: bytes) -> int:
+    """The CBOR tag for this evidence: ``0x1a7504`` for an SEV-SNP report, else 60000."""
+    return SNP_REPORT_TAG if is_snp_report(quote) else INTEL_QUOTE_TAG
+
+
 def encode_extension(quote: bytes, claims_bytes: bytes) -> bytes:
-    return cbor2.dumps(cbor2.CBORTag(CMW_TAG, [quote, claims_bytes]))
+    """The ``2.23.133.5.4.9`` value: ``tag([bstr quote, bstr claims])``, the tag by kind."""
+    return cbor2.dumps(cbor2.CBORTag(evidence_tag(quote), [quote, claims_bytes]))
 
 
 def _cbor_loads(data: bytes, what: str) -> Any:
@@ -173,13 +192,23 @@ def parse_extension(value: bytes) -> tuple[bytes, bytes, Claims]:
     if len(value) > MAX_EXTENSION_SIZE:
         raise RaTlsError(f"attestation extension too large ({len(value)} bytes)")
     top = _cbor_loads(value, "attestation extension")
-    if not isinstance(top, cbor2.CBORTag) or top.tag != CMW_TAG:
-        raise RaTlsError(f"attestation extension is not CBOR tag {CMW_TAG}")
+    if not isinstance(top, cbor2.CBORTag) or top.tag not in EVIDENCE_TAGS:
+        raise RaTlsError(
+            f"attestation extension is not CBOR tag {INTEL_QUOTE_TAG} (Intel quote) or "
+            f"{SNP_REPORT_TAG:#x} (SEV-SNP report)"
+        )
     v = top.value
     # cbor2 decodes an array under a tag as a tuple, elsewhere as a list.
     if not (isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, bytes) for x in v)):
         raise RaTlsError("attestation extension must wrap [bstr quote, bstr claims]")
     quote, claims_bytes = v
+    if top.tag != evidence_tag(quote):
+        # A verifier picks its parser by the tag (rats-tls does): a tag that lies about the
+        # evidence would let two verifiers read one certificate differently.
+        kind = "an SEV-SNP report" if is_snp_report(quote) else "not an SEV-SNP report"
+        raise RaTlsError(
+            f"attestation extension tag {top.tag:#x} does not match its evidence ({kind})"
+        )
     return quote, claims_bytes, parse_claims(claims_bytes)
 
 
@@ -263,10 +292,13 @@ def build_certificate(
     *,
     not_before: dt.datetime,
     not_after: dt.datetime,
+    endorsements: bytes | None = None,
 ) -> x509.Certificate:
-    """A self-signed RA-TLS certificate (ECDSA P-256, SHA-256) carrying quote and claims."""
+    """A self-signed RA-TLS certificate (ECDSA P-256, SHA-256) carrying quote and claims,
+    and the ``2.23.133.5.4.2`` endorsements value when given
+    (:mod:`certmgr.attest.endorsements`)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name[:64])])
-    return (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -282,8 +314,13 @@ def build_certificate(
             ),
             critical=False,
         )
-        .sign(key, hashes.SHA256())
     )
+    if endorsements is not None:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(ENDORSEMENTS_OID), endorsements),
+            critical=False,
+        )
+    return builder.sign(key, hashes.SHA256())
 
 
 # -- a bounded DER reader (X.690) ----------------------------------------------------------
@@ -520,6 +557,39 @@ def _dstack_cert(base: dict[str, Any], found: Mapping[str, bytes]) -> RaTlsCert:
         dstack_app_id=payload.get(dstack.APP_ID_OID),
         dstack_usage=usage_text,
     )
+
+
+def certificate_extension(der: bytes, oid: str) -> tuple[bool, bytes] | None:
+    """(critical, value) of extension ``oid`` in a DER certificate that
+    :func:`parse_certificate` accepted (which refuses duplicates), or None when absent.
+
+    A walk of its own beside :func:`parse_certificate`, for the extensions that function
+    does not interpret (the endorsements, ``2.23.133.5.4.2``).
+    """
+    if len(der) > MAX_CERT_SIZE:
+        raise RaTlsError(f"certificate too large ({len(der)} bytes)")
+    cert_tlv, _ = _read_tlv(der, 0)
+    parts = _children(_expect(cert_tlv, 0x30, "Certificate").value)
+    if not parts:
+        raise RaTlsError("empty Certificate")
+    for f in _children(_expect(parts[0], 0x30, "tbsCertificate").value):
+        if f.tag != 0xA3:
+            continue
+        inner = _children(f.value)
+        if len(inner) != 1:
+            raise RaTlsError("[3] extensions must wrap one SEQUENCE")
+        for ext in _children(_expect(inner[0], 0x30, "extensions").value):
+            items = _children(_expect(ext, 0x30, "Extension").value)
+            if len(items) not in (2, 3):
+                raise RaTlsError("Extension must be (oid, [critical], value)")
+            if _oid(_expect(items[0], 0x06, "extnID").value) != oid:
+                continue
+            critical = len(items) == 3 and _expect(items[1], 0x01, "critical").value not in (
+                b"",
+                b"\x00",
+            )
+            return critical, _expect(items[-1], 0x04, "extnValue").value
+    return None
 
 
 def _pem_to_der(data: bytes) -> bytes:

@@ -34,6 +34,16 @@ SMT and migration agent only when allowed, optional minimum TCB and firmware). I
 (``UpToDate``, ``OutOfDate``, ``Invalid``) is the verdict's; its failures map to
 ``snp-signature``, ``snp-chain``, ``snp-tcb``, ``snp-policy`` and ``collateral-expired``.
 Without SNP collateral a report is ``Unverified`` (``unverified-tee``) and never trusted.
+
+Where the collateral comes from: the ``collateral`` argument when the caller gives one;
+otherwise what the evidence carries: a certificate's endorsements extension
+``2.23.133.5.4.2`` (:mod:`certmgr.attest.endorsements`: Intel collateral, or an SEV-SNP
+certificate table), the nonce evidence's ``endorsements`` (an SEV-SNP certificate table).
+That material is only ever input to the same checks (Intel's and AMD's signatures over it,
+against the pinned roots), so it is as good as collateral from a PCCS or KDS; the verdict
+says which was used (``collateral_source``: ``"argument"``, ``"certificate"``,
+``"evidence"`` or ``null``). A malformed endorsements extension is a failure
+(``endorsements-malformed``) whichever collateral is used.
 """
 
 from __future__ import annotations
@@ -53,29 +63,43 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certmgr.attest import dstack as dstack_format
 from certmgr.attest.claims import Claims
+from certmgr.attest.endorsements import ENDORSEMENTS_OID, decode_endorsements
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
 from certmgr.attest.policycheck import PolicyCheck
+from certmgr.attest.quote import is_snp_report
 from certmgr.attest.quote import parse_evidence as parse_quote_bytes
 from certmgr.attest.ratls import (
     RaTlsCert,
+    certificate_extension,
     claims_report_data,
     legacy_binding,
     parse_certificate,
     pubkey_hash_matches,
     report_data_for_claims,
 )
+from certmgr.attest.sevsnp import parse_snp
 from certmgr.attest.simulated import verify_simulated_signature
-from certmgr.attest.snp_verify import SnpCollateral, SnpPolicy, SnpReason, verify_snp_report
+from certmgr.attest.snp_verify import (
+    SnpCollateral,
+    SnpPolicy,
+    SnpReason,
+    collateral_from_cert_table,
+    verify_snp_report,
+)
 from certmgr.errors import EvidenceError, QuoteError, RaTlsError, VerifyError
 
 __all__ = [
     "KNOWN_TCB_STATUSES",
+    "SNP_CERT_TABLE_FORMAT",
+    "CarriedCollateral",
     "Reason",
     "TcbPolicy",
     "Verdict",
     "VerifyOptions",
+    "certificate_collateral",
     "check_binding",
+    "evidence_collateral",
     "load_dev_key",
     "parse_signing_address",
     "signing_address_agreement",
@@ -136,6 +160,7 @@ class Reason(enum.StrEnum):
     EVENT_LOG = "event-log"  # dstack: RTMR3 does not replay, or an event's digest is wrong
     MR_CONFIG_ID = "mr-config-id"  # dstack: MRCONFIGID does not name the measured compose hash
     APP_ID = "app-id"  # dstack: the certificate's app id is not the measured one
+    ENDORSEMENTS = "endorsements-malformed"  # 2.23.133.5.4.2 / evidence endorsements unusable
 
 
 @dataclass(frozen=True, slots=True)
@@ -475,9 +500,22 @@ def verify_certificate(
                 f"{parsed.not_after:%Y-%m-%dT%H:%M:%SZ}, not now",
             )
         )
+    carried = certificate_collateral(parsed)
+    fails.extend(carried.failures)
+    source: str | None = None
+    if collateral is not None:
+        source = "argument"
+    elif carried.collateral is not None:
+        collateral, source = carried.collateral, "certificate"
     q = verify_quote(parsed.quote, collateral, int(now), opts)
     fails.extend(q.failures)
     binding = False
+    details.update(
+        {
+            "collateral_source": source,
+            "endorsements": dict(carried.details) if carried.details is not None else None,
+        }
+    )
     if q.parsed is not None:
         if parsed.format == "intel-legacy":
             bind_fails, details["binding_rule"] = _legacy_binding(parsed, q.parsed.report_data)
@@ -587,6 +625,66 @@ def _dstack_checks(
     return fails, "dstack-sha512"
 
 
+@dataclass(frozen=True, slots=True)
+class CarriedCollateral:
+    """Collateral a certificate or an evidence document carries, ready for
+    :func:`verify_quote` (None when it carries none or it is unusable: ``failures`` say)."""
+
+    collateral: Any = None
+    failures: tuple[Failure, ...] = ()
+    details: Mapping[str, Any] | None = None  # what was found, for the verdict's JSON
+
+
+def _snp_collateral(table: bytes, report: bytes) -> SnpCollateral:
+    try:
+        parsed = parse_snp(report)
+    except QuoteError:
+        parsed = None  # the report's own failure is reported by verify_quote
+    try:
+        return collateral_from_cert_table(table, report=parsed, source="embedded")
+    except QuoteError as e:
+        raise VerifyError(str(e)) from e
+
+
+def certificate_collateral(cert: RaTlsCert) -> CarriedCollateral:
+    """The collateral in the certificate's endorsements extension ``2.23.133.5.4.2``:
+    dcap-qvl collateral for an Intel quote, an :class:`SnpCollateral` for an SEV-SNP
+    report. Never raises: a malformed, critical or mismatched extension is a failure."""
+
+    def fail(message: str) -> CarriedCollateral:
+        return CarriedCollateral(failures=(Failure(Reason.ENDORSEMENTS, message),))
+
+    try:
+        found = certificate_extension(cert.der, ENDORSEMENTS_OID)
+    except RaTlsError as e:
+        return fail(f"certificate extensions unreadable: {e}")
+    if found is None:
+        return CarriedCollateral()
+    critical, value = found
+    if critical:
+        return fail(f"extension {ENDORSEMENTS_OID} must not be critical")
+    try:
+        endo = decode_endorsements(value)
+    except RaTlsError as err:
+        return fail(str(err))
+    snp = is_snp_report(cert.quote)
+    if snp != (endo.kind == "sev-snp"):
+        return fail(
+            f"endorsements are for {endo.kind} evidence, the quote is "
+            f"{'an SEV-SNP report' if snp else 'not an SEV-SNP report'}"
+        )
+    details: dict[str, Any] = {"kind": endo.kind, "version": endo.version}
+    if endo.created:
+        details["created"] = endo.created
+    try:
+        if endo.intel is not None:
+            details["next_update"] = endo.intel.next_update().isoformat()
+            return CarriedCollateral(endo.intel.to_dcap(), (), details)
+        return CarriedCollateral(_snp_collateral(endo.snp_cert_table, cert.quote), (), details)
+    except (ValueError, TypeError) as err:  # VerifyError, EndorsementsError, dcap-qvl's
+        return fail(f"endorsements unusable: {err}")
+
+
 def _legacy_binding(cert: RaTlsCert, report_data: bytes) -> tuple[list[Failure], str]:
     """The legacy format binds the key itself: report_data[:32] is a SHA-256 of the key
     (:func:`certmgr.attest.ratls.legacy_key_hashes`), report_data[32:] zero."""
@@ -663,6 +761,33 @@ def merge_failures(v: Verdict, extra: Iterable[Failure], **details: Any) -> Verd
     )
 
 
+SNP_CERT_TABLE_FORMAT = "sev-snp-cert-table"
+
+
+def evidence_collateral(quote: bytes, endorsements: tuple[str, bytes] | None) -> CarriedCollateral:
+    """The collateral a nonce evidence document carries (its ``endorsements``): an SEV-SNP
+    certificate table for an SNP report. Another format is not used (``details`` names
+    it); a malformed table, or one given with an Intel quote, is a failure."""
+    if endorsements is None:
+        return CarriedCollateral()
+    fmt, data = endorsements
+    if fmt != SNP_CERT_TABLE_FORMAT:
+        return CarriedCollateral(details={"format": fmt, "used": False})
+    if not is_snp_report(quote):
+        return CarriedCollateral(
+            failures=(
+                Failure(Reason.ENDORSEMENTS, f"{fmt} endorsements with a quote that is not SNP"),
+            )
+        )
+    try:
+        coll = _snp_collateral(data, quote)
+    except (ValueError, TypeError) as e:
+        return CarriedCollateral(
+            failures=(Failure(Reason.ENDORSEMENTS, f"evidence endorsements: {e}"),)
+        )
+    return CarriedCollateral(coll, (), {"format": fmt, "used": True})
+
+
 def verify_evidence(
     body: bytes,
     nonce: bytes,
@@ -671,19 +796,31 @@ def verify_evidence(
     opts: VerifyOptions,
     *,
     now: float | None = None,
+    fallback_collateral: Any = None,
 ) -> Verdict:
     """Verify a ``/.well-known/tee/attestation`` answer for the client's ``nonce``.
 
     ``connection_spki_sha256`` is the SHA-256 of the SPKI of the certificate the client
-    received on the connection the evidence came over.
+    received on the connection the evidence came over. Collateral: ``collateral`` when
+    given, else the evidence's own endorsements, else ``fallback_collateral`` (what the
+    certificate of the same connection carried: :func:`certificate_collateral`).
     """
     now = time.time() if now is None else now
     try:
         ev = parse_evidence_json(body)
     except EvidenceError as e:
         return Verdict(failures=(Failure(Reason.EVIDENCE_MALFORMED, str(e)),))
+    carried = evidence_collateral(ev.quote, ev.endorsements)
+    fails = list(carried.failures)
+    source: str | None = None
+    if collateral is not None:
+        source = "argument"
+    elif carried.collateral is not None:
+        collateral, source = carried.collateral, "evidence"
+    elif fallback_collateral is not None:
+        collateral, source = fallback_collateral, "certificate"
     q = verify_quote(ev.quote, collateral, int(now), opts)
-    fails = list(q.failures)
+    fails.extend(q.failures)
     binding = False
     if q.parsed is not None:
         bind = check_binding(q.parsed.report_data, report_data_for_claims(ev.claims_bytes))
@@ -704,6 +841,12 @@ def verify_evidence(
         q,
         fails,
         binding,
-        {"claims": ev.claims.view(), "provider": ev.provider, "gpu": ev.gpu},
+        {
+            "claims": ev.claims.view(),
+            "provider": ev.provider,
+            "gpu": ev.gpu,
+            "collateral_source": source,
+            "endorsements": dict(carried.details) if carried.details is not None else None,
+        },
         address,
     )

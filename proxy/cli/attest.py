@@ -8,6 +8,11 @@ measurement registers under their usual names (see docs/ATTESTATION.md).
 name, takes the certificate presented, verifies it as an RA-TLS certificate, then asks for
 fresh evidence over the *same* connection with a random nonce and checks that the evidence
 echoes the nonce and names the key of that connection's certificate.
+
+Collateral: ``--collateral`` / ``--pccs`` / ``--kds`` when given; otherwise what the
+evidence carries (the certificate's endorsements extension, the evidence's SEV-SNP
+certificate table; for the nonce evidence of an Intel TEE also its certificate's
+collateral, the same platform's), so a teeproxy certificate verifies offline.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from certmgr.attest.verify import (
     TcbPolicy,
     Verdict,
     VerifyOptions,
+    certificate_collateral,
     load_dev_key,
     signing_address_agreement,
     verify_certificate,
@@ -129,6 +135,8 @@ def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
         for key in ("app_id", "compose_hash", "instance_id", "os_image_hash", "usage"):
             if app.get(key):
                 print(f"  dstack {key}: {app[key]}")
+    if "collateral_source" in verdict_json:
+        print(f"collateral: {verdict_json['collateral_source'] or 'none'}")
     for f in verdict_json.get("failures", []):
         print(f"  - {f['reason']}: {f['message']}")
     ev = verdict_json.get("evidence")
@@ -312,7 +320,16 @@ def attest(args: argparse.Namespace) -> Attested:
                         "failures": [{"reason": "evidence-malformed", "message": f"HTTP {status}"}],
                     }
                 else:
-                    ev = verify_evidence(body, nonce, spki_hash, coll, opts, now=now)
+                    carried = certificate_collateral(parsed) if parsed and coll is None else None
+                    ev = verify_evidence(
+                        body,
+                        nonce,
+                        spki_hash,
+                        coll,
+                        opts,
+                        now=now,
+                        fallback_collateral=carried.collateral if carried else None,
+                    )
                     ev_json = ev.to_json()
                     if ev.measurement != verdict.measurement:
                         ev_json["trusted"] = False
@@ -429,7 +446,11 @@ def add_parsers(sub: Any) -> None:
     _common(v)
     v.set_defaults(func=cmd_verify)
 
-    c = sub.add_parser("verify-cert", help="verify an RA-TLS certificate file (PEM or DER)")
+    c = sub.add_parser(
+        "verify-cert",
+        help="verify an RA-TLS certificate file (PEM or DER); without --collateral, with the "
+        "collateral it carries (offline)",
+    )
     c.add_argument("file")
     _common(c)
     c.set_defaults(func=cmd_verify_cert)

@@ -3,23 +3,61 @@
 :func:`prepare_attestation` (blocking, called from
 :func:`proxy.control.certificates.prepare_certificates` in a thread) makes sure a fresh
 RA-TLS certificate is in ``STATE/attestation`` (:mod:`certmgr.attest.ratls_store`: renewed at
-two thirds of ``attestation.cert_lifetime``, or when the name, the provider or the signing
-address changed). The receipt signing key's address (the runtime's, from the unsealed key)
-goes into the claims as ``"signing-address"``. Workers load the certificate into their
-CertStore under ``attestation.server_name`` (:mod:`proxy.dataplane.certstore`).
+two thirds of ``attestation.cert_lifetime``, when the name, the provider or the signing
+address changed, or when the collateral it carries expires). The receipt signing key's
+address (the runtime's, from the unsealed key) goes into the claims as
+``"signing-address"``. With ``attestation.collateral_pccs_url`` or ``collateral_file`` the
+collateral of this TEE's Intel quote goes into its endorsements extension
+(:func:`collateral_source`). Workers load the certificate into their CertStore under
+``attestation.server_name`` (:mod:`proxy.dataplane.certstore`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
-from certmgr.attest.ratls_store import RaTlsMaterial, prepare_ratls, ratls_renewal_due
+from certmgr.attest.collateral import CollateralCache
+from certmgr.attest.quote import parse_evidence
+from certmgr.attest.ratls_store import (
+    CollateralSource,
+    RaTlsMaterial,
+    prepare_ratls,
+    ratls_dir,
+    ratls_renewal_due,
+)
 from certmgr.errors import QuoteProviderError
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.runtime import Runtime
 
-__all__ = ["attestation_renewal", "prepare_attestation"]
+__all__ = ["attestation_renewal", "collateral_source", "prepare_attestation"]
+
+
+def collateral_source(cfg: Config) -> CollateralSource | None:
+    """The configured collateral of this TEE's Intel quotes, as a blocking function of the
+    raw quote and the time (None: none configured). PCCS answers are cached per platform in
+    ``STATE/attestation/collateral`` until their nextUpdate (:class:`CollateralCache`).
+
+    Called in the supervisor's preparation thread, which runs no event loop: each fetch
+    runs one of its own, bounded by ``attestation.collateral_timeout``.
+    """
+    a = cfg.attestation
+    if not a.collateral_pccs_url and not a.collateral_file:
+        return None
+    cache = CollateralCache(
+        pccs_url=a.collateral_pccs_url,
+        file=a.collateral_file,
+        cache_dir=str(ratls_dir(cfg.state_dir) / "collateral") if a.collateral_pccs_url else "",
+    )
+
+    def fetch(quote: bytes, now: dt.datetime) -> str:
+        parsed = parse_evidence(quote)
+        return asyncio.run(
+            asyncio.wait_for(cache.get_text(parsed, now.timestamp()), a.collateral_timeout)
+        )
+
+    return fetch
 
 
 def prepare_attestation(cfg: Config, runtime: Runtime, now: dt.datetime | None = None) -> None:
@@ -32,9 +70,20 @@ def prepare_attestation(cfg: Config, runtime: Runtime, now: dt.datetime | None =
         provider=provider.name,
         lifetime=dt.timedelta(seconds=cfg.attestation.cert_lifetime),
         signing_address=runtime.signing_address,
+        intel_collateral=bool(
+            cfg.attestation.collateral_pccs_url or cfg.attestation.collateral_file
+        ),
+        snp_endorsements=cfg.attestation.snp_endorsements,
     )
     try:
-        prepare_ratls(cfg.state_dir, material, provider, runtime.sealer, now)
+        prepare_ratls(
+            cfg.state_dir,
+            material,
+            provider,
+            runtime.sealer,
+            now,
+            collateral=collateral_source(cfg),
+        )
     except QuoteProviderError as e:
         # Fail closed with the field to look at: at start this stops ``serve``; at renewal
         # the supervisor logs it and retries while the old certificate lasts.

@@ -2,7 +2,10 @@
 
 It answers a fresh quote whose report_data binds the nonce and the SPKI hash of the
 certificate used on *this* connection (ACME, RA-TLS or any other), plus the ACME account
-and keys when ACME is on, and the receipt signing address when receipts are on. Quotes are
+and keys when ACME is on, and the receipt signing address when receipts are on; on an
+SEV-SNP guest the answer's ``endorsements`` carry the certificate table the TEE handed out
+with the report (configfs-tsm ``auxblob``: VCEK, ASK, ARK), so a client verifies it
+without AMD's KDS. Quotes are
 serialized and rate-limited per worker (:class:`certmgr.attest.providers.gate.QuoteGate`);
 over the limit the answer is 429. The handshake never waits for a quote. JSON shape:
 :mod:`certmgr.attest.evidence` and docs/ATTESTATION.md. The RA-TLS certificate itself is
@@ -19,11 +22,18 @@ from typing import Final
 
 from aiohttp import web
 
+from certmgr.attest.endorsements import compact_cert_table
 from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_nonce
 from certmgr.attest.providers.gate import QuoteGate
-from certmgr.attest.quote import parse_evidence
+from certmgr.attest.quote import is_snp_report, parse_evidence
 from certmgr.attest.ratls import report_data_for_claims
-from certmgr.errors import EvidenceError, QuoteError, QuoteProviderError, QuoteRateLimited
+from certmgr.errors import (
+    EndorsementsError,
+    EvidenceError,
+    QuoteError,
+    QuoteProviderError,
+    QuoteRateLimited,
+)
 from certmgr.store import CertEntry, StoreHolder
 from proxy.config import Config
 from proxy.dataplane.acme import read_evidence
@@ -93,8 +103,8 @@ class AttestationEndpoint:
             signing_address=self.signing_address,
         )
         try:
-            quote = await asyncio.wait_for(
-                self.gate.quote(report_data_for_claims(claims)),
+            evidence = await asyncio.wait_for(
+                self.gate.evidence(report_data_for_claims(claims)),
                 self.cfg.attestation.quote_timeout,
             )
         except QuoteRateLimited:
@@ -104,13 +114,21 @@ class AttestationEndpoint:
         except (QuoteProviderError, TimeoutError) as e:
             log.error("quote for the evidence endpoint failed: %s", e)
             return json_error(503, "quote_failed", "the TEE did not produce a quote")
+        quote = evidence.quote
         tee = self.tee
         if not tee:
             try:
                 tee = str(parse_evidence(quote).tee)
             except QuoteError:
                 tee = "unknown"
-        doc = build_evidence(quote, claims, tee=tee, provider=self.gate.provider.name, gpu=None)
+        doc = build_evidence(
+            quote,
+            claims,
+            tee=tee,
+            provider=self.gate.provider.name,
+            endorsements=_cert_table(quote, evidence.auxblob),
+            gpu=None,
+        )
         return json_response(200, doc)
 
     async def _acme(self) -> tuple[str, list[bytes]]:
@@ -123,6 +141,19 @@ class AttestationEndpoint:
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("ACME evidence unreadable, attesting without it: %s", e)
             return "", []
+
+
+def _cert_table(quote: bytes, auxblob: bytes) -> tuple[str, bytes] | None:
+    """The evidence's ``endorsements`` for an SEV-SNP report: its certificate table,
+    compacted (the kernel's auxblob is page-padded); None for other quotes, or when the
+    table is missing or malformed (logged: the client then needs KDS)."""
+    if not auxblob or not is_snp_report(quote):
+        return None
+    try:
+        return ("sev-snp-cert-table", compact_cert_table(auxblob))
+    except EndorsementsError as e:
+        log.warning("SEV-SNP certificate table from the TEE unusable, not published: %s", e)
+        return None
 
 
 def make_endpoint(cfg: Config, holder: StoreHolder, runtime: Runtime) -> AttestationEndpoint | None:

@@ -44,6 +44,11 @@ def ratls_artifact(name: str) -> bytes:
     return (RATLS_DATA / name).read_bytes()
 
 
+def at(unix: int) -> dt.datetime:
+    """A pinned verification time as a datetime (certificate validity around it)."""
+    return dt.datetime.fromtimestamp(unix, dt.UTC)
+
+
 def vector(name: str) -> bytes:
     return (DATA / name).read_bytes()
 
@@ -69,11 +74,14 @@ def make_ratls(
     raw_extra: dict[str, Any] | None = None,
     lifetime: dt.timedelta = dt.timedelta(hours=24),
     not_before: dt.datetime | None = None,
+    endorsements: bytes | None = None,
 ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     """A DER RA-TLS certificate with a simulated quote; every argument injects one fault.
 
     ``extra``: teeproxy claims, encoded as teeproxy does; ``raw_extra``: claims put into the
-    map as given (for values teeproxy's encoder would refuse to write)."""
+    map as given (for values teeproxy's encoder would refuse to write); ``quote``: a real
+    quote or report instead (its report_data then binds nothing of ours); ``endorsements``:
+    the ``2.23.133.5.4.2`` value."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     claims = encode_claims(claims_spki if claims_spki is not None else spki(key), extra)
     if raw_extra:
@@ -81,7 +89,15 @@ def make_ratls(
     rd = report_data if report_data is not None else report_data_for_claims(claims)
     q = quote if quote is not None else build_simulated_quote(DEV_KEY, rd, debug=debug)
     nb = not_before or NOW - dt.timedelta(minutes=5)
-    cert = build_certificate(key, "attest.test", q, claims, not_before=nb, not_after=nb + lifetime)
+    cert = build_certificate(
+        key,
+        "attest.test",
+        q,
+        claims,
+        not_before=nb,
+        not_after=nb + lifetime,
+        endorsements=endorsements,
+    )
     return cert.public_bytes(serialization.Encoding.DER), key
 
 

@@ -20,7 +20,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from certmgr.attest.sevsnp import SNP_REPORT_SIZE
+from certmgr.attest.sevsnp import (
+    ARK_GUID,
+    ASK_GUID,
+    SNP_REPORT_SIZE,
+    VCEK_GUID,
+    CertTableEntry,
+    build_cert_table,
+)
 from certmgr.attest.snp_verify import SnpCollateral, load_certificates
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sev-snp"
@@ -73,6 +80,35 @@ def dstack_collateral() -> SnpCollateral:
     ark = certs("ask_ark_milan.pem")[1]
     return SnpCollateral.from_certificates(
         certs("dstack_sev_snp_vcek.pem") + certs("dstack_sev_snp_ask.pem") + (ark,), source="test"
+    )
+
+
+def cert_table(vcek: bytes, ask: bytes, ark: bytes, *, pad_to: int = 0) -> bytes:
+    """A GHCB certificate table (what configfs-tsm's ``auxblob`` holds) of these DER
+    certificates, zero-padded to ``pad_to`` bytes as the kernel's page-sized buffer is."""
+    table = build_cert_table(
+        [
+            CertTableEntry(VCEK_GUID, vcek),
+            CertTableEntry(ASK_GUID, ask),
+            CertTableEntry(ARK_GUID, ark),
+        ]
+    )
+    return table.ljust(pad_to, b"\x00")
+
+
+def gosev_cert_table(*, pad_to: int = 0) -> bytes:
+    """The real go-sev-guest VCEK with the real Milan ASK and ARK, as a certificate table."""
+    ask, ark = certs("ask_ark_milan.pem")
+    return cert_table(certs("vcek.testcer")[0], ask, ark, pad_to=pad_to)
+
+
+def dstack_cert_table(*, pad_to: int = 0) -> bytes:
+    """dstack's real VCEK and ASK with the real Milan ARK, as a certificate table."""
+    return cert_table(
+        certs("dstack_sev_snp_vcek.pem")[0],
+        certs("dstack_sev_snp_ask.pem")[0],
+        certs("ask_ark_milan.pem")[1],
+        pad_to=pad_to,
     )
 
 

@@ -6,6 +6,7 @@ exit codes and JSON are the interface under test.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,25 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from certmgr.attest.endorsements import (
+    IntelCollateral,
+    encode_intel_endorsements,
+    encode_snp_endorsements,
+)
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import measurement_id
 from proxy.cli.main import main
-from tests.helpers.attest import DATA, DEV_KEY, T_SGX, T_TDX, make_ratls
+from tests.helpers.attest import (
+    DATA,
+    DEV_KEY,
+    T_SGX,
+    T_TDX,
+    at,
+    collateral_text,
+    make_ratls,
+    vector,
+)
+from tests.helpers.snp import T_DSTACK, dstack_cert_table, dstack_report
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
@@ -155,3 +171,96 @@ def test_verify_cert_of_other_producers(  # noqa: PLR0917  # pytest passes param
     assert rc == 1 and v["trusted"] is False
     assert (v["format"], v["binding_rule"], v["binding"]) == (fmt, rule, True)
     assert {f["reason"] for f in v["failures"]} == reasons
+
+
+# -- verify-cert with the collateral the certificate carries (offline, no PCCS, no KDS) -----
+
+
+def _pem(der: bytes, path: Path) -> str:
+    path.write_bytes(x509.load_der_x509_certificate(der).public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+def _failures(doc: dict[str, Any]) -> set[str]:
+    return {f["reason"] for f in doc["failures"]}
+
+
+def test_verify_cert_uses_the_embedded_intel_collateral(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real TDX quote (its report_data binds other data: binding fails, honestly) in a
+    certificate carrying the real collateral: the quote verifies UpToDate with nothing else."""
+    value = encode_intel_endorsements(IntelCollateral.from_json(collateral_text("tdx_quote")))
+    when = at(T_TDX) - dt.timedelta(minutes=5)
+    der, _ = make_ratls(quote=vector("tdx_quote"), not_before=when, endorsements=value)
+    cert = _pem(der, tmp_path / "tdx.pem")
+    common = ["--at", str(T_TDX), "--any-measurement", "--json"]
+    rc, doc = _run(capsys, "verify-cert", cert, *common)
+    assert rc == 1 and doc["status"] == "UpToDate" and doc["tee"] == "tdx"
+    assert doc["collateral_source"] == "certificate"
+    assert doc["endorsements"]["kind"] == "intel"
+    assert _failures(doc) == {"report-data", "report-data-padding"}
+    rc, doc = _run(
+        capsys,
+        "verify-cert",
+        cert,
+        *common,
+        "--collateral",
+        str(DATA / "tdx_quote_collateral.json"),
+    )
+    assert doc["collateral_source"] == "argument" and doc["status"] == "UpToDate"
+    der, _ = make_ratls(quote=vector("tdx_quote"), not_before=when)
+    rc, doc = _run(capsys, "verify-cert", _pem(der, tmp_path / "bare.pem"), *common)
+    assert rc == 1 and "collateral-missing" in _failures(doc) and doc["collateral_source"] is None
+    # The human-readable form says where the collateral came from.
+    assert main(["verify-cert", cert, "--at", str(T_TDX), "--any-measurement"]) == 1
+    assert "collateral: certificate" in capsys.readouterr().out
+
+
+def test_verify_cert_uses_the_embedded_snp_cert_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = int(T_DSTACK.timestamp())
+    value = encode_snp_endorsements(dstack_cert_table())
+    der, _ = make_ratls(
+        quote=dstack_report(), not_before=at(now) - dt.timedelta(minutes=5), endorsements=value
+    )
+    cert = _pem(der, tmp_path / "snp.pem")
+    args = ["verify-cert", cert, "--at", str(now), "--any-measurement", "--json"]
+    rc, doc = _run(capsys, *args, "--snp-allow-smt")
+    assert rc == 1 and doc["tee"] == "sev-snp" and doc["status"] == "UpToDate"
+    assert doc["collateral_source"] == "certificate"
+    assert _failures(doc) == {"report-data"}
+    assert doc["sev_snp"]["product"] == "Milan"
+    rc, doc = _run(capsys, *args)  # without --snp-allow-smt the guest policy is refused
+    assert _failures(doc) == {"report-data", "snp-policy"}
+
+
+def test_verify_cert_refuses_malformed_endorsements(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "dev.pub.pem"
+    key.write_bytes(
+        DEV_KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    trust = ["--trust-dev-key", str(key), "--any-measurement", "--json"]
+    # A teeproxy-built certificate (simulated quote) with well-formed endorsements parses
+    # and verifies (a simulated quote needs no collateral).
+    good = encode_snp_endorsements(dstack_cert_table())
+    der, _ = make_ratls(
+        endorsements=encode_intel_endorsements(
+            IntelCollateral.from_json(collateral_text("tdx_quote"))
+        )
+    )
+    rc, doc = _run(capsys, "verify-cert", _pem(der, tmp_path / "ok.pem"), *trust)
+    assert rc == 0 and doc["trusted"] and doc["endorsements"]["kind"] == "intel"
+    # Over the endorsements cap, inside the certificate cap (a DER file: as PEM the whole
+    # certificate would already exceed 128 KiB).
+    for name, value in (("junk", b"\x00\x01"), ("kind", good), ("big", b"\x5a" * 100_000)):
+        der, _ = make_ratls(endorsements=value)
+        (tmp_path / f"{name}.der").write_bytes(der)
+        rc, doc = _run(capsys, "verify-cert", str(tmp_path / f"{name}.der"), *trust)
+        assert rc == 1 and _failures(doc) == {"endorsements-malformed"}, name
+    assert "too large" in str(doc["failures"])

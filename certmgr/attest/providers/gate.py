@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from certmgr.attest.measurement import check_report_data
-from certmgr.attest.providers.base import QuoteProvider
+from certmgr.attest.providers.base import QuoteProvider, TeeEvidence, get_evidence
 from certmgr.errors import QuoteRateLimited
 
 __all__ = ["QuoteGate"]
@@ -63,3 +63,23 @@ class QuoteGate:
     def _locked_call(self, report_data: bytes) -> bytes:
         with self._lock:
             return self.provider.get_quote(report_data)
+
+    def evidence_sync(self, report_data: bytes) -> TeeEvidence:
+        """Blocking, like :meth:`quote_sync`; the quote and its auxiliary data."""
+        check_report_data(report_data)
+        with self._lock:
+            self._take_token()
+            return get_evidence(self.provider, report_data)
+
+    async def evidence(self, report_data: bytes) -> TeeEvidence:
+        """Like :meth:`quote`, with the auxiliary data (SEV-SNP: the certificate table)."""
+        check_report_data(report_data)
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        self._take_token()
+        async with self._alock:
+            return await asyncio.to_thread(self._locked_evidence, report_data)
+
+    def _locked_evidence(self, report_data: bytes) -> TeeEvidence:
+        with self._lock:
+            return get_evidence(self.provider, report_data)

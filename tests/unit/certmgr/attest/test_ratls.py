@@ -12,12 +12,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certmgr.attest.endorsements import (
+    ENDORSEMENTS_OID,
+    SNP_REPORT_TAG,
+    encode_snp_endorsements,
+)
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.ratls import (
     INTEL_SDK_QUOTE_OID,
     LEGACY_QUOTE_OID,
+    MAX_CERT_SIZE,
     MAX_EXTENSION_SIZE,
     RATLS_OID,
+    certificate_extension,
+    evidence_tag,
     expected_report_data,
     parse_certificate,
     parse_extension,
@@ -35,7 +43,9 @@ from tests.helpers.attest import (
     sign_tbs,
     spki,
     tbs_with_extensions,
+    vector,
 )
+from tests.helpers.snp import gosev_cert_table, gosev_report
 
 
 def test_built_certificate_is_interoperable_format() -> None:
@@ -328,3 +338,68 @@ def test_real_claims_read_with_unknown_claims() -> None:
     assert claims is not None
     assert claims.hash_alg == 1
     assert claims.other == {"key_0": b"value_0\x00", "key_1": b"value_1\x00"}
+
+
+# -- evidence tags by kind, and the endorsements extension ---------------------------------
+
+
+def _claims_for(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return cbor2.dumps({"pubkey-hash": cbor2.dumps([1, hashlib.sha256(spki(key)).digest()])})
+
+
+def test_an_snp_report_is_wrapped_in_tag_0x1a7504() -> None:
+    """rats-tls dice.h: 60000 for Intel quotes, 0x1a7504 for SEV-SNP reports."""
+    report = gosev_report()
+    cert_der, _ = make_ratls(quote=report)
+    ext = x509.load_der_x509_certificate(cert_der).extensions.get_extension_for_oid(
+        x509.ObjectIdentifier(RATLS_OID)
+    )
+    assert ext.value.value[:4] == bytes.fromhex("da001a75")  # type: ignore[attr-defined]
+    assert cbor2.loads(ext.value.value).tag == SNP_REPORT_TAG  # type: ignore[attr-defined]
+    parsed = parse_certificate(cert_der)
+    assert parsed.quote == report and parsed.format == "tcg-cmw"
+    assert evidence_tag(report) == SNP_REPORT_TAG
+    assert evidence_tag(vector("tdx_quote")) == evidence_tag(vector("sgx_quote")) == 60000
+
+
+def test_a_tag_that_does_not_match_the_evidence_is_refused() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    claims = _claims_for(key)
+    report, quote = gosev_report(), vector("tdx_quote")
+    assert (
+        parse_extension(cbor2.dumps(cbor2.CBORTag(SNP_REPORT_TAG, [report, claims])))[0] == report
+    )
+    assert parse_extension(cbor2.dumps(cbor2.CBORTag(60000, [quote, claims])))[0] == quote
+    with pytest.raises(RaTlsError, match=r"tag 0xea60 does not match its evidence \(an SEV-SNP"):
+        parse_extension(cbor2.dumps(cbor2.CBORTag(60000, [report, claims])))
+    with pytest.raises(RaTlsError, match=r"tag 0x1a7504 does not match its evidence \(not an"):
+        parse_extension(cbor2.dumps(cbor2.CBORTag(SNP_REPORT_TAG, [quote, claims])))
+    with pytest.raises(RaTlsError, match=r"not CBOR tag 60000 \(Intel quote\) or 0x1a7504"):
+        parse_extension(cbor2.dumps(cbor2.CBORTag(SNP_REPORT_TAG + 1, [report, claims])))
+
+
+def test_endorsements_extension_is_carried_not_critical() -> None:
+    value = encode_snp_endorsements(gosev_cert_table())
+    cert_der, _ = make_ratls(endorsements=value)
+    ext = x509.load_der_x509_certificate(cert_der).extensions.get_extension_for_oid(
+        x509.ObjectIdentifier(ENDORSEMENTS_OID)
+    )
+    assert ext.critical is False and ext.value.value == value  # type: ignore[attr-defined]
+    assert certificate_extension(cert_der, ENDORSEMENTS_OID) == (False, value)
+    assert certificate_extension(cert_der, "1.2.3.4") is None
+    assert certificate_extension(make_ratls()[0], ENDORSEMENTS_OID) is None
+
+
+def test_certificate_extension_reads_criticality_and_refuses_junk() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = sign_tbs(
+        tbs_with_extensions(
+            key, [(RATLS_OID, False, good_extension(key)), (ENDORSEMENTS_OID, True, b"x")]
+        ),
+        key,
+    )
+    assert certificate_extension(cert, ENDORSEMENTS_OID) == (True, b"x")
+    with pytest.raises(RaTlsError, match="DER"):
+        certificate_extension(b"\x30\x05\x30", ENDORSEMENTS_OID)
+    with pytest.raises(RaTlsError, match="too large"):
+        certificate_extension(b"\x30" * (MAX_CERT_SIZE + 1), ENDORSEMENTS_OID)

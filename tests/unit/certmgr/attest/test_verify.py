@@ -12,10 +12,17 @@ import hashlib
 import json
 from pathlib import Path
 
+import cbor2
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from certmgr.attest.collateral import load_collateral
+from certmgr.attest.endorsements import (
+    ENDORSEMENTS_OID,
+    IntelCollateral,
+    encode_intel_endorsements,
+    encode_snp_endorsements,
+)
 from certmgr.attest.evidence import build_evidence, encode_evidence_claims
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import Measurement, TeeType, measurement_id
@@ -33,6 +40,7 @@ from certmgr.attest.verify import (
     Reason,
     TcbPolicy,
     VerifyOptions,
+    certificate_collateral,
     load_dev_key,
     verify_certificate,
     verify_evidence,
@@ -48,6 +56,7 @@ from tests.helpers.attest import (
     T_SGX,
     T_TDX,
     T_TDX_OUTDATED,
+    at,
     cmw,
     collateral_text,
     good_extension,
@@ -62,10 +71,13 @@ from tests.helpers.attest import (
 from tests.helpers.snp import (
     T_DSTACK,
     T_GOSEV,
+    cert_table,
     certs,
+    dstack_cert_table,
     dstack_collateral,
     dstack_report,
     edit,
+    gosev_cert_table,
     gosev_collateral,
     gosev_report,
     with_policy,
@@ -746,3 +758,183 @@ def test_dstack_verdict_reports_the_app() -> None:
         "system-ready",
     ]
     assert v["issuer_signature"].startswith("not checked")
+
+
+# -- collateral carried by the evidence: endorsements (2.23.133.5.4.2, evidence JSON) -------
+
+BINDING = {Reason.REPORT_DATA, Reason.REPORT_DATA_PADDING}  # real quotes bind other data
+
+
+def _real_cert(quote: bytes, when: int, endorsements: bytes | None = None, **kw: object) -> bytes:
+    """An RA-TLS certificate around a real quote or report, valid at ``when``: everything
+    but the binding verifies (the report_data is the vector's, not our claims' hash)."""
+    cert, _ = make_ratls(
+        quote=quote,
+        not_before=at(when) - dt.timedelta(minutes=5),
+        lifetime=dt.timedelta(days=60),
+        endorsements=endorsements,
+        **kw,  # type: ignore[arg-type]
+    )
+    return cert
+
+
+def _intel_endorsements(name: str) -> bytes:
+    return encode_intel_endorsements(IntelCollateral.from_json(collateral_text(name)))
+
+
+def test_a_certificate_carrying_its_collateral_verifies_offline() -> None:
+    cert = _real_cert(vector("tdx_quote"), T_TDX, _intel_endorsements("tdx_quote"))
+    v = verify_certificate(cert, None, ANY, now=T_TDX)
+    assert (v.status, v.advisories) == ("UpToDate", ())
+    assert set(v.reasons) <= BINDING and Reason.REPORT_DATA in v.reasons
+    doc = v.to_json()
+    assert doc["collateral_source"] == "certificate"
+    assert doc["endorsements"] == {
+        "kind": "intel",
+        "version": 3,
+        "next_update": "2025-07-19T10:00:35+00:00",
+    }
+    # The caller's collateral wins and gives the same verdict on the quote.
+    given = verify_certificate(cert, _coll("tdx_quote"), ANY, now=T_TDX)
+    assert (given.status, given.reasons) == (v.status, v.reasons)
+    assert given.to_json()["collateral_source"] == "argument"
+    # Without the extension and without collateral, the quote is unverifiable.
+    bare = verify_certificate(_real_cert(vector("tdx_quote"), T_TDX), None, ANY, now=T_TDX)
+    assert Reason.COLLATERAL_MISSING in bare.reasons
+    assert bare.to_json()["collateral_source"] is None and bare.to_json()["endorsements"] is None
+
+
+def test_embedded_sgx_collateral_gives_its_tcb_status() -> None:
+    cert = _real_cert(vector("sgx_quote"), T_SGX, _intel_endorsements("sgx_quote"))
+    v = verify_certificate(cert, None, ANY, now=T_SGX)
+    assert v.status == "ConfigurationAndSWHardeningNeeded"
+    assert v.advisories == ("INTEL-SA-00289", "INTEL-SA-00615")
+    assert Reason.TCB_STATUS in v.reasons
+
+
+def test_embedded_collateral_past_its_next_update_is_expired() -> None:
+    cert = _real_cert(vector("tdx_quote"), T_TDX, _intel_endorsements("tdx_quote"))
+    late = T_TDX + 40 * 86400
+    assert Reason.COLLATERAL_EXPIRED in verify_certificate(cert, None, ANY, now=late).reasons
+
+
+def test_embedded_collateral_of_another_platform_fails_the_quote() -> None:
+    """SGX collateral in a TDX quote's certificate: well-formed, but not this quote's."""
+    cert = _real_cert(vector("tdx_quote"), T_TDX, _intel_endorsements("sgx_quote"))
+    v = verify_certificate(cert, None, ANY, now=T_TDX)
+    assert v.to_json()["collateral_source"] == "certificate"
+    assert not v.trusted and v.status == ""
+    assert set(v.reasons) - BINDING
+
+
+def test_malformed_endorsements_are_a_failure_whichever_collateral_is_used() -> None:
+    cert = _real_cert(vector("tdx_quote"), T_TDX, b"\xd9\xea\x60\x81\x01")
+    v = verify_certificate(cert, None, ANY, now=T_TDX)
+    assert Reason.ENDORSEMENTS in v.reasons and Reason.COLLATERAL_MISSING in v.reasons
+    assert "1 entries, expected 8 or 9" in str(v.failures)
+    given = verify_certificate(cert, _coll("tdx_quote"), ANY, now=T_TDX)
+    assert given.status == "UpToDate" and Reason.ENDORSEMENTS in given.reasons
+
+
+def test_endorsements_of_the_wrong_kind_or_critical_are_refused() -> None:
+    snp_in_tdx = _real_cert(vector("tdx_quote"), T_TDX, encode_snp_endorsements(gosev_cert_table()))
+    v = verify_certificate(snp_in_tdx, None, ANY, now=T_TDX)
+    assert Reason.ENDORSEMENTS in v.reasons
+    assert "endorsements are for sev-snp evidence" in str(v.failures)
+    intel_in_snp = _real_cert(
+        dstack_report(), int(T_DSTACK.timestamp()), _intel_endorsements("tdx_quote")
+    )
+    v = verify_certificate(intel_in_snp, None, INSPECT, now=T_DSTACK.timestamp())
+    assert Reason.ENDORSEMENTS in v.reasons and Reason.UNVERIFIED_TEE in v.reasons
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    claims = cbor2.dumps({"pubkey-hash": cbor2.dumps([1, hashlib.sha256(spki(key)).digest()])})
+    exts = [
+        (RATLS_OID, False, cmw(vector("tdx_quote"), claims)),
+        (ENDORSEMENTS_OID, True, _intel_endorsements("tdx_quote")),
+    ]
+    critical = sign_tbs(tbs_with_extensions(key, exts), key)
+    v = verify_certificate(critical, None, ANY, now=NOW.timestamp())
+    assert Reason.ENDORSEMENTS in v.reasons and "must not be critical" in str(v.failures)
+
+
+def test_an_snp_certificate_carrying_its_cert_table_verifies_offline() -> None:
+    now = T_DSTACK.timestamp()
+    cert = _real_cert(dstack_report(), int(now), encode_snp_endorsements(dstack_cert_table()))
+    assert parse_certificate(cert).quote == dstack_report()
+    v = verify_certificate(cert, None, INSPECT, now=now)
+    assert v.status == "UpToDate" and v.tee == "sev-snp"
+    assert set(v.reasons) <= BINDING and Reason.REPORT_DATA in v.reasons
+    doc = v.to_json()
+    assert doc["collateral_source"] == "certificate"
+    assert doc["endorsements"] == {"kind": "sev-snp", "version": 1}
+    assert doc["sev_snp"]["product"] == "Milan"
+
+
+def test_go_sev_guest_report_with_its_real_cert_table() -> None:
+    now = T_GOSEV.timestamp()
+    cert = _real_cert(gosev_report(), int(now), encode_snp_endorsements(gosev_cert_table()))
+    v = verify_certificate(cert, None, ANY, now=now)
+    assert v.status == "UpToDate"
+    assert set(v.reasons) - BINDING == {Reason.SNP_POLICY, Reason.DEBUG}
+    # Another chip's VCEK in the table: the report does not verify with it.
+    ask, ark = certs("ask_ark_milan.pem")
+    wrong = cert_table(certs("dstack_sev_snp_vcek.pem")[0], ask, ark)
+    cert = _real_cert(gosev_report(), int(now), encode_snp_endorsements(wrong))
+    v = verify_certificate(cert, None, ANY, now=now)
+    assert v.status == "Invalid" and {Reason.SNP_SIGNATURE, Reason.SNP_TCB} & set(v.reasons)
+
+
+def _snp_evidence(
+    report: bytes, nonce: bytes, h: bytes, endorsements: tuple[str, bytes] | None
+) -> bytes:
+    claims = encode_evidence_claims(nonce, h, 1700000000)
+    doc = build_evidence(
+        report, claims, tee="sev-snp", provider="configfs-tsm", endorsements=endorsements
+    )
+    return json.dumps(doc).encode()
+
+
+def test_evidence_carrying_its_cert_table() -> None:
+    """The SNP report cannot be re-signed over our claims: binding fails, everything else
+    (the certificate table travelling in the evidence, the report's signature and chain)
+    verifies."""
+    nonce, h, now = b"n" * 16, b"\x07" * 32, T_DSTACK.timestamp()
+    body = _snp_evidence(dstack_report(), nonce, h, ("sev-snp-cert-table", dstack_cert_table()))
+    v = verify_evidence(body, nonce, h, None, INSPECT, now=now)
+    assert v.status == "UpToDate" and v.reasons == (Reason.REPORT_DATA,)
+    assert v.to_json()["collateral_source"] == "evidence"
+    assert v.to_json()["endorsements"] == {"format": "sev-snp-cert-table", "used": True}
+    given = verify_evidence(body, nonce, h, gosev_collateral(), INSPECT, now=now)
+    assert given.to_json()["collateral_source"] == "argument" and given.status == "Invalid"
+
+    other = _snp_evidence(dstack_report(), nonce, h, ("something-else", b"x"))
+    v = verify_evidence(other, nonce, h, None, INSPECT, now=now)
+    assert Reason.UNVERIFIED_TEE in v.reasons
+    assert v.to_json()["endorsements"] == {"format": "something-else", "used": False}
+
+    broken = _snp_evidence(dstack_report(), nonce, h, ("sev-snp-cert-table", b"\x01" * 40))
+    v = verify_evidence(broken, nonce, h, None, INSPECT, now=now)
+    assert Reason.ENDORSEMENTS in v.reasons and Reason.UNVERIFIED_TEE in v.reasons
+
+
+def test_evidence_cert_table_with_an_intel_quote_is_refused() -> None:
+    nonce, h = b"n" * 16, b"\x07" * 32
+    body = _snp_evidence(vector("tdx_quote"), nonce, h, ("sev-snp-cert-table", dstack_cert_table()))
+    v = verify_evidence(body, nonce, h, None, ANY, now=T_TDX)
+    assert Reason.ENDORSEMENTS in v.reasons and Reason.COLLATERAL_MISSING in v.reasons
+
+
+def test_evidence_falls_back_to_the_certificates_collateral() -> None:
+    cert = _real_cert(vector("tdx_quote"), T_TDX, _intel_endorsements("tdx_quote"))
+    carried = certificate_collateral(parse_certificate(cert))
+    assert carried.failures == () and carried.collateral is not None
+    nonce, h = b"n" * 16, b"\x07" * 32
+    body = _snp_evidence(vector("tdx_quote"), nonce, h, None)
+    alone = verify_evidence(body, nonce, h, None, ANY, now=T_TDX)
+    assert Reason.COLLATERAL_MISSING in alone.reasons
+    v = verify_evidence(
+        body, nonce, h, None, ANY, now=T_TDX, fallback_collateral=carried.collateral
+    )
+    assert v.status == "UpToDate" and set(v.reasons) == BINDING
+    assert v.to_json()["collateral_source"] == "certificate"

@@ -1,24 +1,41 @@
 """proxy.control.attestation: the RA-TLS certificate life cycle the supervisor runs:
 renewal at two thirds of its life and on a changed name, the key stored sealed, failing
-closed without a provider, and the receipt signing address bound in the certificate."""
+closed without a provider, the receipt signing address bound in the certificate, and the
+endorsements it carries (Intel collateral from the configured source, renewed at its
+nextUpdate; an SEV-SNP guest's certificate table, over a fake configfs-tsm tree)."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as dt
 import logging
+import os
 from pathlib import Path
 
 import pytest
 
-from certmgr.attest.ratls import parse_certificate
+from certmgr.attest import ratls_store
+from certmgr.attest.endorsements import (
+    ENDORSEMENTS_OID,
+    SNP_REPORT_TAG,
+    IntelCollateral,
+    decode_endorsements,
+)
+from certmgr.attest.ratls import certificate_extension, parse_certificate
 from certmgr.attest.ratls_store import ratls_dir, ratls_renewal_due
-from certmgr.attest.verify import verify_certificate
+from certmgr.attest.snp_verify import SnpPolicy
+from certmgr.attest.verify import Reason, VerifyOptions, verify_certificate
 from certmgr.keys import InsecureDevSealer
 from proxy.config import Config, ConfigError
 from proxy.control.certificates import next_renewal, prepare_certificates
 from proxy.dataplane.certstore import build_store
 from proxy.runtime import build_runtime
+from tests.helpers.attest import T_TDX, at, collateral_text, vector
+from tests.helpers.pccs import FakePccs, serve_pccs
 from tests.helpers.simulated_tee import dev_verify_options, prepare_simulated, simulated_config
+from tests.helpers.snp import dstack_cert_table, dstack_report
+from tests.helpers.tsm import FakeTsm
 
 
 def test_renewal_at_two_thirds_and_on_change(tmp_path: Path) -> None:
@@ -157,3 +174,211 @@ def test_unsealable_signing_key_stops_start_up(tmp_path: Path) -> None:
     assert ei.value.field == "receipts.enabled"
     assert str(key_file) in str(ei.value) and "failed authentication" in str(ei.value)
     assert key_file.read_bytes() == bytes(blob)  # kept for the operator, not replaced
+
+
+# -- endorsements: the collateral travels in the certificate ---------------------------------
+
+
+@pytest.fixture
+def fresh_log_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget the once-per-process log lines, so that a test sees its own."""
+    monkeypatch.setattr(ratls_store, "_logged", set())
+
+
+def _tsm_config(
+    tmp_path: Path, backend: str, quote: bytes, aux: bytes = b"", extra: str = ""
+) -> tuple[Config, FakeTsm]:
+    """[attestation] provider configfs-tsm over a fake tree whose entry for this process
+    answers with ``quote`` (a real one: it ignores the report data) and ``aux``."""
+    tsm = FakeTsm(tmp_path / "tsm", backend, lambda rd: (quote, aux))
+    tsm.add_pid(os.getpid())
+    cfg = simulated_config(
+        tmp_path / "state",
+        f'provider = "configfs-tsm"\nconfigfs_tsm_dir = "{tsm.root}"\n{extra}',
+    )
+    return cfg, tsm
+
+
+def _prepare(cfg: Config, now: dt.datetime | None = None) -> bytes:
+    prepare_certificates(cfg, build_runtime(cfg, prepare=True, sealer=InsecureDevSealer()), now)
+    return (ratls_dir(cfg.state_dir) / "ratls.pem").read_bytes()
+
+
+def _endorsements(pem: bytes) -> bytes | None:
+    found = certificate_extension(parse_certificate(pem).der, ENDORSEMENTS_OID)
+    assert found is None or found[0] is False  # never critical
+    return found[1] if found is not None else None
+
+
+def test_intel_collateral_is_embedded_and_renews_at_its_next_update(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real TDX quote (a TDX guest whose quote cannot be made over our claims: binding
+    fails, honestly) with the real collateral from ``collateral_file``, at its pinned time."""
+    coll_file = tmp_path / "collateral.json"
+    coll_file.write_text(collateral_text("tdx_quote"))
+    cfg, tsm = _tsm_config(
+        tmp_path, "tdx_guest", vector("tdx_quote"), extra=f'collateral_file = "{coll_file}"'
+    )
+    try:
+        pem = _prepare(cfg, at(T_TDX))
+        value = _endorsements(pem)
+        assert value is not None
+        assert decode_endorsements(value).intel == IntelCollateral.from_json(
+            collateral_text("tdx_quote")
+        )
+        v = verify_certificate(pem, None, VerifyOptions(any_measurement=True), now=T_TDX)
+        assert v.status == "UpToDate" and v.to_json()["collateral_source"] == "certificate"
+        assert set(v.reasons) == {Reason.REPORT_DATA, Reason.REPORT_DATA_PADDING}
+        # Issued an hour before the collateral's nextUpdate: due then, not at 2/3 of 24 h.
+        next_update = IntelCollateral.from_json(collateral_text("tdx_quote")).next_update()
+        pem = _prepare(cfg, next_update - dt.timedelta(hours=1))
+        assert ratls_renewal_due(cfg.state_dir) == next_update
+        assert next_renewal(cfg) == next_update
+        assert _prepare(cfg, next_update - dt.timedelta(seconds=1)) == pem  # not due yet
+        with caplog.at_level(logging.WARNING, logger="teeproxy.attest"):
+            renewed = _prepare(cfg, next_update + dt.timedelta(seconds=1))
+        # Renewed; the file still holds the same (now expired) collateral: not embedded.
+        assert renewed != pem and _endorsements(renewed) is None
+        assert "expired at 2025-07-19T10:00:35+00:00: not embedded" in caplog.text
+        due = ratls_renewal_due(cfg.state_dir)
+        assert due is not None and due > next_update + dt.timedelta(hours=10)
+    finally:
+        tsm.close()
+
+
+def test_without_collateral_no_endorsements_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fresh_log_once: None
+) -> None:
+    cfg, tsm = _tsm_config(tmp_path, "tdx_guest", vector("tdx_quote"))
+    try:
+        with caplog.at_level(logging.INFO, logger="teeproxy.attest"):
+            pem = _prepare(cfg, at(T_TDX))
+            _prepare(cfg, at(T_TDX) + dt.timedelta(hours=17))  # renewed: a second certificate
+        assert (ratls_dir(cfg.state_dir) / "ratls.pem").read_bytes() != pem
+        assert _endorsements(pem) is None
+        assert caplog.text.count("no collateral source configured") == 1
+        v = verify_certificate(pem, None, VerifyOptions(any_measurement=True), now=T_TDX)
+        assert Reason.COLLATERAL_MISSING in v.reasons
+        assert v.to_json()["collateral_source"] is None
+        # Configuring a source replaces the certificate at the next preparation.
+        coll_file = tmp_path / "collateral.json"
+        coll_file.write_text(collateral_text("tdx_quote"))
+        with_file = cfg.replace(
+            attestation=dataclasses.replace(cfg.attestation, collateral_file=str(coll_file))
+        )
+        assert _endorsements(_prepare(with_file, at(T_TDX) + dt.timedelta(hours=18)))
+    finally:
+        tsm.close()
+
+
+def test_unavailable_collateral_still_issues_the_certificate(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "absent.json"
+    cfg, tsm = _tsm_config(
+        tmp_path, "tdx_guest", vector("tdx_quote"), extra=f'collateral_file = "{missing}"'
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="teeproxy.attest"):
+            pem = _prepare(cfg, at(T_TDX))
+    finally:
+        tsm.close()
+    assert _endorsements(pem) is None
+    assert (
+        "no collateral for this quote, no endorsements" in caplog.text and "absent" in caplog.text
+    )
+
+
+def test_snp_certificate_carries_the_tees_certificate_table(tmp_path: Path) -> None:
+    """An SEV-SNP guest (fake configfs-tsm ``sev_guest`` answering the real dstack report
+    and its page-padded certificate table): the certificate carries the table, compacted,
+    under tag 0x1a7504 in both extensions, and verifies offline with it. The report cannot
+    be re-signed over our claims, so the binding fails, and only the binding."""
+    table = dstack_cert_table(pad_to=16384)
+    cfg, tsm = _tsm_config(tmp_path, "sev_guest", dstack_report(), table)
+    try:
+        pem = _prepare(cfg)
+    finally:
+        tsm.close()
+    value = _endorsements(pem)
+    assert value is not None
+    e = decode_endorsements(value)
+    assert e.tag == SNP_REPORT_TAG and e.snp_cert_table == dstack_cert_table()
+    assert parse_certificate(pem).quote == dstack_report()
+    opts = VerifyOptions(any_measurement=True, snp=SnpPolicy(allow_smt=True))
+    v = verify_certificate(pem, None, opts)
+    assert v.status == "UpToDate" and v.tee == "sev-snp"
+    assert v.to_json()["collateral_source"] == "certificate"
+    assert v.reasons == (Reason.REPORT_DATA,)
+
+
+def test_snp_without_certificate_table(tmp_path: Path) -> None:
+    cfg, tsm = _tsm_config(tmp_path, "sev_guest", dstack_report(), b"")
+    try:
+        pem = _prepare(cfg)
+    finally:
+        tsm.close()
+    assert _endorsements(pem) is None
+    v = verify_certificate(pem, None, VerifyOptions(any_measurement=True))
+    assert Reason.UNVERIFIED_TEE in v.reasons
+
+
+def test_collateral_config_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as ei:
+        simulated_config(tmp_path, 'collateral_file = "a"\ncollateral_pccs_url = "https://p"')
+    assert ei.value.field == "attestation.collateral_file"
+    with pytest.raises(ConfigError) as ei:
+        simulated_config(tmp_path, 'collateral_pccs_url = "ftp://p"')
+    assert ei.value.field == "attestation.collateral_pccs_url"
+
+
+def test_snp_table_kept_out_of_the_certificate_when_configured(tmp_path: Path) -> None:
+    """``snp_endorsements = false`` (for rats-tls / librats peers, which refuse endorsements
+    with SNP evidence): no extension; turning it on again replaces the certificate."""
+    cfg, tsm = _tsm_config(
+        tmp_path, "sev_guest", dstack_report(), dstack_cert_table(), "snp_endorsements = false"
+    )
+    try:
+        pem = _prepare(cfg)
+        assert _endorsements(pem) is None and parse_certificate(pem).quote == dstack_report()
+        assert _prepare(cfg) == pem  # stable while the setting holds
+        on = cfg.replace(attestation=dataclasses.replace(cfg.attestation, snp_endorsements=True))
+        assert _endorsements(_prepare(on)) is not None
+    finally:
+        tsm.close()
+
+
+async def test_collateral_from_a_pccs_is_fetched_once_and_embedded(tmp_path: Path) -> None:
+    """``collateral_pccs_url`` against a loopback PCCS (dcap-qvl's own fetcher, the real
+    collateral): embedded; cached in STATE/attestation/collateral and not fetched again
+    while it is valid."""
+    text = await asyncio.to_thread(collateral_text, "tdx_quote")
+    quote = await asyncio.to_thread(vector, "tdx_quote")
+    async with serve_pccs(FakePccs(text)) as pccs:
+        cfg, tsm = await asyncio.to_thread(
+            _tsm_config,
+            tmp_path,
+            "tdx_guest",
+            quote,
+            b"",
+            f'collateral_pccs_url = "{pccs.base_url}"',
+        )
+        try:
+            pem = await asyncio.to_thread(_prepare, cfg, at(T_TDX))
+            fetched = len(pccs.requests)
+            assert fetched == 4 and any(
+                "/tdx/certification/v4/tcb?fmspc=" in r for r in pccs.requests
+            )
+            renewed = await asyncio.to_thread(_prepare, cfg, at(T_TDX) + dt.timedelta(hours=17))
+            assert renewed != pem and len(pccs.requests) == fetched  # from the cache
+        finally:
+            await asyncio.to_thread(tsm.close)
+    for cert in (pem, renewed):
+        value = _endorsements(cert)
+        assert value is not None
+        assert decode_endorsements(value).intel == IntelCollateral.from_json(text)
+    cached = await asyncio.to_thread(
+        lambda: list((ratls_dir(cfg.state_dir) / "collateral").iterdir())
+    )
+    assert len(cached) == 1 and cached[0].suffix == ".json"

@@ -9,21 +9,26 @@ certificate of the connection it was asked on.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from certmgr.attest.ratls import parse_certificate
-from certmgr.attest.verify import Reason, verify_certificate, verify_evidence
+from certmgr.attest.ratls import parse_certificate, report_data_for_claims
+from certmgr.attest.snp_verify import SnpPolicy
+from certmgr.attest.verify import Reason, VerifyOptions, verify_certificate, verify_evidence
 from certmgr.keys import InsecureDevSealer
 from proxy.dataplane.attestation import make_endpoint
 from proxy.dataplane.worker import Worker
 from proxy.runtime import build_runtime
 from tests.helpers.simulated_tee import RATLS_NAME, dev_verify_options, prepare_simulated
+from tests.helpers.snp import dstack_cert_table, dstack_report
+from tests.helpers.tsm import FakeTsm
 
 
 @pytest.fixture
@@ -185,3 +190,48 @@ async def test_evidence_names_the_signing_address(tmp_path: Path) -> None:
     assert ev.trusted, ev.failures
     assert ev.signing_address == address
     assert json.loads(body)["claims_view"]["signing-address"] == "0x" + address.hex()
+
+
+async def test_snp_evidence_carries_the_certificate_table(tmp_path: Path) -> None:
+    """A worker on an SEV-SNP guest (fake configfs-tsm ``sev_guest``: the real dstack report
+    and its real, page-padded certificate table): the evidence's ``endorsements`` carry the
+    table and a client verifies the report with it, offline. The report cannot be made over
+    this nonce, so the binding fails (report-data), and only the binding."""
+
+    report, table = await asyncio.to_thread(lambda: (dstack_report(), dstack_cert_table()))
+
+    def respond(rd: bytes) -> tuple[bytes, bytes]:
+        return report, table.ljust(16384, b"\x00")
+
+    tsm = await asyncio.to_thread(FakeTsm, tmp_path / "tsm", "sev_guest", respond)
+    await asyncio.to_thread(tsm.add_pid, os.getpid())
+    extra = f'provider = "configfs-tsm"\nconfigfs_tsm_dir = "{tsm.root}"\n'
+    cfg, store = await asyncio.to_thread(prepare_simulated, tmp_path / "state", extra)
+    w = Worker(cfg, store, reuse_port=False)
+    w.attestation = make_endpoint(
+        cfg,
+        w.holder,
+        await asyncio.to_thread(build_runtime, cfg, prepare=False, sealer=InsecureDevSealer()),
+    )
+    await w.start()
+    nonce = bytes.fromhex("cd" * 16)
+    try:
+        status, body, der = await _get(
+            w.ports[0], RATLS_NAME, f"/.well-known/tee/attestation?nonce={nonce.hex()}"
+        )
+    finally:
+        await w.drain(grace=1.0)
+        await asyncio.to_thread(tsm.close)
+    assert status == 200
+    doc = json.loads(body)
+    assert doc["tee"] == "sev-snp" and doc["provider"] == "configfs-tsm"
+    assert doc["endorsements"]["format"] == "sev-snp-cert-table"
+    assert base64.b64decode(doc["endorsements"]["data"]) == table  # compacted
+    # The TEE was asked for a report over exactly these claims (nonce included).
+    claims = base64.b64decode(doc["claims"])
+    assert tsm.requests[-1] == report_data_for_claims(claims)
+    assert doc["claims_view"]["nonce"] == nonce.hex()
+    opts = VerifyOptions(any_measurement=True, snp=SnpPolicy(allow_smt=True))
+    ev = verify_evidence(body, nonce, parse_certificate(der).spki_sha256, None, opts)
+    assert ev.status == "UpToDate" and ev.reasons == (Reason.REPORT_DATA,)
+    assert ev.to_json()["collateral_source"] == "evidence"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from certmgr.attest.providers.base import TeeEvidence
 from certmgr.attest.providers.gate import QuoteGate
 from certmgr.attest.simulated import build_simulated_quote
 from certmgr.errors import QuoteProviderError, QuoteRateLimited
@@ -53,3 +54,25 @@ async def test_gate_serializes_and_rate_limits() -> None:
         gate2.quote(bytes(64)),
     )
     assert busy.calls == 8
+
+
+class _AuxProvider(_BusyProvider):
+    """Hands out auxiliary data with each quote (as configfs-tsm does on SEV-SNP)."""
+
+    def get_evidence(self, report_data: bytes) -> TeeEvidence:
+        return TeeEvidence(self.get_quote(report_data), b"aux:" + report_data[:1])
+
+
+async def test_evidence_is_serialized_and_rate_limited_too() -> None:
+    aux = _AuxProvider()
+    gate = QuoteGate(aux, rate=0.001, burst=3)
+    results = await asyncio.gather(
+        *(gate.evidence(bytes([i]) * 64) for i in range(4)), return_exceptions=True
+    )
+    ok = [r for r in results if isinstance(r, TeeEvidence)]
+    assert sorted(r.auxblob for r in ok) == [b"aux:\x00", b"aux:\x01", b"aux:\x02"]
+    assert sum(isinstance(r, QuoteRateLimited) for r in results) == 1
+    assert aux.calls == 3
+    # A provider without auxiliary data gives the quote alone.
+    plain = await QuoteGate(_BusyProvider()).evidence(b"\x07" * 64)
+    assert plain.auxblob == b"" and len(plain.quote) > 64
