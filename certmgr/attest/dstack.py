@@ -37,6 +37,7 @@ from typing import Any
 
 import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
+from certmgr.attest.der import expect, single
 from certmgr.errors import RaTlsError
 
 __all__ = [
@@ -119,20 +120,10 @@ def replay_rtmr(digests: Sequence[bytes]) -> bytes:
 
 def unwrap_octets(value: bytes) -> bytes:
     """The payload of a dstack extension: the DER OCTET STRING inside the extnValue."""
-    if len(value) < 2 or value[0] != 0x04:
-        raise RaTlsError("dstack extension: value is not a DER OCTET STRING")
-    first, pos = value[1], 2
-    if first & 0x80:
-        n = first & 0x7F
-        if n == 0 or n > 4 or len(value) < 2 + n:
-            raise RaTlsError("dstack extension: bad OCTET STRING length")
-        length = int.from_bytes(value[2 : 2 + n], "big")
-        pos += n
-    else:
-        length = first
-    if pos + length != len(value):
-        raise RaTlsError("dstack extension: OCTET STRING length does not match its value")
-    return value[pos:]
+    try:
+        return expect(single(value, "dstack extension"), 0x04, "dstack extension").value
+    except RaTlsError as e:
+        raise RaTlsError(f"dstack extension: value is not one DER OCTET STRING ({e})") from e
 
 
 # -- SCALE (parity-scale-codec) --------------------------------------------------------------

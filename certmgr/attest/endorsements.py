@@ -41,11 +41,9 @@ QE_ID_INFO as the PCS body (exactly its two members). Everything is checked for 
 before it is handed to dcap-qvl, which verifies the signatures over it against Intel's root;
 the content is thus as trustworthy as collateral fetched from a PCCS.
 
-SEV-SNP: no producer defines SNP endorsements in this extension. teeproxy's own choice is
-``0x1a7504([VERSION (uint32, 1), CERT_TABLE])`` under rats-tls's SNP evidence tag, where
-CERT_TABLE is the extended report's certificate table (GHCB #56421 section 4.1.8.1:
-VCEK/VLEK, ASK/ASVK, ARK; what configfs-tsm's ``auxblob`` holds), in the compact form
-:func:`certmgr.attest.sevsnp.build_cert_table` writes.
+SEV-SNP: no producer defines SNP endorsements in this extension, and rats-tls/librats
+refuse a certificate whose endorsements do not belong to SGX or TDX evidence; the SNP
+certificate table travels in the RFC 9999 CMW extension instead (:mod:`certmgr.attest.cmw`).
 """
 
 from __future__ import annotations
@@ -71,20 +69,17 @@ __all__ = [
     "MAX_ENDORSEMENTS_SIZE",
     "MAX_ENTRY_SIZE",
     "SNP_REPORT_TAG",
-    "SNP_VERSION",
     "Endorsements",
     "IntelCollateral",
     "compact_cert_table",
     "decode_endorsements",
     "encode_intel_endorsements",
-    "encode_snp_endorsements",
 ]
 
 ENDORSEMENTS_OID: Final = "2.23.133.5.4.2"
 INTEL_QUOTE_TAG: Final = 60000  # rats-tls dice.h OCBR_TAG_EVIDENCE_INTEL_TEE_QUOTE
 SNP_REPORT_TAG: Final = 0x1A7504  # rats-tls dice.h OCBR_TAG_EVIDENCE_SEV_SNP
 INTEL_VERSION: Final = 3
-SNP_VERSION: Final = 1
 
 MAX_ENDORSEMENTS_SIZE: Final = 96 * 1024
 """Largest extension value decoded. Real TDX collateral (tests/data/dcap-qvl) encodes to
@@ -191,18 +186,16 @@ def _str(v: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Endorsements:
-    """A decoded endorsements extension: ``tag`` names the evidence kind; exactly one of
-    ``intel`` (tag 60000) and ``snp_cert_table`` (tag 0x1a7504) is set."""
+    """A decoded endorsements extension (Intel quotes: tag 60000)."""
 
     tag: int
     version: int
-    intel: IntelCollateral | None = None
-    snp_cert_table: bytes = b""
+    intel: IntelCollateral
     created: str = ""  # CREATION_DATETIME when given (informative, unauthenticated)
 
     @property
     def kind(self) -> str:
-        return "intel" if self.tag == INTEL_QUOTE_TAG else "sev-snp"
+        return "intel"
 
 
 # -- CBOR, by hand where widths matter -----------------------------------------------------
@@ -266,15 +259,6 @@ def compact_cert_table(table: bytes) -> bytes:
     if not entries:
         raise EndorsementsError("SEV-SNP certificate table is empty")
     return build_cert_table(entries)
-
-
-def encode_snp_endorsements(cert_table: bytes) -> bytes:
-    """The ``2.23.133.5.4.2`` value for an SEV-SNP report: teeproxy's own format."""
-    table = compact_cert_table(cert_table)
-    value = _tagged_array(SNP_REPORT_TAG, [_uint32(SNP_VERSION), _bstr(table)])
-    if len(value) > MAX_ENDORSEMENTS_SIZE:
-        raise EndorsementsError(f"certificate table too large ({len(value)} bytes)")
-    return value
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -421,23 +405,16 @@ def decode_endorsements(value: bytes) -> Endorsements:
         top = cbor2.loads(value, max_depth=4, allow_duplicate_keys=False)
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
         raise EndorsementsError(f"endorsements: malformed CBOR: {e}") from e
-    if not isinstance(top, cbor2.CBORTag) or top.tag not in (INTEL_QUOTE_TAG, SNP_REPORT_TAG):
+    if isinstance(top, cbor2.CBORTag) and top.tag == SNP_REPORT_TAG:
         raise EndorsementsError(
-            f"endorsements: not CBOR tag {INTEL_QUOTE_TAG} (Intel quote) or "
-            f"{SNP_REPORT_TAG:#x} (SEV-SNP report)"
+            "endorsements: none are defined for SEV-SNP evidence (teeproxy carries the "
+            "certificate table in the id-pe-cmw extension, RFC 9999)"
         )
+    if not isinstance(top, cbor2.CBORTag) or top.tag != INTEL_QUOTE_TAG:
+        raise EndorsementsError(f"endorsements: not CBOR tag {INTEL_QUOTE_TAG} (Intel quote)")
     items = top.value
     if not isinstance(items, list | tuple):
         raise EndorsementsError("endorsements: the tag must wrap an array")
-    if top.tag == SNP_REPORT_TAG:
-        if len(items) != 2 or not isinstance(items[1], bytes):
-            raise EndorsementsError("endorsements: SEV-SNP must be [VERSION, bstr cert table]")
-        version = _version(items[0])
-        if version != SNP_VERSION:
-            raise EndorsementsError(f"endorsements: SEV-SNP version {version} is not 1")
-        table = items[1]
-        compact_cert_table(table)  # shape check only; the verifier reads the certificates
-        return Endorsements(SNP_REPORT_TAG, version, snp_cert_table=table)
     if len(items) not in (8, 9):
         raise EndorsementsError(f"endorsements: {len(items)} entries, expected 8 or 9")
     version = _version(items[0])

@@ -52,7 +52,8 @@ import datetime as dt
 import hashlib
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import cbor2
@@ -65,6 +66,8 @@ from cryptography.x509.oid import NameOID
 from certmgr.attest import claims as claims_codec
 from certmgr.attest import dstack
 from certmgr.attest.claims import HASH_ALGS, Claims, parse_claims
+from certmgr.attest.cmw import CMW_OID
+from certmgr.attest.der import TLV, children, decode_oid, expect, read_tlv
 from certmgr.attest.endorsements import ENDORSEMENTS_OID, INTEL_QUOTE_TAG, SNP_REPORT_TAG
 from certmgr.attest.quote import is_snp_report
 from certmgr.errors import RaTlsError
@@ -81,7 +84,6 @@ __all__ = [
     "RATLS_OID",
     "RaTlsCert",
     "build_certificate",
-    "certificate_extension",
     "claims_report_data",
     "encode_claims",
     "encode_extension",
@@ -151,6 +153,11 @@ class RaTlsCert:
     dstack: dstack.DstackAttestation | None = None
     dstack_app_id: bytes | None = None  # extension .1.3 (not covered by the quote)
     dstack_usage: str | None = None  # extension .1.4
+    # Every extension as (critical, extnValue), by dotted OID (Gramine's mis-encoded legacy
+    # one under its intended OID), for the ones this module does not interpret.
+    extensions: Mapping[str, tuple[bool, bytes]] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
 
     @property
     def spki_sha256(self) -> bytes:
@@ -226,10 +233,10 @@ def legacy_key_hashes(spki_der: bytes) -> dict[str, bytes]:
     except (ValueError, UnsupportedAlgorithm):
         pass
     try:
-        parts = _children(_read_tlv(spki_der, 0)[0].value)
-        alg = _children(_expect(parts[0], 0x30, "algorithm").value)
-        if _oid(_expect(alg[0], 0x06, "algorithm").value) == _RSA_ENCRYPTION:
-            bits = _expect(parts[1], 0x03, "subjectPublicKey").value
+        parts = children(read_tlv(spki_der, 0)[0].value)
+        alg = children(expect(parts[0], 0x30, "algorithm").value)
+        if decode_oid(expect(alg[0], 0x06, "algorithm").value) == _RSA_ENCRYPTION:
+            bits = expect(parts[1], 0x03, "subjectPublicKey").value
             if bits[:1] == b"\x00":
                 out["pkcs1-sha256"] = hashlib.sha256(bits[1:]).digest()
     except (RaTlsError, IndexError):
@@ -293,10 +300,12 @@ def build_certificate(
     not_before: dt.datetime,
     not_after: dt.datetime,
     endorsements: bytes | None = None,
+    cmw: bytes | None = None,
 ) -> x509.Certificate:
     """A self-signed RA-TLS certificate (ECDSA P-256, SHA-256) carrying quote and claims,
     and the ``2.23.133.5.4.2`` endorsements value when given
-    (:mod:`certmgr.attest.endorsements`)."""
+    (:mod:`certmgr.attest.endorsements`), and the id-pe-cmw value (RFC 9999,
+    :mod:`certmgr.attest.cmw`) when given."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name[:64])])
     builder = (
         x509.CertificateBuilder()
@@ -320,79 +329,14 @@ def build_certificate(
             x509.UnrecognizedExtension(x509.ObjectIdentifier(ENDORSEMENTS_OID), endorsements),
             critical=False,
         )
+    if cmw is not None:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(CMW_OID), cmw), critical=False
+        )
     return builder.sign(key, hashes.SHA256())
 
 
-# -- a bounded DER reader (X.690) ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _TLV:
-    tag: int
-    value: bytes
-    raw: bytes  # the whole encoding, header included
-
-
-def _read_tlv(buf: bytes, pos: int) -> tuple[_TLV, int]:
-    if pos + 2 > len(buf):
-        raise RaTlsError("DER: truncated header")
-    tag = buf[pos]
-    if tag & 0x1F == 0x1F:
-        raise RaTlsError("DER: multi-byte tags are not used in certificates")
-    first = buf[pos + 1]
-    hdr = 2
-    if first < 0x80:
-        length = first
-    elif first == 0x80:
-        raise RaTlsError("DER: indefinite length")
-    else:
-        n = first & 0x7F
-        if n > 4 or pos + 2 + n > len(buf):
-            raise RaTlsError("DER: bad length")
-        # Non-minimal long-form lengths (BER) are tolerated: some RA-TLS libraries emit them.
-        length = int.from_bytes(buf[pos + 2 : pos + 2 + n], "big")
-        hdr += n
-    end = pos + hdr + length
-    if end > len(buf):
-        raise RaTlsError("DER: value runs past its container")
-    return _TLV(tag, buf[pos + hdr : end], buf[pos:end]), end
-
-
-def _children(value: bytes) -> list[_TLV]:
-    out: list[_TLV] = []
-    pos = 0
-    while pos < len(value):
-        tlv, pos = _read_tlv(value, pos)
-        out.append(tlv)
-        if len(out) > 256:
-            raise RaTlsError("DER: too many elements")
-    return out
-
-
-def _expect(tlv: _TLV, tag: int, what: str) -> _TLV:
-    if tlv.tag != tag:
-        raise RaTlsError(f"DER: {what}: expected tag {tag:#x}, got {tlv.tag:#x}")
-    return tlv
-
-
-def _oid(value: bytes) -> str:
-    if not value or value[-1] & 0x80:
-        raise RaTlsError("DER: malformed OBJECT IDENTIFIER")
-    arcs: list[int] = []
-    n = 0
-    for b in value:
-        n = (n << 7) | (b & 0x7F)
-        if n.bit_length() > 64:
-            raise RaTlsError("DER: OBJECT IDENTIFIER arc too large")
-        if not b & 0x80:
-            arcs.append(n)
-            n = 0
-    first = arcs[0]
-    head = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
-    return ".".join(str(a) for a in head + arcs[1:])
-
-
-def _time(tlv: _TLV) -> dt.datetime:
+def _time(tlv: TLV) -> dt.datetime:
     try:
         s = tlv.value.decode("ascii")
         if tlv.tag == 0x17:  # UTCTime YYMMDDHHMMSSZ (RFC 5280 4.1.2.5.1)
@@ -438,58 +382,61 @@ def parse_certificate(data: bytes) -> RaTlsCert:
     if len(data) > MAX_CERT_SIZE:
         raise RaTlsError(f"certificate too large ({len(data)} bytes)")
     der = _pem_to_der(data) if data.lstrip().startswith(b"-----BEGIN") else bytes(data)
-    cert_tlv, end = _read_tlv(der, 0)
-    _expect(cert_tlv, 0x30, "Certificate")
+    cert_tlv, end = read_tlv(der, 0)
+    expect(cert_tlv, 0x30, "Certificate")
     if der[end:].strip(b"\x00"):
         raise RaTlsError("trailing data after the certificate")
-    parts = _children(cert_tlv.value)
+    parts = children(cert_tlv.value)
     if len(parts) != 3:
         raise RaTlsError("Certificate must have tbsCertificate, algorithm and signature")
-    tbs = _expect(parts[0], 0x30, "tbsCertificate")
-    alg = _children(_expect(parts[1], 0x30, "signatureAlgorithm").value)
+    tbs = expect(parts[0], 0x30, "tbsCertificate")
+    alg = children(expect(parts[1], 0x30, "signatureAlgorithm").value)
     if not alg:
         raise RaTlsError("empty signatureAlgorithm")
-    alg_oid = _oid(_expect(alg[0], 0x06, "algorithm").value)
-    sig = _expect(parts[2], 0x03, "signatureValue").value
+    alg_oid = decode_oid(expect(alg[0], 0x06, "algorithm").value)
+    sig = expect(parts[2], 0x03, "signatureValue").value
 
-    fields = _children(tbs.value)
+    fields = children(tbs.value)
     i = 0
     if fields and fields[0].tag == 0xA0:  # [0] EXPLICIT version
         i = 1
     if len(fields) < i + 6:
         raise RaTlsError("tbsCertificate too short")
-    validity = _children(_expect(fields[i + 3], 0x30, "validity").value)
+    validity = children(expect(fields[i + 3], 0x30, "validity").value)
     if len(validity) != 2:
         raise RaTlsError("validity must hold notBefore and notAfter")
     not_before, not_after = _time(validity[0]), _time(validity[1])
-    spki = _expect(fields[i + 5], 0x30, "subjectPublicKeyInfo").raw
-    ext_list: list[_TLV] = []
+    spki = expect(fields[i + 5], 0x30, "subjectPublicKeyInfo").raw
+    ext_list: list[TLV] = []
     for f in fields[i + 6 :]:
         if f.tag == 0xA3:
-            inner = _children(f.value)
+            inner = children(f.value)
             if len(inner) != 1:
                 raise RaTlsError("[3] extensions must wrap one SEQUENCE")
-            ext_list = _children(_expect(inner[0], 0x30, "extensions").value)
+            ext_list = children(expect(inner[0], 0x30, "extensions").value)
     found: dict[str, bytes] = {}
+    extensions: dict[str, tuple[bool, bytes]] = {}
     for ext in ext_list:
-        items = _children(_expect(ext, 0x30, "Extension").value)
+        items = children(expect(ext, 0x30, "Extension").value)
         if len(items) not in (2, 3):
             raise RaTlsError("Extension must be (oid, [critical], value)")
-        oid_raw = _expect(items[0], 0x06, "extnID").value
-        oid = LEGACY_QUOTE_OID if oid_raw == _GRAMINE_MISENCODED else _oid(oid_raw)
+        oid_raw = expect(items[0], 0x06, "extnID").value
+        oid = LEGACY_QUOTE_OID if oid_raw == _GRAMINE_MISENCODED else decode_oid(oid_raw)
         if oid in found:
             # RFC 5280 4.2: "A certificate MUST NOT include more than one instance of a
             # particular extension." Two quotes would let a verifier and a peer disagree.
             raise RaTlsError(f"duplicate extension {oid}")
         critical = False
         if len(items) == 3:
-            crit = _expect(items[1], 0x01, "critical")
+            crit = expect(items[1], 0x01, "critical")
             critical = crit.value not in (b"", b"\x00")
-        value = _expect(items[-1], 0x04, "extnValue").value
+        value = expect(items[-1], 0x04, "extnValue").value
         if oid == RATLS_OID and critical:
             raise RaTlsError(f"extension {RATLS_OID} must not be critical")
         found[oid] = value
+        extensions[oid] = (critical, value)
     base: dict[str, Any] = {
+        "extensions": MappingProxyType(extensions),
         "der": cert_tlv.raw,
         "spki_der": spki,
         "not_before": not_before,
@@ -557,39 +504,6 @@ def _dstack_cert(base: dict[str, Any], found: Mapping[str, bytes]) -> RaTlsCert:
         dstack_app_id=payload.get(dstack.APP_ID_OID),
         dstack_usage=usage_text,
     )
-
-
-def certificate_extension(der: bytes, oid: str) -> tuple[bool, bytes] | None:
-    """(critical, value) of extension ``oid`` in a DER certificate that
-    :func:`parse_certificate` accepted (which refuses duplicates), or None when absent.
-
-    A walk of its own beside :func:`parse_certificate`, for the extensions that function
-    does not interpret (the endorsements, ``2.23.133.5.4.2``).
-    """
-    if len(der) > MAX_CERT_SIZE:
-        raise RaTlsError(f"certificate too large ({len(der)} bytes)")
-    cert_tlv, _ = _read_tlv(der, 0)
-    parts = _children(_expect(cert_tlv, 0x30, "Certificate").value)
-    if not parts:
-        raise RaTlsError("empty Certificate")
-    for f in _children(_expect(parts[0], 0x30, "tbsCertificate").value):
-        if f.tag != 0xA3:
-            continue
-        inner = _children(f.value)
-        if len(inner) != 1:
-            raise RaTlsError("[3] extensions must wrap one SEQUENCE")
-        for ext in _children(_expect(inner[0], 0x30, "extensions").value):
-            items = _children(_expect(ext, 0x30, "Extension").value)
-            if len(items) not in (2, 3):
-                raise RaTlsError("Extension must be (oid, [critical], value)")
-            if _oid(_expect(items[0], 0x06, "extnID").value) != oid:
-                continue
-            critical = len(items) == 3 and _expect(items[1], 0x01, "critical").value not in (
-                b"",
-                b"\x00",
-            )
-            return critical, _expect(items[-1], 0x04, "extnValue").value
-    return None
 
 
 def _pem_to_der(data: bytes) -> bytes:

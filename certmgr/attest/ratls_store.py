@@ -33,18 +33,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from certmgr.attest.cmw import CMW_OID, TsmReport
+from certmgr.attest.cmw import decode_extension as decode_cmw
+from certmgr.attest.cmw import encode_extension as encode_cmw
 from certmgr.attest.endorsements import (
     ENDORSEMENTS_OID,
     IntelCollateral,
+    compact_cert_table,
     decode_endorsements,
     encode_intel_endorsements,
-    encode_snp_endorsements,
 )
 from certmgr.attest.providers.base import QuoteProvider, TeeEvidence, get_evidence
 from certmgr.attest.quote import is_snp_report, parse_evidence
 from certmgr.attest.ratls import (
+    RaTlsCert,
     build_certificate,
-    certificate_extension,
     encode_claims,
     parse_certificate,
     report_data_for_claims,
@@ -107,8 +110,8 @@ class RaTlsMaterial:
     # Intel quote without endorsements is then replaced when prepared again (and one with
     # them when none is configured any more).
     intel_collateral: bool = False
-    # Whether an SEV-SNP report's certificate table goes into the certificate (rats-tls and
-    # librats verifiers refuse a certificate with endorsements for SNP evidence: off for them).
+    # Whether an SEV-SNP report's certificate table goes into the certificate (in the TSM
+    # report of its id-pe-cmw extension, RFC 9999).
     snp_endorsements: bool = True
 
 
@@ -137,11 +140,9 @@ def _matches(cert: x509.Certificate, m: RaTlsMaterial) -> bool:
     claims = parsed.claims
     if claims is None:  # another format: not ours
         return False
-    if _wants_intel_collateral(parsed.quote) and m.intel_collateral != _has_endorsements(
-        parsed.der
-    ):
+    if _wants_intel_collateral(parsed.quote) and m.intel_collateral != _has_endorsements(parsed):
         return False
-    if is_snp_report(parsed.quote) and m.snp_endorsements != _has_endorsements(parsed.der):
+    if is_snp_report(parsed.quote) and m.snp_endorsements != _has_cert_table(parsed):
         return False
     return bool(
         claims.get("hostname") == m.server_name
@@ -160,9 +161,15 @@ def _wants_intel_collateral(quote: bytes) -> bool:
         return False
 
 
-def _has_endorsements(der: bytes) -> bool:
+def _has_endorsements(cert: RaTlsCert) -> bool:
+    return ENDORSEMENTS_OID in cert.extensions
+
+
+def _has_cert_table(cert: RaTlsCert) -> bool:
+    """Whether the certificate's CMW carries an SEV-SNP certificate table."""
+    found = cert.extensions.get(CMW_OID)
     try:
-        return certificate_extension(der, ENDORSEMENTS_OID) is not None
+        return found is not None and bool(decode_cmw(found[1]).auxblob)
     except RaTlsError:
         return False
 
@@ -172,12 +179,10 @@ def _collateral_next_update(der: bytes) -> dt.datetime | None:
     """The earliest nextUpdate of the Intel collateral a certificate carries (None: none,
     or unreadable, or already past when the certificate was issued)."""
     try:
-        found = certificate_extension(der, ENDORSEMENTS_OID)
+        found = parse_certificate(der).extensions.get(ENDORSEMENTS_OID)
         if found is None:
             return None
         intel = decode_endorsements(found[1]).intel
-        if intel is None:
-            return None
         due = intel.next_update()
         issued = x509.load_der_x509_certificate(der).not_valid_before_utc
     except (CertmgrError, ValueError) as e:
@@ -241,7 +246,8 @@ def prepare_ratls(
     claims = encode_claims(spki_der, extra)
     evidence = get_evidence(provider, report_data_for_claims(claims))
     quote = evidence.quote
-    endorsements = _endorsements(evidence, collateral, now, snp=material.snp_endorsements)
+    endorsements = _endorsements(evidence, collateral, now)
+    cmw = _cmw(evidence, with_table=material.snp_endorsements)
     new = build_certificate(
         key,
         material.server_name,
@@ -250,6 +256,7 @@ def prepare_ratls(
         not_before=not_before,
         not_after=not_after,
         endorsements=endorsements,
+        cmw=cmw,
     )
     # Key first: a crash between the two writes leaves a key without its certificate (the
     # old certificate no longer matches it and fails to load), never a certificate whose
@@ -268,22 +275,30 @@ def prepare_ratls(
     return True
 
 
+def _cmw(evidence: TeeEvidence, *, with_table: bool) -> bytes | None:
+    """For an SEV-SNP report, the id-pe-cmw extension (RFC 9999, :mod:`certmgr.attest.cmw`):
+    the TSM report with the certificate table configfs-tsm gave (unless configured off)."""
+    if not is_snp_report(evidence.quote):
+        return None
+    table = b""
+    if not with_table:
+        _once("snp-off", "SEV-SNP: certificate table not put in the certificate (config)")
+    elif not evidence.auxblob:
+        _once("snp-none", "SEV-SNP: no certificate table from the TEE: none in the certificate")
+    else:
+        try:
+            table = compact_cert_table(evidence.auxblob)
+        except CertmgrError as e:
+            log.warning("SEV-SNP certificate table unusable, not in the certificate: %s", e)
+    return encode_cmw(TsmReport("sev_guest", evidence.quote, table))
+
+
 def _endorsements(
-    evidence: TeeEvidence, collateral: CollateralSource | None, now: dt.datetime, *, snp: bool
+    evidence: TeeEvidence, collateral: CollateralSource | None, now: dt.datetime
 ) -> bytes | None:
     """The endorsements value for this evidence, or None (logged) when there is none."""
     if is_snp_report(evidence.quote):
-        if not snp:
-            _once("snp-off", "SEV-SNP: certificate table not put in the certificate (config)")
-            return None
-        if not evidence.auxblob:
-            _once("snp-none", "SEV-SNP: no certificate table from the TEE: no endorsements")
-            return None
-        try:
-            return encode_snp_endorsements(evidence.auxblob)
-        except CertmgrError as e:
-            log.warning("SEV-SNP certificate table unusable, no endorsements: %s", e)
-            return None
+        return None  # SEV-SNP: the certificate table travels in the CMW (:func:`_cmw`)
     if not _wants_intel_collateral(evidence.quote):
         return None
     if collateral is None:

@@ -63,6 +63,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from certmgr.attest import dstack as dstack_format
 from certmgr.attest.claims import Claims
+from certmgr.attest.cmw import CMW_OID
+from certmgr.attest.cmw import decode_extension as decode_cmw
 from certmgr.attest.endorsements import ENDORSEMENTS_OID, decode_endorsements
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
@@ -71,7 +73,6 @@ from certmgr.attest.quote import is_snp_report
 from certmgr.attest.quote import parse_evidence as parse_quote_bytes
 from certmgr.attest.ratls import (
     RaTlsCert,
-    certificate_extension,
     claims_report_data,
     legacy_binding,
     parse_certificate,
@@ -647,40 +648,55 @@ def _snp_collateral(table: bytes, report: bytes) -> SnpCollateral:
 
 
 def certificate_collateral(cert: RaTlsCert) -> CarriedCollateral:
-    """The collateral in the certificate's endorsements extension ``2.23.133.5.4.2``:
-    dcap-qvl collateral for an Intel quote, an :class:`SnpCollateral` for an SEV-SNP
-    report. Never raises: a malformed, critical or mismatched extension is a failure."""
+    """The collateral a certificate carries: for an Intel quote the endorsements extension
+    ``2.23.133.5.4.2`` (dcap-qvl collateral), for an SEV-SNP report the certificate table in
+    the TSM report of its id-pe-cmw extension (RFC 9999; an :class:`SnpCollateral`). Never
+    raises: a malformed, critical or mismatched extension is a failure (an id-pe-cmw report
+    other than the certificate's evidence is ``extra-quote``)."""
 
-    def fail(message: str) -> CarriedCollateral:
-        return CarriedCollateral(failures=(Failure(Reason.ENDORSEMENTS, message),))
+    def fail(message: str, reason: Reason = Reason.ENDORSEMENTS) -> CarriedCollateral:
+        return CarriedCollateral(failures=(Failure(reason, message),))
 
-    try:
-        found = certificate_extension(cert.der, ENDORSEMENTS_OID)
-    except RaTlsError as e:
-        return fail(f"certificate extensions unreadable: {e}")
+    snp = is_snp_report(cert.quote)
+    found = cert.extensions.get(ENDORSEMENTS_OID)
+    if found is not None and found[0]:
+        return fail(f"extension {ENDORSEMENTS_OID} must not be critical")
+    cmw_found = cert.extensions.get(CMW_OID)
+    if cmw_found is not None and cmw_found[0]:
+        return fail(f"extension {CMW_OID} must not be critical")
+    tsm = None
+    if cmw_found is not None:
+        try:
+            tsm = decode_cmw(cmw_found[1])
+        except RaTlsError as err:
+            return fail(str(err))
+        if not hmac.compare_digest(tsm.outblob, cert.quote):
+            return fail(
+                f"the {CMW_OID} (CMW) extension carries another report than the evidence",
+                Reason.EXTRA_QUOTE,
+            )
+    if snp:
+        if found is not None:
+            return fail("endorsements (2.23.133.5.4.2) are not defined for SEV-SNP evidence")
+        if tsm is None or not tsm.auxblob:
+            return CarriedCollateral()
+        try:
+            collateral = _snp_collateral(tsm.auxblob, cert.quote)
+        except VerifyError as err:
+            return fail(f"CMW certificate table unusable: {err}")
+        return CarriedCollateral(collateral, (), {"kind": "sev-snp", "carrier": "cmw"})
     if found is None:
         return CarriedCollateral()
-    critical, value = found
-    if critical:
-        return fail(f"extension {ENDORSEMENTS_OID} must not be critical")
     try:
-        endo = decode_endorsements(value)
+        endo = decode_endorsements(found[1])
     except RaTlsError as err:
         return fail(str(err))
-    snp = is_snp_report(cert.quote)
-    if snp != (endo.kind == "sev-snp"):
-        return fail(
-            f"endorsements are for {endo.kind} evidence, the quote is "
-            f"{'an SEV-SNP report' if snp else 'not an SEV-SNP report'}"
-        )
     details: dict[str, Any] = {"kind": endo.kind, "version": endo.version}
     if endo.created:
         details["created"] = endo.created
     try:
-        if endo.intel is not None:
-            details["next_update"] = endo.intel.next_update().isoformat()
-            return CarriedCollateral(endo.intel.to_dcap(), (), details)
-        return CarriedCollateral(_snp_collateral(endo.snp_cert_table, cert.quote), (), details)
+        details["next_update"] = endo.intel.next_update().isoformat()
+        return CarriedCollateral(endo.intel.to_dcap(), (), details)
     except (ValueError, TypeError) as err:  # VerifyError, EndorsementsError, dcap-qvl's
         return fail(f"endorsements unusable: {err}")
 

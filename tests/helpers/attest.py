@@ -75,13 +75,14 @@ def make_ratls(
     lifetime: dt.timedelta = dt.timedelta(hours=24),
     not_before: dt.datetime | None = None,
     endorsements: bytes | None = None,
+    cmw: bytes | None = None,
 ) -> tuple[bytes, ec.EllipticCurvePrivateKey]:
     """A DER RA-TLS certificate with a simulated quote; every argument injects one fault.
 
     ``extra``: teeproxy claims, encoded as teeproxy does; ``raw_extra``: claims put into the
     map as given (for values teeproxy's encoder would refuse to write); ``quote``: a real
     quote or report instead (its report_data then binds nothing of ours); ``endorsements``:
-    the ``2.23.133.5.4.2`` value."""
+    the ``2.23.133.5.4.2`` value; ``cmw``: the id-pe-cmw value (RFC 9999)."""
     key = key or ec.generate_private_key(ec.SECP256R1())
     claims = encode_claims(claims_spki if claims_spki is not None else spki(key), extra)
     if raw_extra:
@@ -97,6 +98,7 @@ def make_ratls(
         not_before=nb,
         not_after=nb + lifetime,
         endorsements=endorsements,
+        cmw=cmw,
     )
     return cert.public_bytes(serialization.Encoding.DER), key
 

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from certmgr.attest.cmw import TsmReport
+from certmgr.attest.cmw import encode_extension as encode_cmw
 from certmgr.attest.sevsnp import (
     ARK_GUID,
     ASK_GUID,
@@ -110,6 +112,12 @@ def dstack_cert_table(*, pad_to: int = 0) -> bytes:
         certs("ask_ark_milan.pem")[1],
         pad_to=pad_to,
     )
+
+
+def snp_cmw(report: bytes, table: bytes = b"") -> bytes:
+    """The id-pe-cmw value teeproxy puts in an SEV-SNP certificate (RFC 9999 CMW record of a
+    TSM report: the report and, when given, its certificate table)."""
+    return encode_cmw(TsmReport("sev_guest", report, table))
 
 
 def edit(raw: bytes, offset: int, value: bytes) -> bytes:

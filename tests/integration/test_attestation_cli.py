@@ -11,14 +11,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import cbor2
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from certmgr.attest.endorsements import (
+    SNP_REPORT_TAG,
     IntelCollateral,
     encode_intel_endorsements,
-    encode_snp_endorsements,
 )
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import measurement_id
@@ -33,7 +34,7 @@ from tests.helpers.attest import (
     make_ratls,
     vector,
 )
-from tests.helpers.snp import T_DSTACK, dstack_cert_table, dstack_report
+from tests.helpers.snp import T_DSTACK, dstack_cert_table, dstack_report, snp_cmw
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
@@ -221,9 +222,10 @@ def test_verify_cert_uses_the_embedded_snp_cert_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = int(T_DSTACK.timestamp())
-    value = encode_snp_endorsements(dstack_cert_table())
     der, _ = make_ratls(
-        quote=dstack_report(), not_before=at(now) - dt.timedelta(minutes=5), endorsements=value
+        quote=dstack_report(),
+        not_before=at(now) - dt.timedelta(minutes=5),
+        cmw=snp_cmw(dstack_report(), dstack_cert_table()),
     )
     cert = _pem(der, tmp_path / "snp.pem")
     args = ["verify-cert", cert, "--at", str(now), "--any-measurement", "--json"]
@@ -248,7 +250,7 @@ def test_verify_cert_refuses_malformed_endorsements(
     trust = ["--trust-dev-key", str(key), "--any-measurement", "--json"]
     # A teeproxy-built certificate (simulated quote) with well-formed endorsements parses
     # and verifies (a simulated quote needs no collateral).
-    good = encode_snp_endorsements(dstack_cert_table())
+    snp_kind = cbor2.dumps(cbor2.CBORTag(SNP_REPORT_TAG, [1, dstack_cert_table()]))
     der, _ = make_ratls(
         endorsements=encode_intel_endorsements(
             IntelCollateral.from_json(collateral_text("tdx_quote"))
@@ -258,7 +260,7 @@ def test_verify_cert_refuses_malformed_endorsements(
     assert rc == 0 and doc["trusted"] and doc["endorsements"]["kind"] == "intel"
     # Over the endorsements cap, inside the certificate cap (a DER file: as PEM the whole
     # certificate would already exceed 128 KiB).
-    for name, value in (("junk", b"\x00\x01"), ("kind", good), ("big", b"\x5a" * 100_000)):
+    for name, value in (("junk", b"\x00\x01"), ("kind", snp_kind), ("big", b"\x5a" * 100_000)):
         der, _ = make_ratls(endorsements=value)
         (tmp_path / f"{name}.der").write_bytes(der)
         rc, doc = _run(capsys, "verify-cert", str(tmp_path / f"{name}.der"), *trust)

@@ -31,8 +31,10 @@ from typing import Any
 
 import pytest
 
-from certmgr.attest.endorsements import ENDORSEMENTS_OID, SNP_REPORT_TAG, decode_endorsements
-from certmgr.attest.ratls import certificate_extension, parse_certificate, report_data_for_claims
+from certmgr.attest.cmw import CMW_OID, TsmReport
+from certmgr.attest.cmw import decode_extension as decode_cmw
+from certmgr.attest.endorsements import ENDORSEMENTS_OID
+from certmgr.attest.ratls import parse_certificate, report_data_for_claims
 from certmgr.attest.snp_verify import SnpPolicy
 from certmgr.attest.verify import Reason, VerifyOptions, verify_evidence
 from tests.helpers.serve import REPO, Launch, Process
@@ -120,7 +122,7 @@ async def test_snp_certificate_and_evidence_carry_the_cert_table(
     assert rc == 1, err
     assert doc["tee"] == "sev-snp" and doc["status"] == "UpToDate"
     assert doc["collateral_source"] == "certificate"
-    assert doc["endorsements"] == {"kind": "sev-snp", "version": 1}
+    assert doc["endorsements"] == {"kind": "sev-snp", "carrier": "cmw"}
     assert [f["reason"] for f in doc["failures"]] == ["report-data"]
     assert doc["binding"] is False and doc["trusted"] is False
     assert doc["sev_snp"]["product"] == "Milan"
@@ -130,10 +132,10 @@ async def test_snp_certificate_and_evidence_carry_the_cert_table(
     der, body = await asyncio.to_thread(_certificate_and_evidence, port, nonce)
     cert = parse_certificate(der)
     assert cert.quote == report
-    found = certificate_extension(der, ENDORSEMENTS_OID)
-    assert found is not None and found[0] is False
-    e = decode_endorsements(found[1])
-    assert e.tag == SNP_REPORT_TAG and e.snp_cert_table == table
+    assert ENDORSEMENTS_OID not in cert.extensions  # none are defined for SEV-SNP
+    critical, value = cert.extensions[CMW_OID]
+    carried = decode_cmw(value)
+    assert critical is False and carried == TsmReport("sev_guest", report, table)
 
     ev_doc = json.loads(body)
     assert ev_doc["tee"] == "sev-snp" and ev_doc["endorsements"]["format"] == "sev-snp-cert-table"

@@ -12,10 +12,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from certmgr.attest.cmw import CMW_OID
 from certmgr.attest.endorsements import (
     ENDORSEMENTS_OID,
     SNP_REPORT_TAG,
-    encode_snp_endorsements,
 )
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.ratls import (
@@ -24,7 +24,6 @@ from certmgr.attest.ratls import (
     MAX_CERT_SIZE,
     MAX_EXTENSION_SIZE,
     RATLS_OID,
-    certificate_extension,
     evidence_tag,
     expected_report_data,
     parse_certificate,
@@ -45,7 +44,7 @@ from tests.helpers.attest import (
     tbs_with_extensions,
     vector,
 )
-from tests.helpers.snp import gosev_cert_table, gosev_report
+from tests.helpers.snp import gosev_cert_table, gosev_report, snp_cmw
 
 
 def test_built_certificate_is_interoperable_format() -> None:
@@ -378,19 +377,18 @@ def test_a_tag_that_does_not_match_the_evidence_is_refused() -> None:
         parse_extension(cbor2.dumps(cbor2.CBORTag(SNP_REPORT_TAG + 1, [report, claims])))
 
 
-def test_endorsements_extension_is_carried_not_critical() -> None:
-    value = encode_snp_endorsements(gosev_cert_table())
-    cert_der, _ = make_ratls(endorsements=value)
-    ext = x509.load_der_x509_certificate(cert_der).extensions.get_extension_for_oid(
-        x509.ObjectIdentifier(ENDORSEMENTS_OID)
-    )
-    assert ext.critical is False and ext.value.value == value  # type: ignore[attr-defined]
-    assert certificate_extension(cert_der, ENDORSEMENTS_OID) == (False, value)
-    assert certificate_extension(cert_der, "1.2.3.4") is None
-    assert certificate_extension(make_ratls()[0], ENDORSEMENTS_OID) is None
+def test_endorsements_and_cmw_extensions_are_carried_not_critical() -> None:
+    endorsements, cmw_value = b"\xd9\xea\x60\x80", snp_cmw(gosev_report(), gosev_cert_table())
+    cert_der, _ = make_ratls(endorsements=endorsements, cmw=cmw_value)
+    exts = x509.load_der_x509_certificate(cert_der).extensions
+    for oid, value in ((ENDORSEMENTS_OID, endorsements), (CMW_OID, cmw_value)):
+        ext = exts.get_extension_for_oid(x509.ObjectIdentifier(oid))
+        assert ext.critical is False and ext.value.value == value  # type: ignore[attr-defined]
+        assert parse_certificate(cert_der).extensions[oid] == (False, value)
+    assert ENDORSEMENTS_OID not in parse_certificate(make_ratls()[0]).extensions
 
 
-def test_certificate_extension_reads_criticality_and_refuses_junk() -> None:
+def test_every_extension_is_kept_with_its_criticality() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     cert = sign_tbs(
         tbs_with_extensions(
@@ -398,8 +396,8 @@ def test_certificate_extension_reads_criticality_and_refuses_junk() -> None:
         ),
         key,
     )
-    assert certificate_extension(cert, ENDORSEMENTS_OID) == (True, b"x")
-    with pytest.raises(RaTlsError, match="DER"):
-        certificate_extension(b"\x30\x05\x30", ENDORSEMENTS_OID)
+    parsed = parse_certificate(cert)
+    assert parsed.extensions[ENDORSEMENTS_OID] == (True, b"x")
+    assert parsed.extensions[RATLS_OID][0] is False
     with pytest.raises(RaTlsError, match="too large"):
-        certificate_extension(b"\x30" * (MAX_CERT_SIZE + 1), ENDORSEMENTS_OID)
+        parse_certificate(b"\x30" * (MAX_CERT_SIZE + 1))

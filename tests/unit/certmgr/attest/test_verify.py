@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from certmgr.attest.collateral import load_collateral
 from certmgr.attest.endorsements import (
     ENDORSEMENTS_OID,
+    SNP_REPORT_TAG,
     IntelCollateral,
     encode_intel_endorsements,
-    encode_snp_endorsements,
 )
 from certmgr.attest.evidence import build_evidence, encode_evidence_claims
 from certmgr.attest.intel import parse_quote
@@ -80,6 +80,7 @@ from tests.helpers.snp import (
     gosev_cert_table,
     gosev_collateral,
     gosev_report,
+    snp_cmw,
     with_policy,
 )
 
@@ -837,15 +838,17 @@ def test_malformed_endorsements_are_a_failure_whichever_collateral_is_used() -> 
 
 
 def test_endorsements_of_the_wrong_kind_or_critical_are_refused() -> None:
-    snp_in_tdx = _real_cert(vector("tdx_quote"), T_TDX, encode_snp_endorsements(gosev_cert_table()))
+    snp_value = cbor2.dumps(cbor2.CBORTag(SNP_REPORT_TAG, [1, gosev_cert_table()]))
+    snp_in_tdx = _real_cert(vector("tdx_quote"), T_TDX, snp_value)
     v = verify_certificate(snp_in_tdx, None, ANY, now=T_TDX)
     assert Reason.ENDORSEMENTS in v.reasons
-    assert "endorsements are for sev-snp evidence" in str(v.failures)
+    assert "none are defined for SEV-SNP" in str(v.failures)
     intel_in_snp = _real_cert(
         dstack_report(), int(T_DSTACK.timestamp()), _intel_endorsements("tdx_quote")
     )
     v = verify_certificate(intel_in_snp, None, INSPECT, now=T_DSTACK.timestamp())
     assert Reason.ENDORSEMENTS in v.reasons and Reason.UNVERIFIED_TEE in v.reasons
+    assert "not defined for SEV-SNP evidence" in str(v.failures)
 
     key = ec.generate_private_key(ec.SECP256R1())
     claims = cbor2.dumps({"pubkey-hash": cbor2.dumps([1, hashlib.sha256(spki(key)).digest()])})
@@ -859,28 +862,46 @@ def test_endorsements_of_the_wrong_kind_or_critical_are_refused() -> None:
 
 
 def test_an_snp_certificate_carrying_its_cert_table_verifies_offline() -> None:
+    """The certificate table in the RFC 9999 CMW extension's TSM report is the collateral."""
     now = T_DSTACK.timestamp()
-    cert = _real_cert(dstack_report(), int(now), encode_snp_endorsements(dstack_cert_table()))
-    assert parse_certificate(cert).quote == dstack_report()
+    report = dstack_report()
+    cert = _real_cert(report, int(now), cmw=snp_cmw(report, dstack_cert_table()))
+    assert parse_certificate(cert).quote == report
     v = verify_certificate(cert, None, INSPECT, now=now)
     assert v.status == "UpToDate" and v.tee == "sev-snp"
     assert set(v.reasons) <= BINDING and Reason.REPORT_DATA in v.reasons
     doc = v.to_json()
     assert doc["collateral_source"] == "certificate"
-    assert doc["endorsements"] == {"kind": "sev-snp", "version": 1}
+    assert doc["endorsements"] == {"kind": "sev-snp", "carrier": "cmw"}
     assert doc["sev_snp"]["product"] == "Milan"
+    # Without the table the CMW still carries the report: nothing to verify it with.
+    bare = _real_cert(report, int(now), cmw=snp_cmw(report))
+    v = verify_certificate(bare, None, INSPECT, now=now)
+    assert Reason.UNVERIFIED_TEE in v.reasons and v.to_json()["collateral_source"] is None
+
+
+def test_a_cmw_report_other_than_the_evidence_is_refused() -> None:
+    now = T_DSTACK.timestamp()
+    other = _real_cert(dstack_report(), int(now), cmw=snp_cmw(gosev_report(), gosev_cert_table()))
+    v = verify_certificate(other, None, INSPECT, now=now)
+    assert Reason.EXTRA_QUOTE in v.reasons
+    assert v.to_json()["collateral_source"] is None  # nothing of it is used
+    junk = _real_cert(dstack_report(), int(now), cmw=b"\x04\x02\x80\x00")
+    v = verify_certificate(junk, None, INSPECT, now=now)
+    assert Reason.ENDORSEMENTS in v.reasons and "CMW" in str(v.failures)
 
 
 def test_go_sev_guest_report_with_its_real_cert_table() -> None:
     now = T_GOSEV.timestamp()
-    cert = _real_cert(gosev_report(), int(now), encode_snp_endorsements(gosev_cert_table()))
+    report = gosev_report()
+    cert = _real_cert(report, int(now), cmw=snp_cmw(report, gosev_cert_table()))
     v = verify_certificate(cert, None, ANY, now=now)
     assert v.status == "UpToDate"
     assert set(v.reasons) - BINDING == {Reason.SNP_POLICY, Reason.DEBUG}
     # Another chip's VCEK in the table: the report does not verify with it.
     ask, ark = certs("ask_ark_milan.pem")
     wrong = cert_table(certs("dstack_sev_snp_vcek.pem")[0], ask, ark)
-    cert = _real_cert(gosev_report(), int(now), encode_snp_endorsements(wrong))
+    cert = _real_cert(report, int(now), cmw=snp_cmw(report, wrong))
     v = verify_certificate(cert, None, ANY, now=now)
     assert v.status == "Invalid" and {Reason.SNP_SIGNATURE, Reason.SNP_TCB} & set(v.reasons)
 

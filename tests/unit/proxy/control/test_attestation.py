@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from certmgr.attest import ratls_store
+from certmgr.attest.cmw import CMW_OID
+from certmgr.attest.cmw import decode_extension as decode_cmw
 from certmgr.attest.endorsements import (
     ENDORSEMENTS_OID,
-    SNP_REPORT_TAG,
     IntelCollateral,
     decode_endorsements,
 )
-from certmgr.attest.ratls import certificate_extension, parse_certificate
+from certmgr.attest.ratls import parse_certificate
 from certmgr.attest.ratls_store import ratls_dir, ratls_renewal_due
 from certmgr.attest.snp_verify import SnpPolicy
 from certmgr.attest.verify import Reason, VerifyOptions, verify_certificate
@@ -204,10 +205,20 @@ def _prepare(cfg: Config, now: dt.datetime | None = None) -> bytes:
     return (ratls_dir(cfg.state_dir) / "ratls.pem").read_bytes()
 
 
-def _endorsements(pem: bytes) -> bytes | None:
-    found = certificate_extension(parse_certificate(pem).der, ENDORSEMENTS_OID)
+def _endorsements(pem: bytes, oid: str = ENDORSEMENTS_OID) -> bytes | None:
+    found = parse_certificate(pem).extensions.get(oid)
     assert found is None or found[0] is False  # never critical
     return found[1] if found is not None else None
+
+
+def _cmw_table(pem: bytes) -> bytes | None:
+    """The certificate table in the certificate's CMW (RFC 9999) TSM report, if any."""
+    value = _endorsements(pem, CMW_OID)
+    if value is None:
+        return None
+    tsm = decode_cmw(value)
+    assert tsm.provider == "sev_guest" and tsm.outblob == parse_certificate(pem).quote
+    return tsm.auxblob or None
 
 
 def test_intel_collateral_is_embedded_and_renews_at_its_next_update(
@@ -292,19 +303,18 @@ def test_unavailable_collateral_still_issues_the_certificate(
 
 def test_snp_certificate_carries_the_tees_certificate_table(tmp_path: Path) -> None:
     """An SEV-SNP guest (fake configfs-tsm ``sev_guest`` answering the real dstack report
-    and its page-padded certificate table): the certificate carries the table, compacted,
-    under tag 0x1a7504 in both extensions, and verifies offline with it. The report cannot
-    be re-signed over our claims, so the binding fails, and only the binding."""
+    and its page-padded certificate table): the certificate carries the report under tag
+    0x1a7504 in 2.23.133.5.4.9 and, with the table compacted, in the RFC 9999 CMW
+    extension's TSM report, no 2.23.133.5.4.2; it verifies offline with the table. The
+    report cannot be re-signed over our claims, so the binding fails, and only the binding."""
     table = dstack_cert_table(pad_to=16384)
     cfg, tsm = _tsm_config(tmp_path, "sev_guest", dstack_report(), table)
     try:
         pem = _prepare(cfg)
     finally:
         tsm.close()
-    value = _endorsements(pem)
-    assert value is not None
-    e = decode_endorsements(value)
-    assert e.tag == SNP_REPORT_TAG and e.snp_cert_table == dstack_cert_table()
+    assert _endorsements(pem) is None
+    assert _cmw_table(pem) == dstack_cert_table()
     assert parse_certificate(pem).quote == dstack_report()
     opts = VerifyOptions(any_measurement=True, snp=SnpPolicy(allow_smt=True))
     v = verify_certificate(pem, None, opts)
@@ -319,7 +329,8 @@ def test_snp_without_certificate_table(tmp_path: Path) -> None:
         pem = _prepare(cfg)
     finally:
         tsm.close()
-    assert _endorsements(pem) is None
+    assert _endorsements(pem) is None and _cmw_table(pem) is None
+    assert _endorsements(pem, CMW_OID) is not None  # the report is in the CMW all the same
     v = verify_certificate(pem, None, VerifyOptions(any_measurement=True))
     assert Reason.UNVERIFIED_TEE in v.reasons
 
@@ -334,17 +345,17 @@ def test_collateral_config_is_validated(tmp_path: Path) -> None:
 
 
 def test_snp_table_kept_out_of_the_certificate_when_configured(tmp_path: Path) -> None:
-    """``snp_endorsements = false`` (for rats-tls / librats peers, which refuse endorsements
-    with SNP evidence): no extension; turning it on again replaces the certificate."""
+    """``snp_endorsements = false``: the CMW carries the report without the table; turning
+    it on again replaces the certificate."""
     cfg, tsm = _tsm_config(
         tmp_path, "sev_guest", dstack_report(), dstack_cert_table(), "snp_endorsements = false"
     )
     try:
         pem = _prepare(cfg)
-        assert _endorsements(pem) is None and parse_certificate(pem).quote == dstack_report()
+        assert _cmw_table(pem) is None and parse_certificate(pem).quote == dstack_report()
         assert _prepare(cfg) == pem  # stable while the setting holds
         on = cfg.replace(attestation=dataclasses.replace(cfg.attestation, snp_endorsements=True))
-        assert _endorsements(_prepare(on)) is not None
+        assert _cmw_table(_prepare(on)) == dstack_cert_table()
     finally:
         tsm.close()
 
