@@ -5,7 +5,9 @@ Format (the one Gramine >= 1.8, rats-tls and the Intel SGX SDK emit and accept):
 - a self-signed X.509 certificate whose key was generated inside the TEE;
 - extension ``2.23.133.5.4.9`` (TCG DICE "conceptual message wrapper", TCG DICE Attestation
   Architecture v1.1 section 6.1.8), NOT critical, whose value is
-  ``CBOR tag 60000 ([bstr quote, bstr claims])`` (RFC 8949 section 3.4 tags);
+  ``CBOR tag 60000 ([bstr quote, bstr claims])`` (RFC 8949 section 3.4 tags), in
+  definite-length encoding with nothing after the item (as every CBOR value here is read:
+  :func:`certmgr.attest.claims.strict_loads`);
 - ``claims`` is a CBOR map with text keys and byte-string values
   (:mod:`certmgr.attest.claims`): ``"pubkey-hash"`` holds the CBOR hash-entry
   ``[alg, H(DER SubjectPublicKeyInfo)]`` (alg 1 / 7 / 8 = SHA-256 / SHA-384 / SHA-512), an
@@ -124,10 +126,7 @@ def encode_extension(quote: bytes, claims_bytes: bytes) -> bytes:
 
 
 def _cbor_loads(data: bytes, what: str) -> Any:
-    try:
-        return cbor2.loads(data, max_depth=8, allow_duplicate_keys=False)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise RaTlsError(f"{what}: malformed CBOR: {e}") from e
+    return claims_codec.strict_loads(data, what)
 
 
 def parse_extension(value: bytes) -> tuple[bytes, bytes, Claims]:

@@ -140,6 +140,15 @@ def test_no_attestation_extension() -> None:
         parse_certificate(sign_tbs(tbs_with_extensions(key, [("2.5.29.99", False, b"x")]), key))
 
 
+_ENTRY = cbor2.dumps([1, bytes(32)])
+_CLAIMS = cbor2.dumps({"pubkey-hash": _ENTRY})  # a1 6b "pubkey-hash" 58 24 <entry>
+
+
+def test_the_definite_length_claims_parse() -> None:
+    assert _CLAIMS[:15] == b"\xa1\x6bpubkey-hash\x58\x24"
+    assert parse_extension(cmw(b"q", _CLAIMS))[2].pubkey_hash == bytes(32)
+
+
 @pytest.mark.parametrize(
     ("value", "match"),
     [
@@ -168,6 +177,14 @@ def test_no_attestation_extension() -> None:
         (b"\x00" * (MAX_EXTENSION_SIZE + 1), "too large"),
         (cmw(b"q", b"\x00" * 9000), "claims too large"),
         (b"\x81" * 50 + b"\x00", "malformed CBOR"),  # nesting beyond the depth cap
+        # The CCC formats are definite-length CBOR, one data item per byte string: bytes
+        # after an item, or indefinite lengths, would let verifiers read different things.
+        (cmw(b"q", _CLAIMS) + b"\x00", "attestation extension: 1 bytes after"),
+        (cmw(b"q", _CLAIMS + b"\xa0"), "claims: 1 bytes after"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": _ENTRY + b"\x00"})), "pubkey-hash: 1 bytes after"),
+        (b"\xd9\xea\x60\x9f" + cbor2.dumps(b"q") + cbor2.dumps(_CLAIMS) + b"\xff", "indefinite"),
+        (cmw(b"q", b"\xbf" + _CLAIMS[1:] + b"\xff"), "indefinite"),  # the map
+        (cmw(b"q", _CLAIMS[:13] + b"\x5f" + _CLAIMS[13:] + b"\xff"), "indefinite"),  # a value
     ],
 )
 def test_bad_extension_values(value: bytes, match: str) -> None:
