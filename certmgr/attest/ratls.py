@@ -81,6 +81,9 @@ _ECDSA_SHA384 = "1.2.840.10045.4.3.3"
 _RSA_SHA256 = "1.2.840.113549.1.1.11"
 _RSA_SHA384 = "1.2.840.113549.1.1.12"
 _RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+# issuerUniqueID [1] IMPLICIT BIT STRING (primitive or, in BER, constructed),
+# subjectUniqueID [2], extensions [3] EXPLICIT: their order after subjectPublicKeyInfo.
+_TRAILING_TBS_FIELDS: Mapping[int, int] = {0x81: 1, 0xA1: 1, 0x82: 2, 0xA2: 2, 0xA3: 3}
 _SIG_ALGS: Mapping[str, hashes.HashAlgorithm] = {
     _ECDSA_SHA256: hashes.SHA256(),
     _ECDSA_SHA384: hashes.SHA384(),
@@ -366,7 +369,16 @@ def parse_certificate(data: bytes) -> RaTlsCert:
     not_before, not_after = _time(validity[0]), _time(validity[1])
     spki = _expect(fields[i + 5], 0x30, "subjectPublicKeyInfo").raw
     ext_list: list[_TLV] = []
+    # RFC 5280 4.1: after the key come issuerUniqueID [1], subjectUniqueID [2] and
+    # extensions [3], each optional, in this order. A second [3] would give another
+    # verifier (reading the first) other extensions than we read: refused, as any other
+    # field is.
+    rank = 0
     for f in fields[i + 6 :]:
+        r = _TRAILING_TBS_FIELDS.get(f.tag, 0)
+        if r <= rank:
+            raise RaTlsError(f"tbsCertificate: unexpected field of tag {f.tag:#x} after the key")
+        rank = r
         if f.tag == 0xA3:
             inner = _children(f.value)
             if len(inner) != 1:

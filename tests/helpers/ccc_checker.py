@@ -29,7 +29,8 @@ Rules checked by :func:`check_certificate`:
    certificates too; this checker handles the self-signed ones only);
 2. the validity window holds at the given time (UTCTime and GeneralizedTime both read:
    the Intel SGX SDK writes GeneralizedTime for dates before 2050);
-3. exactly one extension 2.23.133.5.4.9 (RFC 5280 4.2: no extension twice); its criticality is
+3. after the key only [1], [2], [3], each at most once and in this order (RFC 5280 4.1);
+   exactly one extension 2.23.133.5.4.9 (RFC 5280 4.2: no extension twice); its criticality is
    reported, not judged (the cert spec: "should be cleared");
 4. its value is a definite-length CBOR tag 60000 (the SGX/TDX spec: Intel TEE quote) wrapping
    a definite-length array of two byte strings ``[quote, claims-buffer]``, nothing after it;
@@ -512,7 +513,12 @@ def check_certificate(
         failures.append("validity")
 
     ext_list: list[Tlv] = []
+    rank = 0  # RFC 5280 4.1: issuerUniqueID [1], subjectUniqueID [2], extensions [3]
     for f in fields[7:]:
+        r = {0x81: 1, 0xA1: 1, 0x82: 2, 0xA2: 2, 0xA3: 3}.get(f.tag, 0)
+        if r <= rank:
+            raise Malformed(f"tbsCertificate: field of tag {f.tag:#04x} out of place")
+        rank = r
         if f.tag == 0xA3:
             wrapped = children(f.value)
             if len(wrapped) != 1:

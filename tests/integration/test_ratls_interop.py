@@ -38,7 +38,15 @@ from certmgr.attest.ratls_store import load_ratls, ratls_dir
 from certmgr.attest.simulated import build_simulated_quote
 from certmgr.keys import InsecureDevSealer
 from tests.helpers import ccc_checker
-from tests.helpers.attest import DEV_KEY, DEV_KEY_RAW, sign_tbs, spki, tbs_with_extensions
+from tests.helpers.attest import (
+    DEV_KEY,
+    DEV_KEY_RAW,
+    der,
+    oid_der,
+    sign_tbs,
+    spki,
+    tbs_with_extensions,
+)
 from tests.helpers.ccc_checker import Malformed, Report, check_certificate, check_evidence
 from tests.helpers.serve import Launch, Served, serve, write_config
 
@@ -234,6 +242,14 @@ def test_malformed_certificates() -> None:
         check_certificate(
             sign_tbs(tbs_with_extensions(key, [("1.2.3.4", False, b"x")]), key), at=_now()
         )
+    tbs = tbs_with_extensions(key, [(RATLS_OID, False, value)])
+    body = tbs[2 + (tbs[1] & 0x7F if tbs[1] & 0x80 else 0) :]
+    item = der(0x30, oid_der(RATLS_OID) + der(0x01, b"\x00") + der(0x04, value))
+    ext = der(0xA3, der(0x30, item))  # the last field, as tbs_with_extensions writes it
+    assert body.endswith(ext)
+    twice = sign_tbs(der(0x30, body + ext), key)
+    with pytest.raises(Malformed, match="out of place"):  # a second [3] extensions field
+        check_certificate(twice, at=_now())
     started = time.monotonic()
     with pytest.raises(Malformed, match="larger than"):
         check_certificate(b"\x30" * (64 * 1024 * 1024), at=_now())

@@ -26,9 +26,11 @@ from certmgr.attest.ratls import (
 from certmgr.errors import RaTlsError
 from tests.helpers.attest import (
     cmw,
+    der,
     good_extension,
     legacy_quote_for,
     make_ratls,
+    oid_der,
     resign_with_null_params,
     sign_tbs,
     spki,
@@ -125,6 +127,45 @@ def test_duplicate_extensions_rejected() -> None:
     )
     with pytest.raises(RaTlsError, match="duplicate extension"):
         parse_certificate(cert)
+
+
+_OTHER_EVIDENCE = good_extension(ec.generate_private_key(ec.SECP256R1()))
+
+
+def _tbs_with_tail(key: ec.EllipticCurvePrivateKey, before: bytes, after: bytes) -> bytes:
+    """A certificate whose TBSCertificate has ``before`` and ``after`` around its [3]."""
+    value = good_extension(key)
+    tbs = tbs_with_extensions(key, [(RATLS_OID, False, value)])
+    item = der(0x30, oid_der(RATLS_OID) + der(0x01, b"\x00") + der(0x04, value))
+    ext = der(0xA3, der(0x30, item))  # the last field, as tbs_with_extensions writes it
+    body = tbs[2 + (tbs[1] & 0x7F if tbs[1] & 0x80 else 0) :]
+    assert body.endswith(ext)
+    return sign_tbs(der(0x30, body[: -len(ext)] + before + ext + after), key)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        # a second extensions field, with other evidence (read alone before: last wins)
+        (b"", der(0xA3, der(0x30, der(0x30, oid_der(RATLS_OID) + der(0x04, _OTHER_EVIDENCE))))),
+        (b"", der(0x81, b"\x00\x01")),  # issuerUniqueID after the extensions
+        (b"", der(0xA4, b"")),  # no such field in RFC 5280
+        (der(0x82, b"\x00\x01") + der(0x81, b"\x00\x01"), b""),  # [2] before [1]
+    ],
+)
+def test_fields_after_the_key_out_of_rfc5280_order_rejected(before: bytes, after: bytes) -> None:
+    # RFC 5280 4.1: [1], [2], [3], each optional, in order. With a second [3] one verifier
+    # could read the first extensions and another the last.
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(RaTlsError, match="unexpected field"):
+        parse_certificate(_tbs_with_tail(key, before, after))
+
+
+def test_unique_ids_before_the_extensions_are_read() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    ids = der(0x81, b"\x00\x01") + der(0x82, b"\x00\x02")
+    parsed = parse_certificate(_tbs_with_tail(key, ids, b""))
+    assert parsed.format == "tcg-cmw" and parsed.self_signature_ok
 
 
 def test_both_formats_rejected() -> None:
