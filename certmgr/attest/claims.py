@@ -25,6 +25,7 @@ still be valid, and reading both encodings would keep a second parser alive for 
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -41,6 +42,7 @@ __all__ = [
     "Claims",
     "encode_claims",
     "parse_claims",
+    "strict_loads",
 ]
 
 MAX_CLAIMS_SIZE: Final = 8 * 1024
@@ -69,11 +71,26 @@ def _dumps(value: object) -> bytes:
     return cbor2.dumps(value, canonical=True)
 
 
-def _loads(data: bytes, what: str) -> Any:
+def strict_loads(data: bytes, what: str) -> Any:
+    """Exactly one CBOR data item filling ``data``, in definite-length encoding, at most 8
+    levels deep, no map key twice; anything else raises :class:`RaTlsError`.
+
+    The CCC formats are "definite-length encoded" CBOR, and a verifier that read only a
+    prefix of the bytes another verifier rejects would disagree with it about the same
+    certificate: indefinite lengths and bytes after the item are refused, as RFC 8949
+    section 5.3.1 lets a decoder for a restricted format do. ``read_size=1`` keeps the
+    stream at the end of the item (cbor2 reads ahead otherwise).
+    """
+    fp = io.BytesIO(data)
     try:
-        return cbor2.loads(data, max_depth=8, allow_duplicate_keys=False)
+        value = cbor2.CBORDecoder(
+            fp, max_depth=8, allow_duplicate_keys=False, allow_indefinite=False, read_size=1
+        ).decode()
     except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
         raise RaTlsError(f"{what}: malformed CBOR: {e}") from e
+    if fp.tell() != len(data):
+        raise RaTlsError(f"{what}: {len(data) - fp.tell()} bytes after the CBOR data item")
+    return value
 
 
 def hash_entry(spki_der: bytes, alg: str = "sha256") -> bytes:
@@ -170,7 +187,7 @@ def parse_claims(buf: bytes, *, require_pubkey_hash: bool = True) -> Claims:
     string; ``pubkey-hash`` a well-formed hash-entry of a supported algorithm)."""
     if len(buf) > MAX_CLAIMS_SIZE:
         raise RaTlsError(f"claims too large ({len(buf)} bytes)")
-    top = _loads(buf, "claims")
+    top = strict_loads(buf, "claims")
     if not isinstance(top, dict) or not all(isinstance(k, str) for k in top):
         raise RaTlsError("claims must be a CBOR map with text keys")
     if len(top) > MAX_CLAIMS:
@@ -183,7 +200,7 @@ def parse_claims(buf: bytes, *, require_pubkey_hash: bool = True) -> Claims:
     else:
         if not isinstance(ph, bytes):
             raise RaTlsError('"pubkey-hash" must be a byte string holding a CBOR hash-entry')
-        entry = _loads(ph, "pubkey-hash")
+        entry = strict_loads(ph, "pubkey-hash")
         if not (isinstance(entry, list | tuple) and len(entry) == 2):
             raise RaTlsError('"pubkey-hash" must hold [hash-alg-id, hash-value]')
         alg, digest = entry
@@ -207,5 +224,5 @@ def parse_claims(buf: bytes, *, require_pubkey_hash: bool = True) -> Claims:
             raise RaTlsError(f"claim {name!r} must be a byte string")
         # Decoded, not judged: each consumer checks the form it needs (the signing address
         # has its own failure reason in the verifier), as :data:`TEEPROXY_CLAIMS` says.
-        ours[name] = _loads(value, f"claim {name!r}")
+        ours[name] = strict_loads(value, f"claim {name!r}")
     return Claims(buf, alg, digest, nonce, MappingProxyType(ours), MappingProxyType(other))

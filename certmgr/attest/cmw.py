@@ -39,6 +39,7 @@ from typing import Any, Final
 
 import cbor2
 
+from certmgr.attest.claims import strict_loads
 from certmgr.attest.der import single
 from certmgr.errors import RaTlsError
 
@@ -92,10 +93,7 @@ def encode_extension(report: TsmReport) -> bytes:
 
 
 def _cbor(data: bytes, what: str) -> Any:
-    try:
-        return cbor2.loads(data, max_depth=4, allow_duplicate_keys=False)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise RaTlsError(f"CMW: {what}: malformed CBOR: {e}") from e
+    return strict_loads(data, f"CMW: {what}")
 
 
 def _b64url(text: Any, what: str) -> bytes:

@@ -59,8 +59,9 @@ import dcap_qvl  # type: ignore[import-untyped]  # ships .pyi but no py.typed
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from certmgr.attest.claims import strict_loads
 from certmgr.attest.sevsnp import build_cert_table, parse_cert_table
-from certmgr.errors import EndorsementsError, QuoteError
+from certmgr.errors import EndorsementsError, QuoteError, RaTlsError
 
 __all__ = [
     "ENDORSEMENTS_OID",
@@ -402,9 +403,9 @@ def decode_endorsements(value: bytes) -> Endorsements:
             f"endorsements extension too large ({len(value)} > {MAX_ENDORSEMENTS_SIZE} bytes)"
         )
     try:
-        top = cbor2.loads(value, max_depth=4, allow_duplicate_keys=False)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise EndorsementsError(f"endorsements: malformed CBOR: {e}") from e
+        top = strict_loads(value, "endorsements")
+    except RaTlsError as e:
+        raise EndorsementsError(str(e)) from e
     if isinstance(top, cbor2.CBORTag) and top.tag == SNP_REPORT_TAG:
         raise EndorsementsError(
             "endorsements: none are defined for SEV-SNP evidence (teeproxy carries the "

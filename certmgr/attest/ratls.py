@@ -5,7 +5,9 @@ Format (the one Gramine >= 1.8, rats-tls and the Intel SGX SDK emit and accept):
 - a self-signed X.509 certificate whose key was generated inside the TEE;
 - extension ``2.23.133.5.4.9`` (TCG DICE "conceptual message wrapper", TCG DICE Attestation
   Architecture v1.1 section 6.1.8), NOT critical, whose value is
-  ``CBOR tag 60000 ([bstr quote, bstr claims])`` (RFC 8949 section 3.4 tags);
+  ``CBOR tag 60000 ([bstr quote, bstr claims])`` (RFC 8949 section 3.4 tags), in
+  definite-length encoding with nothing after the item (as every CBOR value here is read:
+  :func:`certmgr.attest.claims.strict_loads`);
 - ``claims`` is a CBOR map with text keys and byte-string values
   (:mod:`certmgr.attest.claims`): ``"pubkey-hash"`` holds the CBOR hash-entry
   ``[alg, H(DER SubjectPublicKeyInfo)]`` (alg 1 / 7 / 8 = SHA-256 / SHA-384 / SHA-512), an
@@ -115,6 +117,9 @@ _ECDSA_SHA384 = "1.2.840.10045.4.3.3"
 _RSA_SHA256 = "1.2.840.113549.1.1.11"
 _RSA_SHA384 = "1.2.840.113549.1.1.12"
 _RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+# issuerUniqueID [1] IMPLICIT BIT STRING (primitive or, in BER, constructed),
+# subjectUniqueID [2], extensions [3] EXPLICIT: their order after subjectPublicKeyInfo.
+_TRAILING_TBS_FIELDS: Mapping[int, int] = {0x81: 1, 0xA1: 1, 0x82: 2, 0xA2: 2, 0xA3: 3}
 # Self-signature algorithms. SHA-1 is among them because real RA-TLS certificates use it
 # (rats-tls's wolfSSL build signs with sha1WithRSAEncryption): an RA-TLS certificate's
 # self-signature only shows possession of the key, which the TLS handshake shows again, and
@@ -188,10 +193,7 @@ def encode_extension(quote: bytes, claims_bytes: bytes) -> bytes:
 
 
 def _cbor_loads(data: bytes, what: str) -> Any:
-    try:
-        return cbor2.loads(data, max_depth=8, allow_duplicate_keys=False)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError, RecursionError) as e:
-        raise RaTlsError(f"{what}: malformed CBOR: {e}") from e
+    return claims_codec.strict_loads(data, what)
 
 
 def parse_extension(value: bytes) -> tuple[bytes, bytes, Claims]:
@@ -408,7 +410,16 @@ def parse_certificate(data: bytes) -> RaTlsCert:
     not_before, not_after = _time(validity[0]), _time(validity[1])
     spki = expect(fields[i + 5], 0x30, "subjectPublicKeyInfo").raw
     ext_list: list[TLV] = []
+    # RFC 5280 4.1: after the key come issuerUniqueID [1], subjectUniqueID [2] and
+    # extensions [3], each optional, in this order. A second [3] would give another
+    # verifier (reading the first) other extensions than we read: refused, as any other
+    # field is.
+    rank = 0
     for f in fields[i + 6 :]:
+        r = _TRAILING_TBS_FIELDS.get(f.tag, 0)
+        if r <= rank:
+            raise RaTlsError(f"tbsCertificate: unexpected field of tag {f.tag:#x} after the key")
+        rank = r
         if f.tag == 0xA3:
             inner = children(f.value)
             if len(inner) != 1:

@@ -344,6 +344,16 @@ def _verify_snp(
     return res.status, fails, {"sev_snp": res.details()}
 
 
+def _intel_details(raw: bytes) -> dict[str, Any]:
+    """What an Intel quote's PCK certificate names, for fetching collateral: the FMSPC and
+    the PCK CA ("processor" or "platform"). Unverified until the quote verifies."""
+    try:
+        q = dcap_qvl.parse_quote(raw)
+        return {"intel": {"fmspc": str(q.fmspc()).lower(), "pck_ca": str(q.ca())}}
+    except (ValueError, TypeError, RuntimeError):
+        return {}
+
+
 def verify_quote(
     raw: bytes, collateral: Any, now: int, opts: VerifyOptions, *, parsed: ParsedQuote | None = None
 ) -> QuoteResult:
@@ -379,8 +389,10 @@ def verify_quote(
         else:
             status = "SimulatedTrustedDevKey"
     elif collateral is None or isinstance(collateral, SnpCollateral):
+        details = _intel_details(parsed.raw)
         fails.append(Failure(Reason.COLLATERAL_MISSING, "no collateral to verify the quote"))
     else:
+        details = _intel_details(parsed.raw)
         try:
             report = dcap_qvl.verify(parsed.raw, collateral, int(now))
         except ValueError as e:
@@ -541,6 +553,7 @@ def verify_certificate(
         binding,
         {
             "format": parsed.format,
+            "report_data": q.parsed.report_data.hex() if q.parsed else None,
             "quote_extension": parsed.quote_extension,
             "signature_hash": parsed.signature_hash,
             "spki_sha256": parsed.spki_sha256.hex(),

@@ -196,7 +196,7 @@ _MALFORMED = [
     (_with(5, b"\x00\x00"), "CRL_ISSUER_CHAIN_PCK_CERT"),
     (_rebuild([*_items(encode_intel_endorsements(_C)), 5]), "CREATION_DATETIME is not"),
     (_rebuild([*_items(encode_intel_endorsements(_C)), b"x" * 65]), "CREATION_DATETIME is not"),
-    (cbor2.dumps(cbor2.CBORTag(INTEL_QUOTE_TAG, [[[[[b"deep"]]]]])), "malformed CBOR"),
+    (cbor2.dumps(cbor2.CBORTag(INTEL_QUOTE_TAG, [[[[[[[[[[b"deep"]]]]]]]]]])), "malformed CBOR"),
     # SEV-SNP certificate tables travel in the CMW extension (RFC 9999), never here.
     (_rebuild([1, gosev_cert_table()], tag=SNP_REPORT_TAG), "none are defined for SEV-SNP"),
     (_rebuild([1, b"t"], tag=SNP_REPORT_TAG + 1), "not CBOR tag 60000"),

@@ -34,9 +34,11 @@ from certmgr.attest.ratls import (
 from certmgr.errors import RaTlsError
 from tests.helpers.attest import (
     cmw,
+    der,
     good_extension,
     legacy_quote_for,
     make_ratls,
+    oid_der,
     ratls_artifact,
     resign_with_null_params,
     sign_tbs,
@@ -138,6 +140,45 @@ def test_duplicate_extensions_rejected() -> None:
         parse_certificate(cert)
 
 
+_OTHER_EVIDENCE = good_extension(ec.generate_private_key(ec.SECP256R1()))
+
+
+def _tbs_with_tail(key: ec.EllipticCurvePrivateKey, before: bytes, after: bytes) -> bytes:
+    """A certificate whose TBSCertificate has ``before`` and ``after`` around its [3]."""
+    value = good_extension(key)
+    tbs = tbs_with_extensions(key, [(RATLS_OID, False, value)])
+    item = der(0x30, oid_der(RATLS_OID) + der(0x01, b"\x00") + der(0x04, value))
+    ext = der(0xA3, der(0x30, item))  # the last field, as tbs_with_extensions writes it
+    body = tbs[2 + (tbs[1] & 0x7F if tbs[1] & 0x80 else 0) :]
+    assert body.endswith(ext)
+    return sign_tbs(der(0x30, body[: -len(ext)] + before + ext + after), key)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        # a second extensions field, with other evidence (read alone before: last wins)
+        (b"", der(0xA3, der(0x30, der(0x30, oid_der(RATLS_OID) + der(0x04, _OTHER_EVIDENCE))))),
+        (b"", der(0x81, b"\x00\x01")),  # issuerUniqueID after the extensions
+        (b"", der(0xA4, b"")),  # no such field in RFC 5280
+        (der(0x82, b"\x00\x01") + der(0x81, b"\x00\x01"), b""),  # [2] before [1]
+    ],
+)
+def test_fields_after_the_key_out_of_rfc5280_order_rejected(before: bytes, after: bytes) -> None:
+    # RFC 5280 4.1: [1], [2], [3], each optional, in order. With a second [3] one verifier
+    # could read the first extensions and another the last.
+    key = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(RaTlsError, match="unexpected field"):
+        parse_certificate(_tbs_with_tail(key, before, after))
+
+
+def test_unique_ids_before_the_extensions_are_read() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    ids = der(0x81, b"\x00\x01") + der(0x82, b"\x00\x02")
+    parsed = parse_certificate(_tbs_with_tail(key, ids, b""))
+    assert parsed.format == "tcg-cmw" and parsed.self_signature_ok
+
+
 def test_legacy_next_to_tcg_is_an_extra_quote() -> None:
     """Gramine >= 1.8 writes both: the TCG extension is the evidence, the other is kept."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -159,6 +200,15 @@ def test_no_attestation_extension() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(RaTlsError, match="no attestation extension"):
         parse_certificate(sign_tbs(tbs_with_extensions(key, [("2.5.29.99", False, b"x")]), key))
+
+
+_ENTRY = cbor2.dumps([1, bytes(32)])
+_CLAIMS = cbor2.dumps({"pubkey-hash": _ENTRY})  # a1 6b "pubkey-hash" 58 24 <entry>
+
+
+def test_the_definite_length_claims_parse() -> None:
+    assert _CLAIMS[:15] == b"\xa1\x6bpubkey-hash\x58\x24"
+    assert parse_extension(cmw(b"q", _CLAIMS))[2].pubkey_hash == bytes(32)
 
 
 @pytest.mark.parametrize(
@@ -189,6 +239,14 @@ def test_no_attestation_extension() -> None:
         (b"\x00" * (MAX_EXTENSION_SIZE + 1), "too large"),
         (cmw(b"q", b"\x00" * 9000), "claims too large"),
         (b"\x81" * 50 + b"\x00", "malformed CBOR"),  # nesting beyond the depth cap
+        # The CCC formats are definite-length CBOR, one data item per byte string: bytes
+        # after an item, or indefinite lengths, would let verifiers read different things.
+        (cmw(b"q", _CLAIMS) + b"\x00", "attestation extension: 1 bytes after"),
+        (cmw(b"q", _CLAIMS + b"\xa0"), "claims: 1 bytes after"),
+        (cmw(b"q", cbor2.dumps({"pubkey-hash": _ENTRY + b"\x00"})), "pubkey-hash: 1 bytes after"),
+        (b"\xd9\xea\x60\x9f" + cbor2.dumps(b"q") + cbor2.dumps(_CLAIMS) + b"\xff", "indefinite"),
+        (cmw(b"q", b"\xbf" + _CLAIMS[1:] + b"\xff"), "indefinite"),  # the map
+        (cmw(b"q", _CLAIMS[:13] + b"\x5f" + _CLAIMS[13:] + b"\xff"), "indefinite"),  # a value
     ],
 )
 def test_bad_extension_values(value: bytes, match: str) -> None:

@@ -559,7 +559,7 @@ def test_expect_tee_and_measurement_policy_still_apply() -> None:
 def test_an_intel_quote_with_snp_collateral_is_collateral_missing() -> None:
     q = verify_quote(TDX_QUOTE.read_bytes(), dstack_collateral(), 1750414563, VerifyOptions())
     assert [f.reason for f in q.failures] == [Reason.COLLATERAL_MISSING]
-    assert q.details == {}
+    assert q.details == {"intel": {"fmspc": "b0c06f000000", "pck_ca": "platform"}}
 
 
 # -- other producers' real certificates (tests/data/ratls/*/README.txt) --------------------
@@ -959,3 +959,14 @@ def test_evidence_falls_back_to_the_certificates_collateral() -> None:
     )
     assert v.status == "UpToDate" and set(v.reasons) == BINDING
     assert v.to_json()["collateral_source"] == "certificate"
+
+
+def test_real_rats_tls_legacy_values() -> None:
+    """The README's values: report_data[:32] = SHA-256 of the PKCS#1 key, FMSPC 00606a000000
+    (what a client needs to fetch collateral, reported before the quote is verified)."""
+    for name, prefix in ((_RATS_OLD, "8e5b3b07"), (_RATS_OLD_OPENSSL, "f732b931")):
+        v = verify_certificate(
+            ratls_artifact(name), None, VerifyOptions(any_measurement=True), now=1700000000
+        ).to_json()
+        assert v["report_data"].startswith(prefix) and v["report_data"].endswith("00" * 32)
+        assert v["intel"] == {"fmspc": "00606a000000", "pck_ca": "platform"}
