@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from certmgr.attest import dstack as dstack_format
 from certmgr.attest.collateral import CollateralCache
 from certmgr.attest.measurement import TeeType, measurement_id
+from certmgr.attest.nitro_verify import NitroPolicy
 from certmgr.attest.quote import parse_evidence
 from certmgr.attest.ratls import parse_certificate
 from certmgr.attest.snp_collateral import KDS_URL, KdsClient, SnpCollateralSource
@@ -57,6 +59,7 @@ __all__ = [
 
 DEFAULT_ATTESTATION_NAME = "attestation.teeproxy.invalid"
 MAX_RESPONSE = 512 * 1024
+MAX_EVIDENCE_FILE = 2 * 1024 * 1024  # dstack GetQuote answers are about 20 KB, quotes 5 KB
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -77,6 +80,7 @@ def _options(args: argparse.Namespace) -> Any:
             allow_smt=bool(getattr(args, "snp_allow_smt", False)),
             allow_migration_agent=bool(getattr(args, "snp_allow_migration_agent", False)),
         ),
+        nitro=NitroPolicy(max_age=getattr(args, "nitro_max_age", None)),
         trusted_dev_keys=keys,
         policy=policy,
         any_measurement=args.any_measurement,
@@ -95,7 +99,7 @@ def _collateral(
         q = parse_evidence(quote_bytes)
     except QuoteError:
         return None
-    if q.simulated:
+    if q.simulated or q.tee is TeeType.NITRO:  # Nitro: the AWS root ships with the verifier
         return None
     if q.tee is TeeType.SEV_SNP:
         kds_url = getattr(args, "kds", None)
@@ -146,7 +150,7 @@ def _now(args: argparse.Namespace) -> float:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     try:
-        q = parse_evidence(Path(args.file).read_bytes())
+        q = parse_evidence(_inner_quote(Path(args.file).read_bytes()))
     except (OSError, QuoteError) as e:
         print(f"teeproxy measure: {args.file}: {e}", file=sys.stderr)
         return 2
@@ -161,17 +165,32 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inner_quote(raw: bytes) -> bytes:
+    """The quote inside dstack evidence (GetQuote JSON, SCALE attestation), else ``raw``."""
+    try:
+        if dstack_format.looks_like_get_quote(raw):
+            return dstack_format.parse_get_quote_response(raw).quote
+        if dstack_format.looks_like_scale_attestation(raw):
+            return dstack_format.decode_attestation(raw).quote
+    except RaTlsError:
+        pass  # the verdict names what is malformed
+    return raw
+
+
 def cmd_verify_quote(args: argparse.Namespace) -> int:
     try:
         raw = Path(args.file).read_bytes()
+        if len(raw) > MAX_EVIDENCE_FILE:
+            raise ValueError(f"{args.file}: larger than {MAX_EVIDENCE_FILE} bytes")
         opts = _options(args)
         now = _now(args)
-        coll = _collateral(args, raw, now)
+        coll = _collateral(args, _inner_quote(raw), now)
         rd = bytes.fromhex(args.report_data) if args.report_data else None
+        key = bytes.fromhex(args.expect_key) if args.expect_key else None
     except (OSError, ValueError, VerifyError) as e:
         print(f"teeproxy verify-quote: {e}", file=sys.stderr)
         return 2
-    v = verify_quote_verdict(raw, coll, opts, now=int(now), report_data=rd)
+    v = verify_quote_verdict(raw, coll, opts, now=int(now), report_data=rd, expected_key=key)
     out = v.to_json()
     _print(out, args.json)
     return 0 if v.trusted else 1
@@ -380,7 +399,13 @@ def _common(p: argparse.ArgumentParser, *, collateral: bool = True, json_flag: b
     p.add_argument(
         "--deny-advisory", action="append", metavar="ID", help="reject this advisory (INTEL-SA-…)"
     )
-    p.add_argument("--expect-tee", choices=("tdx", "sgx", "sev-snp"))
+    p.add_argument("--expect-tee", choices=tuple(t.value for t in TeeType))
+    p.add_argument(
+        "--nitro-max-age",
+        type=float,
+        metavar="SECONDS",
+        help="Nitro: reject documents older than this at the verification time",
+    )
     p.add_argument("--at", type=int, help="verify as of this UNIX time (default: now)")
     p.add_argument(
         "--snp-allow-smt", action="store_true", help="SEV-SNP: accept guests that allow SMT"
@@ -434,9 +459,17 @@ def add_parsers(sub: Any) -> None:
     _common(c)
     c.set_defaults(func=cmd_verify_cert)
 
-    q = sub.add_parser("verify-quote", help="verify a quote file against collateral")
+    q = sub.add_parser(
+        "verify-quote",
+        help="verify a quote, SEV-SNP report, Nitro document or dstack attestation file",
+    )
     q.add_argument("file")
     q.add_argument("--report-data", help="expected report_data (128 hex digits)")
+    q.add_argument(
+        "--expect-key",
+        metavar="HEX",
+        help="dstack: the key the report_data must name (dip1::secp256k1c-pk:, compressed)",
+    )
     _common(q)
     q.set_defaults(func=cmd_verify_quote)
 
