@@ -30,6 +30,13 @@ from certmgr.attest import dstack as dstack_format
 from certmgr.attest.collateral import CollateralCache
 from certmgr.attest.measurement import TeeType, measurement_id
 from certmgr.attest.nitro_verify import NitroPolicy
+from certmgr.attest.oyster import (
+    DEFAULT_OYSTER_PORT,
+    decode_oyster_body,
+    fetch_oyster,
+    oyster_target,
+    verify_oyster,
+)
 from certmgr.attest.quote import parse_evidence
 from certmgr.attest.ratls import parse_certificate
 from certmgr.attest.snp_collateral import KDS_URL, KdsClient, SnpCollateralSource
@@ -136,6 +143,8 @@ def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
     for f in verdict_json.get("failures", []):
         print(f"  - {f['reason']}: {f['message']}")
     ev = verdict_json.get("evidence")
+    if verdict_json.get("evidence_skipped"):
+        print(f"nonce evidence: skipped ({verdict_json['evidence_skipped']})")
     if isinstance(ev, dict):
         print(f"nonce evidence: {'ok' if ev.get('trusted') else 'FAILED'}")
         for f in ev.get("failures", []):
@@ -319,7 +328,21 @@ def attest(args: argparse.Namespace) -> Attested:
             out["url"] = args.url
             out["sni"] = args.sni
             evidence_ok = True
-            if verdict.trusted and not args.no_nonce:
+            if parsed is not None and parsed.format == "dstack" and not args.no_nonce:
+                # A dstack app serves its own RA-TLS certificate and no teeproxy evidence
+                # endpoint: the handshake proved the key the quote binds; nothing is asked.
+                out["evidence"] = None
+                out["evidence_skipped"] = (
+                    "dstack app: no teeproxy evidence endpoint; freshness is the "
+                    "certificate's (its quote binds the key this connection proved)"
+                )
+                if getattr(args, "require_nonce", False):
+                    evidence_ok = False
+                    out["trusted"] = False
+                    out["failures"].append(
+                        {"reason": "nonce", "message": "no fresh evidence (dstack app)"}
+                    )
+            elif verdict.trusted and not args.no_nonce:
                 nonce = secrets.token_bytes(32)
                 status, body = _http_get(
                     tls, url.netloc, f"/.well-known/tee/attestation?nonce={nonce.hex()}"
@@ -360,6 +383,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return 2
     _print(result.report, args.json)
     return 0 if result.trusted else 1
+
+
+def cmd_verify_oyster(args: argparse.Namespace) -> int:
+    """An Oyster enclave: its attestation server's Nitro document, with what was asked for."""
+    try:
+        opts = _options(args)
+        now = _now(args)
+        nonce = secrets.token_bytes(32) if args.fresh_nonce else None
+        pk = bytes.fromhex(args.public_key) if args.public_key else None
+        ud = bytes.fromhex(args.user_data) if args.user_data else None
+        target = oyster_target(args.format, public_key=pk, user_data=ud, nonce=nonce)
+        raw = decode_oyster_body(fetch_oyster(args.url, target, timeout=args.timeout), args.format)
+    except (OSError, ValueError, VerifyError) as e:
+        print(f"teeproxy verify-oyster: {e}", file=sys.stderr)
+        return 2
+    v = verify_oyster(raw, opts, now=now, public_key=pk, user_data=ud, nonce=nonce)
+    out = v.to_json()
+    out["url"] = args.url
+    _print(out, args.json)
+    return 0 if v.trusted else 1
 
 
 def _common(p: argparse.ArgumentParser, *, collateral: bool = True, json_flag: bool = True) -> None:
@@ -451,6 +494,11 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("--sni", default=DEFAULT_ATTESTATION_NAME, help="attestation server name")
     v.add_argument("--timeout", type=float, default=10.0)
     v.add_argument("--no-nonce", action="store_true", help="skip the fresh-evidence (nonce) check")
+    v.add_argument(
+        "--require-nonce",
+        action="store_true",
+        help="fail when no fresh evidence can be asked for (a dstack app's certificate)",
+    )
     _common(v)
     v.set_defaults(func=cmd_verify)
 
@@ -472,6 +520,27 @@ def add_parsers(sub: Any) -> None:
     )
     _common(q)
     q.set_defaults(func=cmd_verify_quote)
+
+    o = sub.add_parser(
+        "verify-oyster",
+        help="fetch and verify a Marlin Oyster enclave's Nitro attestation document",
+    )
+    o.add_argument(
+        "url", help=f"http://HOST[:PORT] of its attestation server (port {DEFAULT_OYSTER_PORT})"
+    )
+    o.add_argument(
+        "--format", choices=("raw", "hex"), default="raw", help="/attestation/raw or /hex"
+    )
+    o.add_argument(
+        "--fresh-nonce",
+        action="store_true",
+        help="send a random nonce and require it in the document (the custom server only)",
+    )
+    o.add_argument("--public-key", metavar="HEX", help="the public key the document must carry")
+    o.add_argument("--user-data", metavar="HEX", help="the user data the document must carry")
+    o.add_argument("--timeout", type=float, default=10.0)
+    _common(o, collateral=False)
+    o.set_defaults(func=cmd_verify_oyster, nitro_max_age=300.0)
 
     m = sub.add_parser("measure", help="print the measurement id (bytes32) of a quote")
     m.add_argument("file")

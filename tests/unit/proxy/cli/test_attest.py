@@ -126,3 +126,69 @@ def test_measure_nitro_and_dstack(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     expected = measurement_id(parse_evidence((NITRO_DATA / NSM_QVL[0]).read_bytes()).measurement)
     assert doc["tee"] == "nitro" and doc["measurement_id"] == "0x" + expected.hex()
+
+
+def test_verify_a_dstack_app_through_its_ratls_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``teeproxy verify https://APP`` on a dstack app (a loopback TLS server presenting a
+    dstack-format certificate, SIMULATED quote): the certificate is verified and the app
+    reported; no teeproxy evidence endpoint is asked for (``--require-nonce`` fails)."""
+    import socket
+    import ssl
+    import threading
+
+    from cryptography.hazmat.primitives import serialization
+
+    from proxy.cli.main import main
+    from tests.helpers.attest import DEV_KEY
+    from tests.helpers.nitro import dstack_app_certificate
+
+    cert_pem, key_pem = dstack_app_certificate(DEV_KEY, "app.dstack.test")
+    (tmp_path / "c.pem").write_bytes(cert_pem)
+    (tmp_path / "k.pem").write_bytes(key_pem)
+    dev = tmp_path / "dev.pem"
+    dev.write_bytes(
+        DEV_KEY.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(2)
+                    try:
+                        data = tls.recv(4096)
+                    except (TimeoutError, ssl.SSLError, OSError):
+                        data = b""
+                    requests.append(data)
+            except (ssl.SSLError, OSError):
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+    base = ["verify", url, "--sni", "app.dstack.test", "--trust-dev-key", str(dev)]
+    base += ["--any-measurement", "--json", "--timeout", "5"]
+    try:
+        code = main(base)
+        doc = json.loads(capsys.readouterr().out)
+        strict = main([*base, "--require-nonce"])
+        strict_doc = json.loads(capsys.readouterr().out)
+    finally:
+        t.join(timeout=10)
+        listener.close()
+    assert code == 0, doc["failures"]
+    assert doc["format"] == "dstack" and doc["binding_rule"] == "dstack-sha512"
+    assert doc["evidence"] is None and "dstack app" in doc["evidence_skipped"]
+    assert doc["dstack"]["compose_hash"] == bytes(range(32)).hex()
+    assert doc["dstack"]["app_id"] == bytes(range(20)).hex()
+    assert requests == [b"", b""]  # nothing was sent to the app
+    assert strict == 1 and [f["reason"] for f in strict_doc["failures"]] == ["nonce"]
