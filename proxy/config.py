@@ -250,6 +250,7 @@ class AttestationConfig:
     configfs_tsm_dir: str = "/sys/kernel/config/tsm/report"
     gramine_dir: str = "/dev/attestation"
     dstack_socket: str = "/var/run/dstack.sock"
+    nsm_device: str = "/dev/nsm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -516,7 +517,7 @@ def _validate(cfg: Config) -> None:
     _positive(cfg.sealing.timeout, "sealing.timeout")
 
     at = cfg.attestation
-    providers = ("auto", "configfs-tsm", "gramine", "dstack", "simulated", "none")
+    providers = ("auto", "configfs-tsm", "gramine", "dstack", "nitro", "simulated", "none")
     if at.provider not in providers:
         raise ConfigError("attestation.provider", f"must be one of {', '.join(providers)}")
     if not at.server_name or "/" in at.server_name or " " in at.server_name:

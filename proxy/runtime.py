@@ -107,6 +107,7 @@ def provider_for(cfg: Config, sealer: Sealer) -> QuoteProvider | None:
         configfs_root=a.configfs_tsm_dir,
         gramine_dir=a.gramine_dir,
         dstack_socket=a.dstack_socket,
+        nsm_device=a.nsm_device,
         timeout=a.quote_timeout,
         simulated_key_file=key_file,
         simulated_sealer=sealer,

@@ -28,6 +28,8 @@ checks dstack's verifier makes besides the quote's own verification (which stays
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -35,7 +37,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import coincurve
 import msgpack  # type: ignore[import-untyped]  # no type information shipped
+from Crypto.Hash import keccak
 
 from certmgr.attest.der import expect, single
 from certmgr.errors import RaTlsError
@@ -43,18 +47,28 @@ from certmgr.errors import RaTlsError
 __all__ = [
     "APP_ID_OID",
     "ATTESTATION_OID",
+    "DIP1_ED25519",
+    "DIP1_SECP256K1",
     "EVENT_LOG_OID",
+    "MAX_GET_QUOTE_RESPONSE",
     "OID_ARC",
     "RUNTIME_EVENT_TYPE",
     "TDX_QUOTE_OID",
     "USAGE_OID",
+    "Dip1Key",
     "DstackAttestation",
     "DstackCheck",
     "DstackEvent",
     "check",
+    "check_nitro",
     "decode_attestation",
     "event_digest",
     "from_classic",
+    "looks_like_get_quote",
+    "looks_like_scale_attestation",
+    "nitro_image_hash",
+    "parse_dip1",
+    "parse_get_quote_response",
     "ratls_report_data",
     "replay_rtmr",
     "unwrap_octets",
@@ -76,6 +90,10 @@ MAX_TEXT = 64 * 1024
 _RATLS_CERT_PREFIX = b"ratls-cert:"
 _APP_INFO = frozenset({"app-id", "compose-hash", "instance-id", "key-provider"})
 _PLATFORMS = frozenset({"tdx", "gcp-tdx"})  # the ones carrying a TDX quote + event log
+_SCALE_TDX, _SCALE_NITRO = 0, 2
+MAX_GET_QUOTE_RESPONSE = 1024 * 1024
+DIP1_SECP256K1 = b"dip1::secp256k1c-pk:"
+DIP1_ED25519 = b"dip1::ed25519-pk:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +109,8 @@ class DstackEvent:
 class DstackAttestation:
     """What a dstack certificate's attestation carries (nothing of it is verified here)."""
 
-    encoding: str  # "scale-v0", "msgpack-v1" or "classic" (.1.1 quote + .1.2 event log)
-    platform: str  # "tdx" or "gcp-tdx"
+    encoding: str  # "scale-v0", "msgpack-v1", "classic" (.1.1 + .1.2) or "get-quote" (JSON)
+    platform: str  # "tdx", "gcp-tdx" or "nitro" (quote = the NSM attestation document)
     quote: bytes
     event_log: tuple[DstackEvent, ...]
     runtime_events: tuple[tuple[str, bytes], ...]
@@ -184,19 +202,25 @@ def _decode_scale(data: bytes) -> DstackAttestation:
     if r.u8() != 0:
         raise RaTlsError("dstack attestation: unknown VersionedAttestation variant")
     variant = r.u8()
-    if variant != 0:  # AttestationQuote::DstackTdx; the other variants' order varies by release
-        raise RaTlsError(f"dstack attestation: quote variant {variant} is not supported (TDX is 0)")
+    # AttestationQuote: DstackTdx(TdxQuote) = 0, DstackNitroEnclave(DstackNitroQuote) = 2
+    # (dstack-attest's test pins these discriminants); GCP TDX and SEV-SNP are not read.
+    if variant not in (_SCALE_TDX, _SCALE_NITRO):
+        raise RaTlsError(
+            f"dstack attestation: quote variant {variant} is not supported (TDX 0, Nitro 2)"
+        )
     quote = r.vec()
     log = []
-    for _ in range(r.count()):
-        imr, etype, digest = r.u32(), r.u32(), r.vec()
-        log.append(DstackEvent(imr, etype, digest, r.text(), r.vec()))
+    if variant == _SCALE_TDX:
+        for _ in range(r.count()):
+            imr, etype, digest = r.u32(), r.u32(), r.vec()
+            log.append(DstackEvent(imr, etype, digest, r.text(), r.vec()))
     runtime = tuple((r.text(), r.vec()) for _ in range(r.count()))
     report_data = r.take(64)
     config = r.text()
     if r.pos != len(data):
         raise RaTlsError(f"dstack attestation: {len(data) - r.pos} trailing bytes")
-    return DstackAttestation("scale-v0", "tdx", quote, tuple(log), runtime, report_data, config)
+    platform = "tdx" if variant == _SCALE_TDX else "nitro"
+    return DstackAttestation("scale-v0", platform, quote, tuple(log), runtime, report_data, config)
 
 
 # -- MessagePack "v1" --------------------------------------------------------------------------
@@ -349,24 +373,31 @@ def _config_details(config: str) -> dict[str, Any]:
 def check(
     att: DstackAttestation,
     *,
-    spki_der: bytes,
     quote_report_data: bytes,
     rt_mr3: bytes,
     mr_config_id: bytes,
+    spki_der: bytes | None = None,
+    expected_report_data: bytes | None = None,
     app_id_extension: bytes | None = None,
 ) -> DstackCheck:
-    """dstack's rules on a certificate whose quote parsed (its genuineness is checked apart).
+    """dstack's rules on evidence whose TDX quote parsed (its genuineness is checked apart).
 
-    Checks: ``binding`` (the quote's report_data is the SHA-512 rule over this key, and the
-    attestation's copy is the same), ``event-log`` (RTMR3 replays from the runtime events,
-    each event-log digest is its event's), ``mr-config-id`` (version 1 names the compose
-    hash) and ``app-id`` (the certificate's app-id extension is the measured one).
+    Checks: ``binding`` (with ``spki_der``, a certificate's key: the quote's report_data is
+    the SHA-512 rule over it; with ``expected_report_data``, a GetQuote answer: the quote's
+    report_data is exactly what the caller asked for; either way the attestation's own copy
+    is the quote's), ``event-log`` (RTMR3 replays from the runtime events, each event-log
+    digest is its event's), ``mr-config-id`` (version 1 names the compose hash) and
+    ``app-id`` (the certificate's app-id extension is the measured one).
     """
     fails: list[tuple[str, str]] = []
-    expected = ratls_report_data(spki_der)
-    if not hmac.compare_digest(quote_report_data, expected):
-        fails.append(("binding", 'report_data is not SHA-512("ratls-cert:" || SPKI)'))
-    if att.report_data is not None and att.report_data != quote_report_data:
+    if spki_der is not None:
+        if not hmac.compare_digest(quote_report_data, ratls_report_data(spki_der)):
+            fails.append(("binding", 'report_data is not SHA-512("ratls-cert:" || SPKI)'))
+    elif expected_report_data is not None and not hmac.compare_digest(
+        quote_report_data, expected_report_data
+    ):
+        fails.append(("binding", "the quote's report_data is not the one asked for"))
+    if att.report_data is not None and not hmac.compare_digest(att.report_data, quote_report_data):
         fails.append(("binding", "the attestation's report_data is not the quote's"))
     for e in att.event_log:
         if e.imr != 3 or not e.digest:
@@ -413,3 +444,164 @@ def check(
     if "key-provider" in events:
         details["key_provider"] = events["key-provider"].decode("utf-8", "replace")[:200]
     return DstackCheck(tuple(fails), details)
+
+
+# -- Nitro Enclaves under dstack --------------------------------------------------------------
+
+
+def nitro_image_hash(pcr0: bytes, pcr1: bytes, pcr2: bytes) -> bytes:
+    """dstack's ``os_image_hash`` of a Nitro enclave: SHA-256(PCR0 || PCR1 || PCR2), all
+    zero for a debug enclave (whose PCRs are zero) (``DstackNitroQuote::decode_image_hash``)."""
+    if not any(pcr0 + pcr1 + pcr2):
+        return bytes(32)
+    return hashlib.sha256(pcr0 + pcr1 + pcr2).digest()
+
+
+def check_nitro(
+    att: DstackAttestation,
+    *,
+    user_data: bytes | None,
+    pcrs: tuple[bytes, bytes, bytes],
+    spki_der: bytes | None = None,
+) -> DstackCheck:
+    """dstack's rules on a Nitro attestation (the NSM document's own verification is apart).
+
+    ``binding``: the NSM document's ``user_data`` is the attestation's report_data (all 64
+    bytes, dstack's ``verify_with_time``) and, with ``spki_der``, that is the SHA-512 rule
+    over the certificate's key; ``config``: the VM config's ``os_image_hash``, when given,
+    is SHA-256(PCR0 || PCR1 || PCR2). dstack extends no register with runtime events on
+    Nitro, so they (``app-id`` and the like) are reported as not measured.
+    """
+    fails: list[tuple[str, str]] = []
+    if att.report_data is None or user_data is None:
+        fails.append(("binding", "the NSM document or the attestation has no report_data"))
+    elif not hmac.compare_digest(att.report_data, user_data):
+        fails.append(("binding", "the NSM document's user_data is not the attestation's"))
+    elif spki_der is not None and not hmac.compare_digest(user_data, ratls_report_data(spki_der)):
+        fails.append(("binding", 'report_data is not SHA-512("ratls-cert:" || SPKI)'))
+    image_hash = nitro_image_hash(*pcrs).hex()
+    config = _config_details(att.config)
+    if "os_image_hash" in config and config["os_image_hash"] != image_hash:
+        fails.append(("config", "os_image_hash in the VM config is not SHA-256(PCR0..2)"))
+    details: dict[str, Any] = {
+        "encoding": att.encoding,
+        "platform": att.platform,
+        "os_image_hash": image_hash,
+        "runtime_events_measured": False,
+        "runtime_events": [{"event": n, "payload": p.hex()} for n, p in att.runtime_events],
+    }
+    return DstackCheck(tuple(fails), details)
+
+
+# -- GetQuote answers and dip1 report_data ----------------------------------------------------
+
+
+def looks_like_get_quote(raw: bytes) -> bool:
+    """Whether ``raw`` is JSON text (a guest agent's GetQuote answer starts with ``{``)."""
+    return raw.lstrip()[:1] == b"{"
+
+
+def looks_like_scale_attestation(raw: bytes) -> bool:
+    """Whether ``raw`` starts like SCALE ``VersionedAttestation::V0`` of a TDX or Nitro quote
+    (0x00, then 0x00 or 0x02); no Intel quote, SEV-SNP report or COSE_Sign1 starts so."""
+    return len(raw) > 2 and raw[0] == 0 and raw[1] in (_SCALE_TDX, _SCALE_NITRO)
+
+
+def _hex_field(doc: Mapping[str, Any], key: str, *, required: bool) -> bytes | None:
+    v = doc.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, str):
+        raise RaTlsError(f"dstack GetQuote: {key!r} must be a hex string")
+    try:
+        return bytes.fromhex(v.removeprefix("0x"))
+    except ValueError as e:
+        raise RaTlsError(f"dstack GetQuote: {key!r} is not hex") from e
+
+
+def parse_get_quote_response(body: bytes) -> DstackAttestation:
+    """A guest agent's ``GetQuote`` answer (``{"quote": hex, "event_log": json text,
+    "report_data": hex, "vm_config": json text}``; dstack ``guest-agent/rpc``
+    ``GetQuoteResponse``), size-capped before decoding. RTMR3 events come from the event log
+    (its ``imr`` 3 entries); ``report_data``, when present, must be 64 bytes."""
+    if len(body) > MAX_GET_QUOTE_RESPONSE:
+        raise RaTlsError("dstack GetQuote: answer too large")
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RaTlsError(f"dstack GetQuote: malformed JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise RaTlsError("dstack GetQuote: answer is not an object")
+    quote = _hex_field(doc, "quote", required=True)
+    report_data = _hex_field(doc, "report_data", required=False)
+    if report_data is not None and len(report_data) != 64:
+        raise RaTlsError("dstack GetQuote: report_data is not 64 bytes")
+    event_log = doc.get("event_log", "")
+    vm_config = doc.get("vm_config", "")
+    if not isinstance(event_log, str) or not isinstance(vm_config, str):
+        raise RaTlsError("dstack GetQuote: event_log and vm_config must be JSON text")
+    if not quote:
+        raise RaTlsError("dstack GetQuote: empty quote")
+    classic = from_classic(quote, event_log.encode() if event_log else None)
+    return DstackAttestation(
+        "get-quote",
+        "tdx",
+        quote,
+        classic.event_log,
+        classic.runtime_events,
+        report_data,
+        _str(vm_config, "vm_config"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Dip1Key:
+    """A key named by dip1 report_data: ``algorithm`` "secp256k1" (SEC1 compressed, 33
+    bytes) or "ed25519" (raw, 32 bytes)."""
+
+    algorithm: str
+    public_key: bytes
+
+    def eth_address(self) -> bytes:
+        """The Ethereum address of a secp256k1 key: Keccak-256 of the uncompressed point
+        (without its 0x04 prefix), last 20 bytes."""
+        if self.algorithm != "secp256k1":
+            raise RaTlsError("only a secp256k1 key has an Ethereum address")
+        point = coincurve.PublicKey(self.public_key).format(compressed=False)[1:]
+        return keccak.new(data=point, digest_bits=256).digest()[-20:]
+
+
+_DIP1 = ((DIP1_SECP256K1, "secp256k1", 33), (DIP1_ED25519, "ed25519", 32))
+
+
+def parse_dip1(report_data: bytes) -> Dip1Key | None:
+    """The key of dstack's DIP-1 report_data, None when it is not DIP-1 (no ``dip1::``).
+
+    Format (dstack ``guest-agent/src/rpc_service.rs``, ``GetAttestationForAppKey``): the
+    ASCII ``dip1::secp256k1c-pk:`` + base64url without padding of the 33-byte SEC1
+    compressed key (exactly 64 bytes), or ``dip1::ed25519-pk:`` + that of the 32-byte key,
+    then zero bytes to 64. Strict: 64 bytes, only zeros after the text, the canonical
+    base64url of a key of the right size, and for secp256k1 a point on the curve.
+    """
+    if len(report_data) != 64 or not report_data.startswith(b"dip1::"):
+        return None
+    text, _, padding = report_data.partition(b"\x00")
+    if any(padding):
+        raise RaTlsError("dip1 report_data: non-zero bytes after the text")
+    for prefix, algorithm, size in _DIP1:
+        if not text.startswith(prefix):
+            continue
+        encoded = text[len(prefix) :]
+        try:
+            key = base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
+        except (binascii.Error, ValueError) as e:
+            raise RaTlsError(f"dip1 report_data: key is not base64url: {e}") from e
+        if len(key) != size or base64.urlsafe_b64encode(key).rstrip(b"=") != encoded:
+            raise RaTlsError(f"dip1 report_data: not the canonical base64url of a {size}-byte key")
+        if algorithm == "secp256k1":
+            try:
+                coincurve.PublicKey(key)
+            except ValueError as e:
+                raise RaTlsError(f"dip1 report_data: not a secp256k1 point: {e}") from e
+        return Dip1Key(algorithm, key)
+    raise RaTlsError("dip1 report_data: unknown key type")

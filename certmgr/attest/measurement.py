@@ -41,6 +41,7 @@ class TeeType(enum.StrEnum):
     TDX = "tdx"
     SGX = "sgx"
     SEV_SNP = "sev-snp"
+    NITRO = "nitro"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,8 @@ class Measurement:
     TDX: ``mr_td``, ``rt_mr0``..``rt_mr3``, ``mr_config_id`` (48 bytes each).
     SGX: ``mr_enclave``, ``mr_signer`` (32 bytes), ``isv_prod_id``, ``isv_svn``.
     SEV-SNP: ``measurement`` (48), ``host_data`` (32).
+    Nitro: ``pcr0``, ``pcr1``, ``pcr2`` (48 bytes each), ``pcr8`` and ``pcr16`` (48 bytes,
+    or None when the document has no such PCR).
     """
 
     tee: TeeType
@@ -66,6 +69,11 @@ class Measurement:
     isv_svn: int = 0
     measurement: bytes = b""
     host_data: bytes = b""
+    pcr0: bytes = b""
+    pcr1: bytes = b""
+    pcr2: bytes = b""
+    pcr8: bytes | None = None
+    pcr16: bytes | None = None
 
     def registers(self) -> dict[str, str]:
         """The registers of this TEE type under their usual names, hex encoded."""
@@ -85,6 +93,13 @@ class Measurement:
                 "isv_prod_id": str(self.isv_prod_id),
                 "isv_svn": str(self.isv_svn),
             }
+        if self.tee is TeeType.NITRO:
+            out = {"pcr0": self.pcr0.hex(), "pcr1": self.pcr1.hex(), "pcr2": self.pcr2.hex()}
+            if self.pcr8 is not None:
+                out["pcr8"] = self.pcr8.hex()
+            if self.pcr16 is not None:
+                out["pcr16"] = self.pcr16.hex()
+            return out
         return {"measurement": self.measurement.hex(), "host_data": self.host_data.hex()}
 
 
@@ -118,6 +133,9 @@ def measurement_id(m: Measurement) -> bytes:
     - tdx: MRTD | RTMR0 | RTMR1 | RTMR2 | RTMR3 | MRCONFIGID (6 x 48 bytes)
     - sgx: MRENCLAVE | MRSIGNER (2 x 32) | ISVPRODID (u16 big-endian)
     - sev-snp: MEASUREMENT (48) | HOST_DATA (32)
+    - nitro: PCR0 | PCR1 | PCR2 (3 x 48) | opt(PCR8) | opt(PCR16), where ``opt(x)`` is
+      ``0x01 || x`` (48 bytes) when the document has that PCR and ``0x00 || 0^48`` when it
+      has not, so an absent PCR and an all-zero one differ
 
     The debug flag is not part of it: debug TEEs are rejected outright by the verifier.
     """
@@ -127,6 +145,9 @@ def measurement_id(m: Measurement) -> bytes:
     elif m.tee is TeeType.SGX:
         fields = [m.mr_enclave, m.mr_signer, struct.pack(">H", m.isv_prod_id)]
         sizes = [32, 32, 2]
+    elif m.tee is TeeType.NITRO:
+        fields = [m.pcr0, m.pcr1, m.pcr2, *(_optional_pcr(p) for p in (m.pcr8, m.pcr16))]
+        sizes = [48, 48, 48, 49, 49]
     else:
         fields = [m.measurement, m.host_data]
         sizes = [48, 32]
@@ -136,6 +157,10 @@ def measurement_id(m: Measurement) -> bytes:
     return hashlib.sha256(
         _MEASUREMENT_ID_DOMAIN + m.tee.value.encode() + b"\x00" + b"".join(fields)
     ).digest()
+
+
+def _optional_pcr(pcr: bytes | None) -> bytes:
+    return b"\x00" + bytes(48) if pcr is None else b"\x01" + pcr
 
 
 def check_report_data(report_data: bytes) -> None:

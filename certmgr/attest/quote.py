@@ -1,13 +1,14 @@
-"""One entry point for TEE evidence bytes: an Intel quote or a SEV-SNP report.
+"""One entry point for TEE evidence bytes: an Intel quote, a SEV-SNP report or a Nitro document.
 
-Pure: dispatches on the bytes to :mod:`certmgr.attest.intel` or
-:mod:`certmgr.attest.sevsnp` and returns their :class:`ParsedQuote`.
+Pure: dispatches on the bytes to :mod:`certmgr.attest.intel`, :mod:`certmgr.attest.sevsnp`
+or :mod:`certmgr.attest.nitro` and returns their :class:`ParsedQuote`.
 """
 
 from __future__ import annotations
 
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import ParsedQuote
+from certmgr.attest.nitro import looks_like_cose_sign1, parse_nitro_quote
 from certmgr.attest.sevsnp import SNP_REPORT_SIZE, parse_snp_report
 
 __all__ = ["is_snp_report", "parse_evidence"]
@@ -23,7 +24,10 @@ def is_snp_report(raw: bytes) -> bool:
 
 
 def parse_evidence(raw: bytes) -> ParsedQuote:
-    """Parse an Intel quote, or a SEV-SNP report when the bytes have exactly its size."""
+    """Parse an Intel quote, a SEV-SNP report when the bytes have exactly its size, or an
+    AWS Nitro attestation document (COSE_Sign1) when they start like one."""
+    if looks_like_cose_sign1(raw):
+        return parse_nitro_quote(raw)
     if is_snp_report(raw):
         return parse_snp_report(raw)
     return parse_quote(raw)

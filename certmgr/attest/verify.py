@@ -44,6 +44,13 @@ against the pinned roots), so it is as good as collateral from a PCCS or KDS; th
 says which was used (``collateral_source``: ``"argument"``, ``"certificate"``,
 ``"evidence"`` or ``null``). A malformed endorsements extension is a failure
 (``endorsements-malformed``) whichever collateral is used.
+
+AWS Nitro attestation documents need no collateral: :func:`certmgr.attest.nitro_verify.
+verify_nitro_document` checks the COSE_Sign1 signature and the chain to the shipped AWS
+Nitro root G1 (status ``Verified``; failures ``nitro-signature``, ``nitro-chain``,
+``nitro-timestamp`` and ``collateral-expired`` for a certificate outside its validity at the
+document's time or at ``now``), under :attr:`VerifyOptions.nitro`. The document's
+``user_data`` is its report_data (64 bytes bind; anything else fails ``report-data``).
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ from certmgr.attest.cmw import decode_extension as decode_cmw
 from certmgr.attest.endorsements import ENDORSEMENTS_OID, decode_endorsements
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
+from certmgr.attest.nitro_verify import NitroPolicy, NitroReason, verify_nitro_document
 from certmgr.attest.policycheck import PolicyCheck
 from certmgr.attest.quote import is_snp_report
 from certmgr.attest.quote import parse_evidence as parse_quote_bytes
@@ -103,8 +111,10 @@ __all__ = [
     "evidence_collateral",
     "load_dev_key",
     "parse_signing_address",
+    "report_data_key",
     "signing_address_agreement",
     "verify_certificate",
+    "verify_dstack_evidence",
     "verify_evidence",
     "verify_quote",
     "verify_quote_verdict",
@@ -162,6 +172,11 @@ class Reason(enum.StrEnum):
     MR_CONFIG_ID = "mr-config-id"  # dstack: MRCONFIGID does not name the measured compose hash
     APP_ID = "app-id"  # dstack: the certificate's app id is not the measured one
     ENDORSEMENTS = "endorsements-malformed"  # 2.23.133.5.4.2 / evidence endorsements unusable
+    DSTACK_CONFIG = "dstack-config"  # dstack Nitro: the VM config's os_image_hash is not the PCRs'
+    NITRO_SIGNATURE = "nitro-signature"  # the COSE_Sign1 signature does not verify
+    NITRO_CHAIN = "nitro-chain"  # leaf <- cabundle <- AWS Nitro root G1 does not hold
+    NITRO_TIMESTAMP = "nitro-timestamp"  # the document is from the future or too old
+    PUBLIC_KEY = "public-key"  # a Nitro document's public_key is not the expected one
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +224,7 @@ class VerifyOptions:
     any_measurement: bool = False  # inspect only: skip the measurement decision
     expect_tee: TeeType | None = None
     snp: SnpPolicy = field(default_factory=SnpPolicy)  # SEV-SNP guest policy and TCB floor
+    nitro: NitroPolicy = field(default_factory=NitroPolicy)  # Nitro document age and skew
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +370,24 @@ def _intel_details(raw: bytes) -> dict[str, Any]:
         return {}
 
 
+_NITRO_REASONS = {
+    NitroReason.MALFORMED: Reason.QUOTE_MALFORMED,
+    NitroReason.CHAIN: Reason.NITRO_CHAIN,
+    NitroReason.VALIDITY: Reason.COLLATERAL_EXPIRED,
+    NitroReason.SIGNATURE: Reason.NITRO_SIGNATURE,
+    NitroReason.TIMESTAMP: Reason.NITRO_TIMESTAMP,
+}
+
+
+def _verify_nitro(
+    parsed: ParsedQuote, now: float, opts: VerifyOptions
+) -> tuple[str, list[Failure], dict[str, Any]]:
+    """Status, failures and details of a Nitro attestation document."""
+    res = verify_nitro_document(parsed.raw, now, opts.nitro)
+    fails = [Failure(_NITRO_REASONS[f.reason], f.message) for f in res.failures]
+    return res.status, fails, {"nitro": res.details()}
+
+
 def verify_quote(
     raw: bytes, collateral: Any, now: int, opts: VerifyOptions, *, parsed: ParsedQuote | None = None
 ) -> QuoteResult:
@@ -373,6 +407,9 @@ def verify_quote(
     if parsed.tee is TeeType.SEV_SNP:
         status, snp_fails, details = _verify_snp(parsed, collateral, now, opts)
         fails.extend(snp_fails)
+    elif parsed.tee is TeeType.NITRO:
+        status, nitro_fails, details = _verify_nitro(parsed, now, opts)
+        fails.extend(nitro_fails)
     elif parsed.simulated:
         trusted = any(hmac.compare_digest(k, parsed.attestation_key) for k in opts.trusted_dev_keys)
         if not trusted:
@@ -616,7 +653,52 @@ _DSTACK_REASONS = {
     "event-log": Reason.EVENT_LOG,
     "mr-config-id": Reason.MR_CONFIG_ID,
     "app-id": Reason.APP_ID,
+    "config": Reason.DSTACK_CONFIG,
 }
+
+
+def _dstack_attestation_checks(
+    att: dstack_format.DstackAttestation,
+    parsed: ParsedQuote,
+    *,
+    spki_der: bytes | None = None,
+    expected_report_data: bytes | None = None,
+    app_id_extension: bytes | None = None,
+) -> tuple[list[Failure], dict[str, Any]]:
+    """dstack's rules on a TDX quote (RTMR3 replay, MRCONFIGID, app id) or a Nitro document
+    (user_data = report_data, os_image_hash), with the binding asked for."""
+    if att.platform == "nitro":
+        if parsed.tee is not TeeType.NITRO:
+            return [
+                Failure(Reason.QUOTE_MALFORMED, "dstack Nitro attestation without an NSM document")
+            ], {}
+        m = parsed.measurement
+        res = dstack_format.check_nitro(
+            att,
+            user_data=parsed.report_data or None,
+            pcrs=(m.pcr0, m.pcr1, m.pcr2),
+            spki_der=spki_der,
+        )
+        if expected_report_data is not None and not hmac.compare_digest(
+            parsed.report_data, expected_report_data
+        ):
+            res = dstack_format.DstackCheck(
+                (*res.failures, ("binding", "user_data is not the report_data asked for")),
+                res.details,
+            )
+    elif parsed.tee is not TeeType.TDX:
+        return [Failure(Reason.QUOTE_MALFORMED, "dstack attestation without a TDX quote")], {}
+    else:
+        res = dstack_format.check(
+            att,
+            spki_der=spki_der,
+            expected_report_data=expected_report_data,
+            quote_report_data=parsed.report_data,
+            rt_mr3=parsed.measurement.rt_mr3,
+            mr_config_id=parsed.measurement.mr_config_id,
+            app_id_extension=app_id_extension,
+        )
+    return [Failure(_DSTACK_REASONS[c], msg) for c, msg in res.failures], dict(res.details)
 
 
 def _dstack_checks(
@@ -624,18 +706,14 @@ def _dstack_checks(
 ) -> tuple[list[Failure], str]:
     """dstack's binding (SHA-512 rule), RTMR3 replay, MRCONFIGID and app id."""
     att = cert.dstack
-    if att is None or parsed.tee is not TeeType.TDX:
-        return [Failure(Reason.QUOTE_MALFORMED, "dstack certificate without a TDX quote")], "none"
-    res = dstack_format.check(
-        att,
-        spki_der=cert.spki_der,
-        quote_report_data=parsed.report_data,
-        rt_mr3=parsed.measurement.rt_mr3,
-        mr_config_id=parsed.measurement.mr_config_id,
-        app_id_extension=cert.dstack_app_id,
+    if att is None:
+        return [
+            Failure(Reason.QUOTE_MALFORMED, "dstack certificate without an attestation")
+        ], "none"
+    fails, found = _dstack_attestation_checks(
+        att, parsed, spki_der=cert.spki_der, app_id_extension=cert.dstack_app_id
     )
-    details["dstack"] = {**res.details, "usage": cert.dstack_usage}
-    fails = [Failure(_DSTACK_REASONS[check], message) for check, message in res.failures]
+    details["dstack"] = {**found, "usage": cert.dstack_usage}
     return fails, "dstack-sha512"
 
 
@@ -714,6 +792,75 @@ def certificate_collateral(cert: RaTlsCert) -> CarriedCollateral:
         return fail(f"endorsements unusable: {err}")
 
 
+def report_data_key(
+    report_data: bytes, expected_key: bytes | None = None
+) -> tuple[dict[str, Any] | None, list[Failure]]:
+    """The key a dstack DIP-1 report_data names (``dip1::secp256k1c-pk:``...), as details,
+    and failures: malformed DIP-1 text, or a key other than ``expected_key`` (also when the
+    report_data names none). Returns (None, []) for other report_data and no expectation."""
+    try:
+        key = dstack_format.parse_dip1(report_data)
+    except RaTlsError as e:
+        return None, [Failure(Reason.REPORT_DATA, str(e))]
+    fails: list[Failure] = []
+    if expected_key is not None and (
+        key is None or not hmac.compare_digest(key.public_key, expected_key)
+    ):
+        fails.append(Failure(Reason.REPORT_DATA, "report_data does not name the expected key"))
+    if key is None:
+        return None, fails
+    info: dict[str, Any] = {
+        "format": "dip1",
+        "algorithm": key.algorithm,
+        "public_key": key.public_key.hex(),
+    }
+    if key.algorithm == "secp256k1":
+        info["address"] = "0x" + key.eth_address().hex()
+    return info, fails
+
+
+def verify_dstack_evidence(
+    raw: bytes,
+    collateral: Any,
+    opts: VerifyOptions,
+    *,
+    now: int,
+    report_data: bytes | None = None,
+    expected_key: bytes | None = None,
+) -> Verdict:
+    """Verify dstack evidence that is not a certificate: a guest agent's GetQuote answer
+    (JSON: TDX quote, event log, vm_config) or a SCALE ``VersionedAttestation`` (TDX quote
+    and events, or an NSM document). The quote is verified as any other; dstack's rules are
+    :func:`certmgr.attest.dstack.check` / :func:`~certmgr.attest.dstack.check_nitro`;
+    ``report_data`` (the 64 bytes the client asked the app to quote) must be exactly the
+    quote's; a DIP-1 key in it is reported (and must be ``expected_key`` when given)."""
+    try:
+        if dstack_format.looks_like_get_quote(raw):
+            att = dstack_format.parse_get_quote_response(raw)
+        else:
+            att = dstack_format.decode_attestation(raw)
+    except RaTlsError as e:
+        return Verdict(failures=(Failure(Reason.QUOTE_MALFORMED, str(e)),))
+    q = verify_quote(att.quote, collateral, now, opts)
+    fails = list(q.failures)
+    binding = False
+    details: dict[str, Any] = {"dstack": {"encoding": att.encoding, "platform": att.platform}}
+    if q.parsed is not None:
+        found_fails, found = _dstack_attestation_checks(
+            att, q.parsed, expected_report_data=report_data
+        )
+        details["dstack"] = found
+        key, key_fails = report_data_key(q.parsed.report_data, expected_key)
+        bind_fails = [f for f in found_fails if f.reason is Reason.REPORT_DATA] + key_fails
+        binding = report_data is not None and not bind_fails
+        fails.extend(found_fails + key_fails)
+        details["report_data"] = q.parsed.report_data.hex()
+        details["report_data_key"] = key
+        if not q.failures:
+            fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    return _verdict(q, fails, binding, details)
+
+
 def _legacy_binding(cert: RaTlsCert, report_data: bytes) -> tuple[list[Failure], str]:
     """The legacy format binds the key itself: report_data[:32] is a SHA-256 of the key
     (:func:`certmgr.attest.ratls.legacy_key_hashes`), report_data[32:] zero."""
@@ -729,21 +876,36 @@ def _legacy_binding(cert: RaTlsCert, report_data: bytes) -> tuple[list[Failure],
 
 
 def verify_quote_verdict(
-    raw: bytes, collateral: Any, opts: VerifyOptions, *, now: int, report_data: bytes | None = None
+    raw: bytes,
+    collateral: Any,
+    opts: VerifyOptions,
+    *,
+    now: int,
+    report_data: bytes | None = None,
+    expected_key: bytes | None = None,
 ) -> Verdict:
-    """Verify a bare quote (``teeproxy verify-quote``); binding only if report_data is given."""
+    """Verify a bare quote, report or Nitro document (``teeproxy verify-quote``); binding
+    only if report_data is given. dstack evidence (GetQuote JSON, SCALE) goes to
+    :func:`verify_dstack_evidence`."""
+    if dstack_format.looks_like_get_quote(raw) or dstack_format.looks_like_scale_attestation(raw):
+        return verify_dstack_evidence(
+            raw, collateral, opts, now=now, report_data=report_data, expected_key=expected_key
+        )
     q = verify_quote(raw, collateral, now, opts)
     fails = list(q.failures)
     binding = False
-    if q.parsed is not None and report_data is not None:
-        b = check_binding(q.parsed.report_data, report_data)
-        binding = not b
-        fails.extend(b)
-    if q.parsed is not None and not q.failures:
-        fails.extend(_measurement_decision(q.parsed.measurement, opts))
-    return _verdict(
-        q, fails, binding, {"report_data": q.parsed.report_data.hex()} if q.parsed else {}
-    )
+    details: dict[str, Any] = {}
+    if q.parsed is not None:
+        b = check_binding(q.parsed.report_data, report_data) if report_data is not None else []
+        key, key_fails = report_data_key(q.parsed.report_data, expected_key)
+        binding = report_data is not None and not b
+        fails.extend(b + key_fails)
+        details["report_data"] = q.parsed.report_data.hex()
+        if key is not None:
+            details["report_data_key"] = key
+        if not q.failures:
+            fails.extend(_measurement_decision(q.parsed.measurement, opts))
+    return _verdict(q, fails, binding, details)
 
 
 def _ratls_reason(e: RaTlsError) -> Reason:

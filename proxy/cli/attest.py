@@ -31,8 +31,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from certmgr.attest import dstack as dstack_format
 from certmgr.attest.collateral import CollateralCache
 from certmgr.attest.measurement import TeeType, measurement_id
+from certmgr.attest.nitro_verify import NitroPolicy
+from certmgr.attest.oyster import (
+    DEFAULT_OYSTER_PORT,
+    decode_oyster_body,
+    fetch_oyster,
+    oyster_target,
+    verify_oyster,
+)
 from certmgr.attest.quote import parse_evidence
 from certmgr.attest.ratls import parse_certificate
 from certmgr.attest.snp_collateral import KDS_URL, KdsClient, SnpCollateralSource
@@ -63,6 +72,7 @@ __all__ = [
 
 DEFAULT_ATTESTATION_NAME = "attestation.teeproxy.invalid"
 MAX_RESPONSE = 512 * 1024
+MAX_EVIDENCE_FILE = 2 * 1024 * 1024  # dstack GetQuote answers are about 20 KB, quotes 5 KB
 
 
 def _options(args: argparse.Namespace) -> Any:
@@ -83,6 +93,7 @@ def _options(args: argparse.Namespace) -> Any:
             allow_smt=bool(getattr(args, "snp_allow_smt", False)),
             allow_migration_agent=bool(getattr(args, "snp_allow_migration_agent", False)),
         ),
+        nitro=NitroPolicy(max_age=getattr(args, "nitro_max_age", None)),
         trusted_dev_keys=keys,
         policy=policy,
         any_measurement=args.any_measurement,
@@ -101,7 +112,7 @@ def _collateral(
         q = parse_evidence(quote_bytes)
     except QuoteError:
         return None
-    if q.simulated:
+    if q.simulated or q.tee is TeeType.NITRO:  # Nitro: the AWS root ships with the verifier
         return None
     if q.tee is TeeType.SEV_SNP:
         kds_url = getattr(args, "kds", None)
@@ -140,6 +151,8 @@ def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
     for f in verdict_json.get("failures", []):
         print(f"  - {f['reason']}: {f['message']}")
     ev = verdict_json.get("evidence")
+    if verdict_json.get("evidence_skipped"):
+        print(f"nonce evidence: skipped ({verdict_json['evidence_skipped']})")
     if isinstance(ev, dict):
         print(f"nonce evidence: {'ok' if ev.get('trusted') else 'FAILED'}")
         for f in ev.get("failures", []):
@@ -154,7 +167,7 @@ def _now(args: argparse.Namespace) -> float:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     try:
-        q = parse_evidence(Path(args.file).read_bytes())
+        q = parse_evidence(_inner_quote(Path(args.file).read_bytes()))
     except (OSError, QuoteError) as e:
         print(f"teeproxy measure: {args.file}: {e}", file=sys.stderr)
         return 2
@@ -169,17 +182,32 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inner_quote(raw: bytes) -> bytes:
+    """The quote inside dstack evidence (GetQuote JSON, SCALE attestation), else ``raw``."""
+    try:
+        if dstack_format.looks_like_get_quote(raw):
+            return dstack_format.parse_get_quote_response(raw).quote
+        if dstack_format.looks_like_scale_attestation(raw):
+            return dstack_format.decode_attestation(raw).quote
+    except RaTlsError:
+        pass  # the verdict names what is malformed
+    return raw
+
+
 def cmd_verify_quote(args: argparse.Namespace) -> int:
     try:
         raw = Path(args.file).read_bytes()
+        if len(raw) > MAX_EVIDENCE_FILE:
+            raise ValueError(f"{args.file}: larger than {MAX_EVIDENCE_FILE} bytes")
         opts = _options(args)
         now = _now(args)
-        coll = _collateral(args, raw, now)
+        coll = _collateral(args, _inner_quote(raw), now)
         rd = bytes.fromhex(args.report_data) if args.report_data else None
+        key = bytes.fromhex(args.expect_key) if args.expect_key else None
     except (OSError, ValueError, VerifyError) as e:
         print(f"teeproxy verify-quote: {e}", file=sys.stderr)
         return 2
-    v = verify_quote_verdict(raw, coll, opts, now=int(now), report_data=rd)
+    v = verify_quote_verdict(raw, coll, opts, now=int(now), report_data=rd, expected_key=key)
     out = v.to_json()
     _print(out, args.json)
     return 0 if v.trusted else 1
@@ -308,7 +336,21 @@ def attest(args: argparse.Namespace) -> Attested:
             out["url"] = args.url
             out["sni"] = args.sni
             evidence_ok = True
-            if verdict.trusted and not args.no_nonce:
+            if parsed is not None and parsed.format == "dstack" and not args.no_nonce:
+                # A dstack app serves its own RA-TLS certificate and no teeproxy evidence
+                # endpoint: the handshake proved the key the quote binds; nothing is asked.
+                out["evidence"] = None
+                out["evidence_skipped"] = (
+                    "dstack app: no teeproxy evidence endpoint; freshness is the "
+                    "certificate's (its quote binds the key this connection proved)"
+                )
+                if getattr(args, "require_nonce", False):
+                    evidence_ok = False
+                    out["trusted"] = False
+                    out["failures"].append(
+                        {"reason": "nonce", "message": "no fresh evidence (dstack app)"}
+                    )
+            elif verdict.trusted and not args.no_nonce:
                 nonce = secrets.token_bytes(32)
                 status, body = _http_get(
                     tls, url.netloc, f"/.well-known/tee/attestation?nonce={nonce.hex()}"
@@ -360,6 +402,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result.trusted else 1
 
 
+def cmd_verify_oyster(args: argparse.Namespace) -> int:
+    """An Oyster enclave: its attestation server's Nitro document, with what was asked for."""
+    try:
+        opts = _options(args)
+        now = _now(args)
+        nonce = secrets.token_bytes(32) if args.fresh_nonce else None
+        pk = bytes.fromhex(args.public_key) if args.public_key else None
+        ud = bytes.fromhex(args.user_data) if args.user_data else None
+        target = oyster_target(args.format, public_key=pk, user_data=ud, nonce=nonce)
+        raw = decode_oyster_body(fetch_oyster(args.url, target, timeout=args.timeout), args.format)
+    except (OSError, ValueError, VerifyError) as e:
+        print(f"teeproxy verify-oyster: {e}", file=sys.stderr)
+        return 2
+    v = verify_oyster(raw, opts, now=now, public_key=pk, user_data=ud, nonce=nonce)
+    out = v.to_json()
+    out["url"] = args.url
+    _print(out, args.json)
+    return 0 if v.trusted else 1
+
+
 def _common(p: argparse.ArgumentParser, *, collateral: bool = True, json_flag: bool = True) -> None:
     if json_flag:
         p.add_argument("--json", action="store_true", help="print the verdict as JSON")
@@ -397,7 +459,13 @@ def _common(p: argparse.ArgumentParser, *, collateral: bool = True, json_flag: b
     p.add_argument(
         "--deny-advisory", action="append", metavar="ID", help="reject this advisory (INTEL-SA-…)"
     )
-    p.add_argument("--expect-tee", choices=("tdx", "sgx", "sev-snp"))
+    p.add_argument("--expect-tee", choices=tuple(t.value for t in TeeType))
+    p.add_argument(
+        "--nitro-max-age",
+        type=float,
+        metavar="SECONDS",
+        help="Nitro: reject documents older than this at the verification time",
+    )
     p.add_argument("--at", type=int, help="verify as of this UNIX time (default: now)")
     p.add_argument(
         "--snp-allow-smt", action="store_true", help="SEV-SNP: accept guests that allow SMT"
@@ -443,6 +511,11 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("--sni", default=DEFAULT_ATTESTATION_NAME, help="attestation server name")
     v.add_argument("--timeout", type=float, default=10.0)
     v.add_argument("--no-nonce", action="store_true", help="skip the fresh-evidence (nonce) check")
+    v.add_argument(
+        "--require-nonce",
+        action="store_true",
+        help="fail when no fresh evidence can be asked for (a dstack app's certificate)",
+    )
     _common(v)
     v.set_defaults(func=cmd_verify)
 
@@ -455,11 +528,40 @@ def add_parsers(sub: Any) -> None:
     _common(c)
     c.set_defaults(func=cmd_verify_cert)
 
-    q = sub.add_parser("verify-quote", help="verify a quote file against collateral")
+    q = sub.add_parser(
+        "verify-quote",
+        help="verify a quote, SEV-SNP report, Nitro document or dstack attestation file",
+    )
     q.add_argument("file")
     q.add_argument("--report-data", help="expected report_data (128 hex digits)")
+    q.add_argument(
+        "--expect-key",
+        metavar="HEX",
+        help="dstack: the key the report_data must name (dip1::secp256k1c-pk:, compressed)",
+    )
     _common(q)
     q.set_defaults(func=cmd_verify_quote)
+
+    o = sub.add_parser(
+        "verify-oyster",
+        help="fetch and verify a Marlin Oyster enclave's Nitro attestation document",
+    )
+    o.add_argument(
+        "url", help=f"http://HOST[:PORT] of its attestation server (port {DEFAULT_OYSTER_PORT})"
+    )
+    o.add_argument(
+        "--format", choices=("raw", "hex"), default="raw", help="/attestation/raw or /hex"
+    )
+    o.add_argument(
+        "--fresh-nonce",
+        action="store_true",
+        help="send a random nonce and require it in the document (the custom server only)",
+    )
+    o.add_argument("--public-key", metavar="HEX", help="the public key the document must carry")
+    o.add_argument("--user-data", metavar="HEX", help="the user data the document must carry")
+    o.add_argument("--timeout", type=float, default=10.0)
+    _common(o, collateral=False)
+    o.set_defaults(func=cmd_verify_oyster, nitro_max_age=300.0)
 
     m = sub.add_parser("measure", help="print the measurement id (bytes32) of a quote")
     m.add_argument("file")

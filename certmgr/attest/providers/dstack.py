@@ -30,7 +30,10 @@ class DstackProvider:
     def name(self) -> str:
         return "dstack"
 
-    def get_quote(self, report_data: bytes) -> bytes:
+    def get_quote_answer(self, report_data: bytes) -> bytes:
+        """The guest agent's whole GetQuote answer (JSON bytes, size-capped): what an app
+        hands a client that asked for a quote over its own report_data (the client checks
+        it with :func:`certmgr.attest.verify.verify_dstack_evidence`)."""
         check_report_data(report_data)
         body = json.dumps({"report_data": report_data.hex()}).encode()
         conn = UnixHTTPConnection(self.socket_path, self.timeout)
@@ -48,6 +51,10 @@ class DstackProvider:
             raise QuoteProviderError(f"dstack: GetQuote answered HTTP {resp.status}")
         if len(data) > MAX_RESPONSE:
             raise QuoteProviderError("dstack: answer too large")
+        return bytes(data)
+
+    def get_quote(self, report_data: bytes) -> bytes:
+        data = self.get_quote_answer(report_data)
         try:
             doc = json.loads(data)
             quote = bytes.fromhex(doc["quote"])

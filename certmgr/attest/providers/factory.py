@@ -1,7 +1,8 @@
 """Detecting the TEE interface present and building its quote provider.
 
 Auto-detection order (first present wins): Linux configfs-tsm (TDX, SEV-SNP), Gramine SGX
-(``/dev/attestation``), the dstack guest agent socket. ``auto`` never selects the simulated
+(``/dev/attestation``), the dstack guest agent socket, the Nitro Secure Module
+(``/dev/nsm``). ``auto`` never selects the simulated
 provider: it must be named explicitly. Blocking (it looks at the file system).
 """
 
@@ -21,6 +22,7 @@ from certmgr.attest.providers.base import (
 from certmgr.attest.providers.configfs import ConfigfsTsmProvider
 from certmgr.attest.providers.dstack import DstackProvider
 from certmgr.attest.providers.gramine import GramineProvider
+from certmgr.attest.providers.nitro import DEFAULT_NSM_DEVICE, NitroProvider
 from certmgr.attest.providers.simulated import SimulatedProvider
 from certmgr.errors import QuoteProviderError
 from certmgr.keys import Sealer
@@ -34,13 +36,14 @@ __all__ = [
     "self_measurement_id",
 ]
 
-PROVIDERS = ("auto", "configfs-tsm", "gramine", "dstack", "simulated", "none")
+PROVIDERS = ("auto", "configfs-tsm", "gramine", "dstack", "nitro", "simulated", "none")
 
 
 def detect_provider(
     configfs_root: str = DEFAULT_CONFIGFS_TSM,
     gramine_dir: str = DEFAULT_GRAMINE_DIR,
     dstack_socket: str = DEFAULT_DSTACK_SOCKET,
+    nsm_device: str = DEFAULT_NSM_DEVICE,
 ) -> str:
     """The first provider whose interface exists here, or "none"."""
     if Path(configfs_root).is_dir():
@@ -49,6 +52,8 @@ def detect_provider(
         return "gramine"
     if Path(dstack_socket).is_socket():
         return "dstack"
+    if Path(nsm_device).is_char_device():
+        return "nitro"
     return "none"
 
 
@@ -59,6 +64,7 @@ class ProviderSettings:
     configfs_root: str = DEFAULT_CONFIGFS_TSM
     gramine_dir: str = DEFAULT_GRAMINE_DIR
     dstack_socket: str = DEFAULT_DSTACK_SOCKET
+    nsm_device: str = DEFAULT_NSM_DEVICE
     timeout: float = 10.0
     simulated_key_file: str = ""
     simulated_sealer: Sealer | None = None
@@ -68,7 +74,7 @@ def make_provider(kind: str, settings: ProviderSettings | None = None) -> QuoteP
     """Build the provider named by config ("auto" detects; "none" gives None)."""
     s = settings or ProviderSettings()
     if kind == "auto":
-        kind = detect_provider(s.configfs_root, s.gramine_dir, s.dstack_socket)
+        kind = detect_provider(s.configfs_root, s.gramine_dir, s.dstack_socket, s.nsm_device)
         log.info("attestation provider detected: %s", kind)
     if kind == "none":
         return None
@@ -78,6 +84,8 @@ def make_provider(kind: str, settings: ProviderSettings | None = None) -> QuoteP
         return GramineProvider(s.gramine_dir)
     if kind == "dstack":
         return DstackProvider(s.dstack_socket, timeout=s.timeout)
+    if kind == "nitro":
+        return NitroProvider(s.nsm_device)
     if kind == "simulated":
         if not s.simulated_key_file or s.simulated_sealer is None:
             raise QuoteProviderError("simulated provider needs a key file and a sealer")

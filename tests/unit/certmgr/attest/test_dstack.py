@@ -7,10 +7,12 @@ v1 one); the expected values are the README's.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import msgpack  # type: ignore[import-untyped]
 import pytest
@@ -170,8 +172,8 @@ def test_scale_rejects_malformed() -> None:
             dstack.decode_attestation(data[:cut])
     with pytest.raises(RaTlsError, match="trailing"):
         dstack.decode_attestation(data + b"\x00")
-    with pytest.raises(RaTlsError, match="variant 2"):
-        dstack.decode_attestation(b"\x00\x02" + data[2:])
+    with pytest.raises(RaTlsError, match="variant 3"):  # SEV-SNP under dstack: not read
+        dstack.decode_attestation(b"\x00\x03" + data[2:])
     with pytest.raises(RaTlsError, match=r"truncated|entries|too large"):
         dstack.decode_attestation(b"\x00\x00\xff\xff\xff\xff\xff")  # a huge compact length
     with pytest.raises(RaTlsError, match="unknown encoding"):
@@ -238,3 +240,145 @@ def test_random_bytes_fail_cleanly(data: bytes) -> None:
             decode(data)
     with contextlib.suppress(RaTlsError):
         dstack.from_classic(b"", data)
+
+
+# -- Nitro under dstack, GetQuote answers, DIP-1 report_data ------------------------------------
+
+
+def _nitro_scale(name: str) -> bytes:
+    return (Path(__file__).resolve().parents[3] / "data" / "nitro" / name).read_bytes()
+
+
+def _get_quote() -> bytes:
+    return (
+        Path(__file__).resolve().parents[3] / "data" / "dstack" / "tdx-lite-getquote.json"
+    ).read_bytes()
+
+
+def test_scale_nitro_attestations_decode() -> None:
+    first = dstack.decode_attestation(_nitro_scale("nsm-qvl-nitro-attestation.scale.bin"))
+    assert (first.platform, first.encoding, first.event_log) == ("nitro", "scale-v0", ())
+    assert first.quote == _nitro_scale("nsm-qvl-nitro-attestation.cose")
+    assert first.report_data == bytes(64) and first.runtime_events == ()
+    second = dstack.decode_attestation(_nitro_scale("dstack-attest-nitro-attestation.scale.bin"))
+    assert second.runtime_events == (("app-id", hashlib.sha256(b"").digest()[:20]),)
+    assert second.report_data == hashlib.sha256(b"").digest() + bytes(32)
+    assert '"os_image_hash":"1894b0b2' in second.config
+
+
+def test_check_nitro() -> None:
+    att = dstack.decode_attestation(_nitro_scale("dstack-attest-nitro-attestation.scale.bin"))
+    from certmgr.attest.nitro import parse_nitro_document
+
+    doc = parse_nitro_document(att.quote)
+    pcrs = (doc.pcrs[0], doc.pcrs[1], doc.pcrs[2])
+    ok = dstack.check_nitro(att, user_data=doc.user_data, pcrs=pcrs)
+    assert ok.failures == () and ok.details["runtime_events_measured"] is False
+    assert ok.details["os_image_hash"].startswith("1894b0b2")
+    bad = dstack.check_nitro(att, user_data=bytes(64), pcrs=pcrs)
+    assert [c for c, _ in bad.failures] == ["binding"]
+    other = dstack.check_nitro(att, user_data=doc.user_data, pcrs=(bytes(48), pcrs[1], pcrs[2]))
+    assert [c for c, _ in other.failures] == ["config"]
+    keyed = dstack.check_nitro(att, user_data=doc.user_data, pcrs=pcrs, spki_der=b"spki")
+    assert [c for c, _ in keyed.failures] == ["binding"]
+    assert dstack.nitro_image_hash(bytes(48), bytes(48), bytes(48)) == bytes(32)
+
+
+def test_get_quote_answer_replays_rtmr3_and_names_a_dip1_key() -> None:
+    att = dstack.parse_get_quote_response(_get_quote())
+    assert att.encoding == "get-quote" and len(att.quote) == 5006
+    key = dstack.parse_dip1(att.report_data or b"")
+    assert key is not None and key.algorithm == "secp256k1"
+    assert (
+        key.public_key.hex() == "039e695a6b5e24824e8fcfe923bfa9cde0f1cb51b6ab5f060eff3c1cd45d057910"
+    )
+    assert len(key.eth_address()) == 20
+    q = parse_quote(att.quote)
+    res = dstack.check(
+        att,
+        quote_report_data=q.report_data,
+        rt_mr3=q.measurement.rt_mr3,
+        mr_config_id=q.measurement.mr_config_id,
+        expected_report_data=att.report_data,
+    )
+    assert res.failures == ()
+    assert res.details["rtmr3_replayed"] == q.measurement.rt_mr3.hex()
+    assert res.details["compose_hash"].startswith("86b0e55f")
+    assert (
+        res.details["os_image_hash"]
+        == "e6f5cfec20c02e7b97baa213d0f718020b55e040172d90ccbcb946d56c8b09db"
+    )
+    asked_other = dstack.check(
+        att,
+        quote_report_data=q.report_data,
+        rt_mr3=q.measurement.rt_mr3,
+        mr_config_id=q.measurement.mr_config_id,
+        expected_report_data=bytes(64),
+    )
+    assert [c for c, _ in asked_other.failures] == ["binding"]
+    wrong_rtmr = dstack.check(
+        att,
+        quote_report_data=q.report_data,
+        rt_mr3=bytes(48),
+        mr_config_id=q.measurement.mr_config_id,
+    )
+    assert [c for c, _ in wrong_rtmr.failures] == ["event-log"]
+
+
+def test_get_quote_answer_rules() -> None:
+    doc = json.loads(_get_quote())
+    with pytest.raises(RaTlsError, match="64 bytes"):
+        dstack.parse_get_quote_response(json.dumps({**doc, "report_data": "00"}).encode())
+    with pytest.raises(RaTlsError, match="hex"):
+        dstack.parse_get_quote_response(json.dumps({**doc, "quote": "zz"}).encode())
+    with pytest.raises(RaTlsError, match="'quote'"):
+        dstack.parse_get_quote_response(json.dumps({"event_log": "[]"}).encode())
+    with pytest.raises(RaTlsError, match="JSON text"):
+        dstack.parse_get_quote_response(json.dumps({**doc, "event_log": []}).encode())
+    with pytest.raises(RaTlsError, match="too large"):
+        dstack.parse_get_quote_response(b" " * (dstack.MAX_GET_QUOTE_RESPONSE + 1))
+    with pytest.raises(RaTlsError, match="malformed JSON"):
+        dstack.parse_get_quote_response(b"{")
+    assert dstack.looks_like_get_quote(b"  {") and not dstack.looks_like_get_quote(b"\x04\x00")
+    assert dstack.looks_like_scale_attestation(_nitro_scale("nsm-qvl-nitro-attestation.scale.bin"))
+
+
+def test_dip1_rules() -> None:
+    key = bytes.fromhex("039e695a6b5e24824e8fcfe923bfa9cde0f1cb51b6ab5f060eff3c1cd45d057910")
+    good = b"dip1::secp256k1c-pk:" + base64.urlsafe_b64encode(key).rstrip(b"=")
+    assert len(good) == 64 and dstack.parse_dip1(good) == dstack.Dip1Key("secp256k1", key)
+    ed = b"dip1::ed25519-pk:" + base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=")
+    assert dstack.parse_dip1(ed.ljust(64, b"\x00")) == dstack.Dip1Key("ed25519", bytes(range(32)))
+    assert dstack.parse_dip1(bytes(64)) is None and dstack.parse_dip1(b"dip1::") is None
+    with pytest.raises(RaTlsError, match="after the text"):
+        dstack.parse_dip1(ed.ljust(63, b"\x00") + b"\x01")
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare = alphabet[alphabet.index(ed[-1:]) | 1 : alphabet.index(ed[-1:]) + 2][:1]  # low bit set
+    with pytest.raises(RaTlsError, match="canonical"):  # a spare bit of the last character set
+        dstack.parse_dip1((ed[:-1] + spare).ljust(64, b"\x00"))
+    with pytest.raises(RaTlsError, match="secp256k1 point"):
+        dstack.parse_dip1(
+            b"dip1::secp256k1c-pk:" + base64.urlsafe_b64encode(b"\x05" + bytes(32)).rstrip(b"=")
+        )
+    with pytest.raises(RaTlsError, match="unknown key type"):
+        dstack.parse_dip1(b"dip1::rsa-pk:AAAA".ljust(64, b"\x00"))
+    with pytest.raises(RaTlsError, match="Ethereum"):
+        dstack.Dip1Key("ed25519", bytes(32)).eth_address()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=44))
+def test_fuzz_dip1_raises_only_ratls_error(tail: bytes) -> None:
+    for prefix in (dstack.DIP1_SECP256K1, dstack.DIP1_ED25519, b"dip1::"):
+        data = (prefix + tail)[:64].ljust(64, b"\x00")
+        with contextlib.suppress(RaTlsError):
+            dstack.parse_dip1(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=16000), st.integers(min_value=1, max_value=255))
+def test_fuzz_get_quote_answer_raises_only_ratls_error(index: int, xor: int) -> None:
+    raw = bytearray(_get_quote())
+    raw[index % len(raw)] ^= xor
+    with contextlib.suppress(RaTlsError):
+        dstack.parse_get_quote_response(bytes(raw))

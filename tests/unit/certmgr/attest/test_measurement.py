@@ -51,3 +51,28 @@ def test_rtmr3_changes_the_id() -> None:
         build_simulated_quote(DEV_KEY, bytes(64), rtmrs=(bytes(48),) * 3 + (b"\x01" * 48,))
     )
     assert measurement_id(a.measurement) != measurement_id(b.measurement)
+
+
+def test_measurement_id_definition_nitro() -> None:
+    p0, p1, p2, p8 = (bytes([i]) * 48 for i in (1, 2, 3, 8))
+    m = Measurement(TeeType.NITRO, False, pcr0=p0, pcr1=p1, pcr2=p2, pcr8=p8)
+    expected = hashlib.sha256(
+        b"teeproxy/measurement-id/v1\x00nitro\x00"
+        + p0
+        + p1
+        + p2
+        + b"\x01"
+        + p8
+        + b"\x00"
+        + bytes(48)
+    ).digest()
+    assert measurement_id(m) == expected
+    assert m.registers() == {"pcr0": p0.hex(), "pcr1": p1.hex(), "pcr2": p2.hex(), "pcr8": p8.hex()}
+    # An absent PCR16 and an all-zero one are different builds; so is PCR8's absence.
+    zero16 = Measurement(TeeType.NITRO, False, pcr0=p0, pcr1=p1, pcr2=p2, pcr8=p8, pcr16=bytes(48))
+    no8 = Measurement(TeeType.NITRO, False, pcr0=p0, pcr1=p1, pcr2=p2)
+    assert len({measurement_id(x) for x in (m, zero16, no8)}) == 3
+    with pytest.raises(QuoteError, match="nitro"):
+        measurement_id(Measurement(TeeType.NITRO, False, pcr0=p0, pcr1=p1, pcr2=bytes(32)))
+    with pytest.raises(QuoteError, match="nitro"):
+        measurement_id(Measurement(TeeType.NITRO, False, pcr0=p0, pcr1=p1, pcr2=p2, pcr8=bytes(32)))

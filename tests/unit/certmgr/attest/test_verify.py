@@ -970,3 +970,104 @@ def test_real_rats_tls_legacy_values() -> None:
         ).to_json()
         assert v["report_data"].startswith(prefix) and v["report_data"].endswith("00" * 32)
         assert v["intel"] == {"fmspc": "00606a000000", "pck_ca": "platform"}
+
+
+# -- Nitro documents and dstack evidence ----------------------------------------------------
+
+
+def test_nitro_document_verdict_at_its_pinned_time() -> None:
+    from certmgr.attest.verify import verify_quote_verdict
+    from tests.helpers.nitro import NSM_QVL, nitro_vector, pinned_time
+
+    raw = nitro_vector(NSM_QVL[0])
+    opts = VerifyOptions(any_measurement=True)
+    v = verify_quote_verdict(
+        raw, None, opts, now=int(pinned_time(NSM_QVL)) + 1, report_data=bytes(64)
+    )
+    doc = v.to_json()
+    assert v.trusted and doc["tee"] == "nitro" and doc["status"] == "Verified" and doc["binding"]
+    assert doc["pcr0"].startswith("5cb70295") and doc["nitro"]["module_id"].endswith("2ed4b")
+    expired = verify_quote_verdict(raw, None, opts, now=int(pinned_time(NSM_QVL)) + 86400)
+    assert Reason.COLLATERAL_EXPIRED in expired.reasons and not expired.trusted
+    sig = list(cbor2.loads(raw))
+    sig[3] = bytes([sig[3][0] ^ 1]) + sig[3][1:]
+    bad = verify_quote_verdict(cbor2.dumps(sig), None, opts, now=int(pinned_time(NSM_QVL)))
+    assert bad.reasons == (Reason.NITRO_SIGNATURE,)
+    other = verify_quote_verdict(
+        raw, None, opts, now=int(pinned_time(NSM_QVL)), report_data=b"\x01" * 64
+    )
+    assert Reason.REPORT_DATA in other.reasons
+    assert verify_quote_verdict(
+        raw,
+        None,
+        VerifyOptions(expect_tee=TeeType.TDX, any_measurement=True),
+        now=int(pinned_time(NSM_QVL)),
+    ).reasons == (Reason.TEE_TYPE,)
+    strict = VerifyOptions(policy=None)
+    assert verify_quote_verdict(raw, None, strict, now=int(pinned_time(NSM_QVL))).reasons == (
+        Reason.NO_MEASUREMENT_POLICY,
+    )
+
+
+def test_dstack_nitro_scale_attestations_verify() -> None:
+    from certmgr.attest.verify import verify_dstack_evidence
+    from tests.helpers.nitro import DSTACK_ATTEST, NSM_QVL, nitro_vector, pinned_time
+
+    opts = VerifyOptions(any_measurement=True)
+    for vec in (NSM_QVL, DSTACK_ATTEST):
+        raw = nitro_vector(vec[1])
+        v = verify_dstack_evidence(raw, None, opts, now=int(pinned_time(vec)))
+        doc = v.to_json()
+        assert v.trusted, doc["failures"]
+        assert (
+            doc["dstack"]["platform"] == "nitro"
+            and doc["dstack"]["runtime_events_measured"] is False
+        )
+    raw = nitro_vector(DSTACK_ATTEST[1])
+    asked = hashlib.sha256(b"").digest() + bytes(32)
+    good = verify_dstack_evidence(
+        raw, None, opts, now=int(pinned_time(DSTACK_ATTEST)), report_data=asked
+    )
+    assert good.trusted and good.binding
+    bad = verify_dstack_evidence(
+        raw, None, opts, now=int(pinned_time(DSTACK_ATTEST)), report_data=bytes(64)
+    )
+    assert Reason.REPORT_DATA in bad.reasons and not bad.binding
+
+
+def test_dstack_get_quote_answer_verdict() -> None:
+    from certmgr.attest.verify import verify_quote_verdict
+    from tests.helpers.nitro import dstack_vector
+
+    raw = dstack_vector("tdx-lite-getquote.json")
+    rd = bytes.fromhex(json.loads(raw)["report_data"])
+    key = bytes.fromhex("039e695a6b5e24824e8fcfe923bfa9cde0f1cb51b6ab5f060eff3c1cd45d057910")
+    v = verify_quote_verdict(
+        raw,
+        None,
+        VerifyOptions(any_measurement=True),
+        now=1780000000,
+        report_data=rd,
+        expected_key=key,
+    )
+    doc = v.to_json()
+    # No Intel collateral for this FMSPC at a valid time is bundled: never trusted, but the
+    # binding, the RTMR3 replay and the DIP-1 key are checked and reported.
+    assert v.reasons == (Reason.COLLATERAL_MISSING,) and not v.trusted and v.binding
+    assert doc["report_data_key"]["public_key"] == key.hex()
+    assert doc["report_data_key"]["address"].startswith("0x")
+    assert doc["dstack"]["rtmr3_replayed"] == doc["rt_mr3"]
+    assert doc["mr_td"].startswith("fd685522")
+    wrong_key = verify_quote_verdict(
+        raw, None, VerifyOptions(any_measurement=True), now=1780000000, expected_key=b"\x02" * 33
+    )
+    assert Reason.REPORT_DATA in wrong_key.reasons
+    log = json.loads(json.loads(raw)["event_log"])
+    for e in log:
+        if e["imr"] == 3 and e["event"] == "compose-hash":
+            e["event_payload"] = "00" * 32
+    tampered = json.dumps({**json.loads(raw), "event_log": json.dumps(log)}).encode()
+    t = verify_quote_verdict(tampered, None, VerifyOptions(any_measurement=True), now=1780000000)
+    assert Reason.EVENT_LOG in t.reasons
+    junk = verify_quote_verdict(b'{"quote": 1}', None, VerifyOptions(), now=0)
+    assert junk.reasons == (Reason.QUOTE_MALFORMED,)
