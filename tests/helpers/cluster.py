@@ -149,3 +149,10 @@ def admin_json(port: int, path: str) -> dict[str, object]:
     except urllib.error.HTTPError as e:
         data = json.loads(e.read())
         return data
+
+
+def admin_text(port: int, path: str) -> str:
+    """GET an admin endpoint's text (blocking), e.g. /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+        text: str = r.read().decode()
+        return text

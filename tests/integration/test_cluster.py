@@ -23,8 +23,11 @@ import base64
 import datetime as dt
 import json
 import os
+import re
 import signal
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from tests.helpers.acme_peers import Knot, PebbleFactory
 from tests.helpers.chain import AnvilFactory, anvil_account0, deploy_policy, owner_tx
 from tests.helpers.cluster import (
     admin_json,
+    admin_text,
     replica_toml,
     served_cert,
     shared_dev_key,
@@ -47,7 +51,7 @@ from tests.helpers.cluster import (
 )
 from tests.helpers.etcd import EtcdCluster
 from tests.helpers.ports import free_port
-from tests.helpers.serve import Launch, Process
+from tests.helpers.serve import REPO, Launch, Process
 
 pytestmark = pytest.mark.slow
 
@@ -276,6 +280,30 @@ async def test_fleet_of_three(
         st3 = await asyncio.to_thread(r3.status)
         assert st3["key_epoch"] == 1, st3
         assert any("rotated the key to epoch 2" in r.proc.output for r in (r1, r2))
+        status = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-m",
+                "proxy.cli",
+                "cluster",
+                "status",
+                "--admin",
+                f"127.0.0.1:{r1.admin}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert status.returncode == 0, status.stderr
+        print(status.stdout)
+        assert "key epoch:    2" in status.stdout
+        assert re.search(r"r3 +0x[0-9a-f]{64}  refused, no key", status.stdout), status.stdout
+        assert re.search(r"r2 +0x[0-9a-f]{64}  trusted, has key", status.stdout), status.stdout
+        metrics = await asyncio.to_thread(admin_text, r1.admin, "/metrics")
+        assert "teeproxy_cluster_key_epoch 2.0" in metrics
 
         # 5. One etcd member stopped: the fleet keeps serving and renews.
         before = set(watch.serials)
