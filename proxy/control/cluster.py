@@ -135,7 +135,7 @@ class ClusterMember:
         self._hpke = ec.generate_private_key(ec.SECP256R1())
         self._sign = ec.generate_private_key(ec.SECP256R1())
         self._hpke_spki = spki_der(self._hpke.public_key())
-        self._dev_keys = tuple(load_dev_key(Path(p).read_bytes()) for p in c.trust_dev_keys)
+        self._dev_keys: tuple[bytes, ...] = ()  # read in start(), off the event loop
         self.keys: dict[int, bytes] = {}
         self.epoch = 0
         self._epoch_mod = 0
@@ -171,6 +171,7 @@ class ClusterMember:
     async def start(self) -> None:
         """Join: publish the join record, then bootstrap or wait for the key (``key_wait``)."""
         self.watermarks = await asyncio.to_thread(self._load_watermarks)
+        self._dev_keys = await asyncio.to_thread(self._read_dev_keys)
         self._join = await asyncio.to_thread(self._make_join_record)
         await self._publish_membership()
         self._tasks.append(spawn(self._keepalive(), "cluster-keepalive"))
@@ -217,6 +218,12 @@ class ClusterMember:
             with contextlib.suppress(EtcdError):
                 await self.client.revoke(self.lease)
         await self.client.close()
+
+    def _read_dev_keys(self) -> tuple[bytes, ...]:
+        try:
+            return tuple(load_dev_key(Path(p).read_bytes()) for p in self.c.trust_dev_keys)
+        except (OSError, VerifyError) as e:
+            raise ClusterError(f"cluster.trust_dev_keys: {e}") from e
 
     def _make_join_record(self) -> JoinRecord:
         """Fresh evidence binding the HPKE and signing keys (blocking: asks the TEE)."""
