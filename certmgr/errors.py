@@ -25,7 +25,11 @@ working, and carries its context as attributes rather than only in the message.
     │   └── CollateralUnavailable (OSError)  collateral could not be fetched; .retry_after
     ├── PolicyError (ValueError)          a policy value or RPC answer is malformed
     ├── ReceiptError (ValueError)         a receipt is malformed or does not verify
-    └── SigningKeyError (ValueError)      the receipt signing key is missing or unusable
+    ├── SigningKeyError (ValueError)      the receipt signing key is missing or unusable
+    └── ClusterError                      cluster coordination (etcd, shared secrets)
+        ├── EtcdError (OSError)           no etcd endpoint answered, or it refused
+        ├── EnvelopeError (ValueError)    a stored value is malformed or fails authentication
+        └── RollbackError (ValueError)    etcd served an older version than already seen
 
 A verifier's *verdict* (untrusted evidence) is not an exception: it is
 :class:`certmgr.attest.verify.Verdict` with its failures.
@@ -41,8 +45,11 @@ __all__ = [
     "CertError",
     "CertmgrError",
     "ChallengeError",
+    "ClusterError",
     "CollateralUnavailable",
     "EndorsementsError",
+    "EnvelopeError",
+    "EtcdError",
     "EvidenceError",
     "IssuedCertError",
     "PolicyError",
@@ -51,6 +58,7 @@ __all__ = [
     "QuoteRateLimited",
     "RaTlsError",
     "ReceiptError",
+    "RollbackError",
     "SealError",
     "SealingUnavailable",
     "SettingsError",
@@ -161,3 +169,30 @@ class ReceiptError(CertmgrError, ValueError):
 
 class SigningKeyError(CertmgrError, ValueError):
     """The signing key is missing, does not unseal, or is not a valid secp256k1 key."""
+
+
+class ClusterError(CertmgrError):
+    """Cluster coordination failed (certmgr.cluster)."""
+
+
+class EtcdError(ClusterError, OSError):
+    """No etcd endpoint answered, or the one that did refused the request; .code is etcd's
+    gRPC status code when it answered."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EnvelopeError(ClusterError, ValueError):
+    """A value read from etcd is malformed, or fails authentication under the cluster key."""
+
+
+class RollbackError(ClusterError, ValueError):
+    """etcd served a version (or key epoch) older than one this replica has already seen."""
+
+    def __init__(self, name: str, got: int, seen: int) -> None:
+        super().__init__(f"{name}: etcd served version {got}, older than {seen} already seen")
+        self.name = name
+        self.got = got
+        self.seen = seen

@@ -9,10 +9,19 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["acme_log", "attest_log", "keys_log", "policy_log", "signing_log", "tls_log"]
+__all__ = [
+    "acme_log",
+    "attest_log",
+    "cluster_log",
+    "keys_log",
+    "policy_log",
+    "signing_log",
+    "tls_log",
+]
 
 acme_log = logging.getLogger("teeproxy.acme")  # ACME orders, challenges, CAA
 attest_log = logging.getLogger("teeproxy.attest")  # quotes, RA-TLS, verification
+cluster_log = logging.getLogger("teeproxy.cluster")  # etcd, key release, shared state
 keys_log = logging.getLogger("teeproxy.keys")  # sealing
 policy_log = logging.getLogger("teeproxy.policy")  # on-chain policy reads, dev chain
 signing_log = logging.getLogger("teeproxy.signing")  # the receipt signing key

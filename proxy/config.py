@@ -247,6 +247,7 @@ class AttestationConfig:
     collateral_file: str = ""
     collateral_timeout: float = 10.0
     snp_endorsements: bool = True
+    simulated_mr_config_id: str = ""
     configfs_tsm_dir: str = "/sys/kernel/config/tsm/report"
     gramine_dir: str = "/dev/attestation"
     dstack_socket: str = "/var/run/dstack.sock"
@@ -266,6 +267,22 @@ class ReceiptsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """[cluster]: replicas sharing one identity through etcd (docs/CLUSTER.md)."""
+
+    enabled: bool = False
+    name: str = ""
+    member_id: str = ""
+    etcd_endpoints: tuple[str, ...] = ()
+    etcd_timeout: float = 5.0
+    lease_ttl: int = 10
+    resync_interval: float = 5.0
+    key_wait: float = 120.0
+    trust_dev_keys: tuple[str, ...] = ()
+    max_value_size: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     state_dir: str = "/var/lib/teeproxy"
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -280,6 +297,7 @@ class Config:
     governance: GovernanceConfig = field(default_factory=GovernanceConfig)
     attestation: AttestationConfig = field(default_factory=AttestationConfig)
     receipts: ReceiptsConfig = field(default_factory=ReceiptsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def validate(self) -> Config:
         """Check cross-field rules; raise ConfigError naming the field. Returns self."""
@@ -409,6 +427,7 @@ _NESTED: dict[str, type] = {
     "GovernanceConfig": GovernanceConfig,
     "AttestationConfig": AttestationConfig,
     "ReceiptsConfig": ReceiptsConfig,
+    "ClusterConfig": ClusterConfig,
 }
 
 
@@ -535,6 +554,16 @@ def _validate(cfg: Config) -> None:
     if at.collateral_pccs_url and not at.collateral_pccs_url.startswith(("https://", "http://")):
         raise ConfigError("attestation.collateral_pccs_url", "must be an http(s) URL")
     _positive(at.collateral_timeout, "attestation.collateral_timeout")
+    if at.simulated_mr_config_id:
+        if at.provider != "simulated":
+            raise ConfigError("attestation.simulated_mr_config_id", "only with provider simulated")
+        try:
+            if len(bytes.fromhex(at.simulated_mr_config_id)) != 48:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(
+                "attestation.simulated_mr_config_id", "expected 96 hex digits"
+            ) from None
 
     rc = cfg.receipts
     for i, route in enumerate(rc.routes):
@@ -553,6 +582,46 @@ def _validate(cfg: Config) -> None:
 
     if cfg.governance.mode != "off":
         validate_governance(cfg.governance)
+    if cfg.cluster.enabled:
+        validate_cluster(cfg)
+
+
+_CLUSTER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}", re.ASCII)
+
+
+def validate_cluster(cfg: Config) -> None:
+    """The [cluster] rules; ConfigError names the field."""
+    c = cfg.cluster
+    if _CLUSTER_NAME.fullmatch(c.name) is None:
+        raise ConfigError("cluster.name", "expected 1-63 of a-z 0-9 . _ - (starting a-z0-9)")
+    if _CLUSTER_NAME.fullmatch(c.member_id) is None:
+        raise ConfigError("cluster.member_id", "expected 1-63 of a-z 0-9 . _ - (starting a-z0-9)")
+    if not c.etcd_endpoints:
+        raise ConfigError("cluster.etcd_endpoints", "at least one etcd endpoint is required")
+    for i, url in enumerate(c.etcd_endpoints):
+        parts = urlsplit(url)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+        ):
+            raise ConfigError(
+                f"cluster.etcd_endpoints[{i}]", f"expected http(s)://host:port, got {url!r}"
+            )
+    _positive(c.etcd_timeout, "cluster.etcd_timeout")
+    _positive(c.resync_interval, "cluster.resync_interval")
+    _positive(c.key_wait, "cluster.key_wait")
+    if not 2 <= c.lease_ttl <= 300:
+        raise ConfigError("cluster.lease_ttl", "must be 2-300 s")
+    if c.etcd_timeout * 2 > c.lease_ttl:
+        raise ConfigError("cluster.etcd_timeout", "must be at most lease_ttl / 2")
+    if not 64 * 1024 <= c.max_value_size <= 64 * 1024**2:
+        raise ConfigError("cluster.max_value_size", "must be 64 KiB - 64 MiB")
+    if cfg.governance.mode == "off":
+        # The key goes only to replicas the on-chain policy allows now (docs/CLUSTER.md).
+        raise ConfigError("governance.mode", "cluster mode needs governance (monitor or enforce)")
+    if cfg.attestation.provider == "none":
+        raise ConfigError("attestation.provider", "cluster mode needs attestation (key release)")
 
 
 def validate_governance(g: GovernanceConfig) -> None:

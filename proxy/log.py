@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from certmgr.log import acme_log, attest_log, policy_log, tls_log
+from certmgr.log import acme_log, attest_log, cluster_log, policy_log, tls_log
 
 __all__ = [
     "access_log",
@@ -18,6 +18,7 @@ __all__ = [
     "admin_log",
     "attest_log",
     "cli_log",
+    "cluster_log",
     "demo_log",
     "forward_log",
     "policy_log",

@@ -17,6 +17,14 @@ __all__ = [
     "BACKEND_ERRORS",
     "BYTES",
     "CERT_EXPIRY",
+    "CLUSTER_CERT_VERSION",
+    "CLUSTER_KEY_EPOCH",
+    "CLUSTER_KEY_WAIT",
+    "CLUSTER_MEMBERS",
+    "CLUSTER_REFUSALS",
+    "CLUSTER_RENEWER",
+    "CLUSTER_ROLLBACKS",
+    "CLUSTER_ROTATIONS",
     "CONNECTIONS_OPEN",
     "CONNECTIONS_REJECTED",
     "OPEN_STREAMS",
@@ -105,6 +113,41 @@ POLICY_ENDPOINT_FAULTS = Counter(
     "teeproxy_policy_endpoint_faults",
     "RPC endpoints outvoted (dissent) or failing (error), by endpoint index in rpc_urls.",
     ["endpoint", "kind"],
+)
+
+# Cluster mode (proxy/control/cluster.py): set by the supervisor alone.
+CLUSTER_MEMBERS = Gauge(
+    "teeproxy_cluster_members",
+    "Join records seen in etcd (live replicas).",
+    multiprocess_mode="max",
+)
+CLUSTER_KEY_EPOCH = Gauge(
+    "teeproxy_cluster_key_epoch",
+    "Epoch of the cluster key this replica holds (0: none).",
+    multiprocess_mode="max",
+)
+CLUSTER_KEY_WAIT = Gauge(
+    "teeproxy_cluster_key_wait_seconds",
+    "Seconds from publishing the join record to holding the cluster key, at start.",
+    multiprocess_mode="max",
+)
+CLUSTER_RENEWER = Gauge(
+    "teeproxy_cluster_renewer",
+    "1 while this replica holds the renew lock.",
+    multiprocess_mode="max",
+)
+CLUSTER_CERT_VERSION = Gauge(
+    "teeproxy_cluster_certificate_version",
+    "Version of the fleet's certificate installed here.",
+    multiprocess_mode="max",
+)
+CLUSTER_ROTATIONS = Counter("teeproxy_cluster_key_rotations", "Cluster key rotations made here.")
+CLUSTER_REFUSALS = Counter(
+    "teeproxy_cluster_key_refusals",
+    "Join records refused the key (evidence or policy), counted once per new reason.",
+)
+CLUSTER_ROLLBACKS = Counter(
+    "teeproxy_cluster_rollbacks", "Values or epochs from etcd older than already seen: refused."
 )
 
 RECEIPTS = Counter(

@@ -111,6 +111,7 @@ def provider_for(cfg: Config, sealer: Sealer) -> QuoteProvider | None:
         timeout=a.quote_timeout,
         simulated_key_file=key_file,
         simulated_sealer=sealer,
+        simulated_mr_config_id=bytes.fromhex(a.simulated_mr_config_id),
     )
     try:
         return make_provider(a.provider, settings)

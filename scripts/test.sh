@@ -13,7 +13,9 @@ cd "$here"
 #   testssl.sh  TLS policy scan (tests/integration/test_tls_policy.py)
 #   pebble      ACME CA (RFC 8555) with its challenge test server
 #   knot        authoritative DNS with RFC 2136 updates (DNS-01, CAA)
-APT_PACKAGES=(testssl.sh pebble knot)
+#   etcd-server three-member etcd cluster the cluster-mode tests coordinate through
+#   etcd-client etcdctl, for looking at what the tests left in etcd by hand
+APT_PACKAGES=(testssl.sh pebble knot etcd-server etcd-client)
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 
 missing=()

@@ -148,6 +148,21 @@ class AcmeStore:
             return None
         return uri if isinstance(uri, str) else None
 
+    def export_account(self, directory: str) -> tuple[ec.EllipticCurvePrivateKey, str] | None:
+        """The account key and URI for ``directory``, or None before the first order."""
+        uri = self.account_uri(directory)
+        if uri is None:
+            return None
+        try:
+            return self.account_key(directory, generate=False), uri
+        except FileNotFoundError:
+            return None
+
+    def install_account(self, directory: str, key: ec.EllipticCurvePrivateKey, uri: str) -> None:
+        """Use an account created elsewhere (a cluster's shared account): key, then URI."""
+        store_sealed_key(self._account_dir(directory) / "account.key.sealed", key, self.sealer)
+        self.save_account(directory, uri)
+
     def save_account(self, directory: str, uri: str) -> None:
         _write_json(
             self._account_dir(directory) / "account.json", {"directory": directory, "uri": uri}

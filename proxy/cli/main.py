@@ -1,7 +1,8 @@
 """``teeproxy``: the command line, and the entry point of every teeproxy process.
 
 ``serve``, ``check-config`` and ``print-default-config`` are here; the other commands live
-in their own modules (``demo``, ``verify``/``measure``, ``caa``, ``policy``, ``receipt``),
+in their own modules (``demo``, ``verify``/``measure``, ``caa``, ``policy``, ``receipt``,
+``cluster``),
 each adding its parsers. The CLI sits on top of the house and may import anything.
 
 Modules that import prometheus_client (every control-plane and data-plane module, through
@@ -22,6 +23,7 @@ from pathlib import Path
 from proxy import __version__
 from proxy.cli import acme as cli_acme
 from proxy.cli import attest as cli_attest
+from proxy.cli import cluster as cli_cluster
 from proxy.cli import demo as cli_demo
 from proxy.cli import policy as cli_policy
 from proxy.cli import receipt as cli_receipt
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_acme.add_caa_parser(sub)
     cli_policy.add_parsers(sub)
     cli_receipt.add_parsers(sub)
+    cli_cluster.add_parsers(sub)
     return p
 
 

@@ -19,7 +19,7 @@ import importlib
 import random
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from certmgr.acme.challenges import http01, tlsalpn01
 from certmgr.acme.renewal import in_emergency, next_attempt, renewal_time, retry_delay
@@ -32,7 +32,21 @@ from proxy.log import acme_log as log
 if TYPE_CHECKING:
     from certmgr.acme.client import AcmeIssuer
 
-__all__ = ["AcmeManager", "StateDirPublisher", "wait_reloaded"]
+__all__ = ["AcmeManager", "RenewCoordinator", "StateDirPublisher", "wait_reloaded"]
+
+
+class RenewCoordinator(Protocol):
+    """Who may order when several replicas share one certificate (cluster mode:
+    :class:`proxy.control.cluster.ClusterMember`)."""
+
+    async def before_order(self) -> bool:
+        """True: order now (this replica holds the renew lock). False: skip this time."""
+
+    async def after_order(self) -> bool:
+        """Publish the certificate just stored (fenced by the lock); True when published."""
+
+    async def release(self) -> None:
+        """Give the renew lock back (success or not)."""
 
 
 class StateDirPublisher:
@@ -101,10 +115,14 @@ class AcmeManager:
         clock: Callable[[], dt.datetime] | None = None,
         rng: random.Random | None = None,
         may_order: Callable[[], bool] | None = None,
+        coordinator: RenewCoordinator | None = None,
     ) -> None:
-        """``may_order``: governance's verdict (enforce mode: only an allowed build orders)."""
+        """``may_order``: governance's verdict (enforce mode: only an allowed build orders);
+        ``coordinator``: the cluster's renew lock (None: this replica alone decides)."""
         self.cfg = cfg
         self._may_order = may_order
+        self._coordinator = coordinator
+        self._window: tuple[dt.datetime, dt.datetime] | None = None
         self.sealer = sealer
         self._reload = reload
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
@@ -168,6 +186,8 @@ class AcmeManager:
 
         now = self._clock()
         window = await asyncio.to_thread(self._current_window)
+        if window != self._window:  # a new certificate (ours, or the fleet's): new timing
+            self._window, self.due = window, None
         if window is not None and (self.due is None or now >= self._recheck_at):
             # RFC 9773 4.3: poll the renewal info again from time to time (the CA may move
             # the window, e.g. ahead of a revocation); without ARI this is 2/3 of the life.
@@ -191,7 +211,20 @@ class AcmeManager:
                 "ACME: not ordering (%s): governance does not allow this build", decision.reason
             )
             return now + dt.timedelta(seconds=min(60.0, self.cfg.acme.check_interval))
+        coordinator = self._coordinator
+        if coordinator is not None and not await coordinator.before_order():
+            # Another replica renews (or just did: its certificate is installed by now).
+            return now + dt.timedelta(seconds=min(self.cfg.cluster.resync_interval, 5.0))
         log.info("ACME: ordering a certificate (%s)", decision.reason)
+        try:
+            return await self._order(now, window)
+        finally:
+            if coordinator is not None:
+                await coordinator.release()
+
+    async def _order(
+        self, now: dt.datetime, window: tuple[dt.datetime, dt.datetime] | None
+    ) -> dt.datetime:
         a = self.cfg.acme
         try:
             await asyncio.to_thread(self.issuer().obtain, self._clock)
@@ -229,6 +262,8 @@ class AcmeManager:
         self.due = None
         self.last_error = None
         self.issued_count += 1
+        if self._coordinator is not None:
+            await self._coordinator.after_order()
         await self._reload()
         return self._clock()
 

@@ -34,7 +34,14 @@ from proxy.control.certificates import served_certificates
 from proxy.errors import ConfigError
 from proxy.log import admin_log as log
 
-__all__ = ["AdminServer", "PolicyStatus", "SupervisorView", "backend_reachable", "readiness"]
+__all__ = [
+    "AdminServer",
+    "ClusterStatus",
+    "PolicyStatus",
+    "SupervisorView",
+    "backend_reachable",
+    "readiness",
+]
 
 
 class PolicyStatus(Protocol):
@@ -58,6 +65,15 @@ class SupervisorView(Protocol):
     def governor(self) -> PolicyStatus | None: ...
 
     def worker_pids(self) -> list[int]: ...
+
+    @property
+    def cluster(self) -> ClusterStatus | None: ...
+
+
+class ClusterStatus(Protocol):
+    """What ``/cluster`` shows (:class:`proxy.control.cluster.ClusterMember`)."""
+
+    def status(self) -> dict[str, Any]: ...
 
 
 async def backend_reachable(cfg: Config) -> str | None:
@@ -131,6 +147,7 @@ class AdminServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/cluster", self._cluster)
         return app
 
     async def start(self) -> None:
@@ -177,6 +194,12 @@ class AdminServer:
                 body["ready"] = False
                 body["reasons"].append(problem)
         return web.json_response(body, status=200 if ok else 503)
+
+    async def _cluster(self, _request: web.Request) -> web.Response:
+        cluster = self.sup.cluster
+        if cluster is None:
+            return web.json_response({"enabled": False}, status=404)
+        return web.json_response({"enabled": True, **cluster.status()})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         # The expiry gauge is the supervisor's: set it on every scrape, not only on /ready.

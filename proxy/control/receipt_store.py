@@ -12,13 +12,24 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
+from typing import Protocol
 
 from aiohttp import web
 
+from certmgr.errors import CertmgrError
 from proxy.config import ReceiptsConfig
 from proxy.dataplane.receipt_store import MAX_STORED, RECEIPT_ID, ReceiptStore
+from proxy.log import receipts_log as log
 
-__all__ = ["SharedStore", "StoreServer"]
+__all__ = ["Backing", "SharedStore", "StoreServer"]
+
+
+class Backing(Protocol):
+    """A store shared beyond this machine (cluster mode: sealed in etcd with a lease)."""
+
+    async def put_receipt(self, rid: str, blob: bytes) -> None: ...
+
+    async def get_receipt(self, rid: str) -> bytes | None: ...
 
 
 class StoreServer:
@@ -28,9 +39,10 @@ class StoreServer:
     bounded (ids by pattern, bodies by the receipt size cap).
     """
 
-    def __init__(self, store: ReceiptStore, path: str) -> None:
+    def __init__(self, store: ReceiptStore, path: str, backing: Backing | None = None) -> None:
         self.store = store
         self.path = path
+        self.backing = backing
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -50,12 +62,28 @@ class StoreServer:
         rid = request.match_info["rid"]
         if RECEIPT_ID.fullmatch(rid) is None:
             return web.Response(status=400)
-        self.store.put(rid, await request.read())
+        blob = await request.read()
+        self.store.put(rid, blob)
+        if self.backing is not None:
+            # Awaited: once the worker's PUT returns, any replica can answer for this id.
+            try:
+                await self.backing.put_receipt(rid, blob)
+            except (CertmgrError, OSError) as e:
+                log.error("receipt %s not shared with the cluster: %s", rid[:8], e)
         return web.Response(status=204)
 
     async def _get(self, request: web.Request) -> web.Response:
         rid = request.match_info["rid"]
-        blob = self.store.get(rid) if RECEIPT_ID.fullmatch(rid) else None
+        if RECEIPT_ID.fullmatch(rid) is None:
+            return web.Response(status=404)
+        blob = self.store.get(rid)
+        if blob is None and self.backing is not None:
+            try:
+                blob = await self.backing.get_receipt(rid)
+            except (CertmgrError, OSError) as e:
+                log.warning("receipt %s: the cluster store failed: %s", rid[:8], e)
+            if blob is not None and len(blob) > MAX_STORED:
+                blob = None
         if blob is None:
             return web.Response(status=404)
         return web.Response(body=blob)
@@ -74,9 +102,11 @@ class SharedStore:
         return self.server.path
 
     @classmethod
-    async def start(cls, cfg: ReceiptsConfig) -> SharedStore:
+    async def start(cls, cfg: ReceiptsConfig, backing: Backing | None = None) -> SharedStore:
         directory = await asyncio.to_thread(tempfile.mkdtemp, prefix="teeproxy-receipts-")
-        server = StoreServer(ReceiptStore(cfg.ttl, cfg.max_entries), directory + "/store.sock")
+        server = StoreServer(
+            ReceiptStore(cfg.ttl, cfg.max_entries), directory + "/store.sock", backing
+        )
         await server.start()
         return cls(server, directory)
 

@@ -29,10 +29,12 @@ from multiprocessing.process import BaseProcess
 
 from prometheus_client import multiprocess
 
+from certmgr.errors import ClusterError, EtcdError
 from proxy.config import Config, ListenAddress, load, reloadable
 from proxy.control.acme import AcmeManager, wait_reloaded
 from proxy.control.admin import AdminServer
 from proxy.control.certificates import check_certificates, next_renewal, prepare_certificates
+from proxy.control.cluster import ClusterMember
 from proxy.control.governance import Governor, start_governor
 from proxy.control.receipt_store import SharedStore
 from proxy.dataplane.worker import run_worker_process
@@ -119,6 +121,16 @@ class Supervisor:
         except GovernanceError as e:
             log.error("governance: %s", e)
             return 3
+        if self.cfg.cluster.enabled and self.governor is not None:
+            # Before any certificate is prepared: the fleet's certificate is installed first.
+            self.cluster = ClusterMember(self.cfg, runtime, self.governor)
+            try:
+                await self.cluster.start()
+            except (ClusterError, EtcdError) as e:
+                log.error("cluster: %s", e)
+                await self.cluster.close()
+                await self.governor.close()
+                return 3
         await asyncio.to_thread(prepare_certificates, self.cfg, runtime)
         await asyncio.to_thread(check_certificates, self.cfg, runtime.sealer)
         self.cfg = self._resolve_ports()
@@ -131,10 +143,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload(), "reload"))
-        if self.cfg.receipts.enabled and self.cfg.server.worker_count > 1:
+        if self.cfg.receipts.enabled and (self.cfg.server.worker_count > 1 or self.cluster):
             # A receipt is fetched from whichever worker the kernel picks, so with several
-            # workers the store lives here.
-            self._receipt_store = await SharedStore.start(self.cfg.receipts)
+            # workers the store lives here; in a cluster, sealed in etcd too (any replica).
+            self._receipt_store = await SharedStore.start(self.cfg.receipts, self.cluster)
         for _ in range(self.cfg.server.worker_count):
             self._spawn_worker()
         try:
@@ -154,17 +166,28 @@ class Supervisor:
         self.ready = True
         monitor = spawn(self._monitor(runtime), "supervisor-monitor")
         acme = None
+        manager = None
         if self.cfg.acme.enabled:  # certificates from an ACME CA
             may_order = self.governor.may_request_certificates if self.governor else None
             manager = AcmeManager(
-                self.cfg, runtime.sealer, self.reload_workers, may_order=may_order
+                self.cfg,
+                runtime.sealer,
+                self.reload_workers,
+                may_order=may_order,
+                coordinator=self.cluster,
             )
             acme = spawn(manager.run(), "acme")
+        if self.cluster is not None:
+            self.cluster.reload = self.reload_workers
+            self.cluster.acme_wakeup = manager.wakeup if manager is not None else None
+            self.cluster.run()
         await stop.wait()
         self._stopping = True
         monitor.cancel()
         if acme is not None:
             acme.cancel()
+        if self.cluster is not None:  # leave the cluster first: the lease goes at once
+            await self.cluster.close()
         log.info("draining workers (grace %.0f s)", self.cfg.server.drain_grace)
         await self._terminate_workers()
         await admin.stop()
@@ -177,6 +200,7 @@ class Supervisor:
 
     ready = False
     governor: Governor | None = None  # unless [governance] mode = "off"
+    cluster: ClusterMember | None = None  # with [cluster] enabled
     runtime: Runtime | None = None  # built at the start of run()
 
     @property

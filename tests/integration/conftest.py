@@ -6,7 +6,9 @@
   teardown, and a trustme certificate on disk for them (tests/helpers/serve.py);
 - ``anvil``, ``lying_rpc``: Ethereum nodes and a lying JSON-RPC relay (tests/helpers/chain.py);
 - ``knot``, ``pebble_factory``, ``acme_backend``: the ACME peers and the backend behind the
-  ACME-managed proxy (tests/helpers/acme_peers.py).
+  ACME-managed proxy (tests/helpers/acme_peers.py);
+- ``etcd_cluster``: one three-member etcd cluster for the whole run, started when a test
+  first asks for it (tests/helpers/etcd.py); each test uses its own key prefix.
 
 Every server binds 127.0.0.1 and every process is stopped by its PID when the test ends.
 """
@@ -44,6 +46,7 @@ from tests.helpers.chain import (
     start_lying_rpc,
     stop_anvil,
 )
+from tests.helpers.etcd import EtcdCluster, start_etcd_cluster
 from tests.helpers.serve import Launch, Process, TLSFiles
 
 # -- backends ------------------------------------------------------------------------------
@@ -222,3 +225,18 @@ async def acme_backend(aiohttp_server: AiohttpServer) -> str:
     app.router.add_route("*", "/{tail:.*}", ok)
     srv = await aiohttp_server(app)
     return f"http://127.0.0.1:{srv.port}"
+
+
+# -- etcd ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Three etcd members on loopback, shared by every test that asks (about 1 s to start).
+
+    A test that stops a member restarts it before it ends (``start_member``)."""
+    cluster = start_etcd_cluster(tmp_path_factory.mktemp("etcd"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

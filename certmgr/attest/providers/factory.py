@@ -68,6 +68,9 @@ class ProviderSettings:
     timeout: float = 10.0
     simulated_key_file: str = ""
     simulated_sealer: Sealer | None = None
+    # The simulated TD's MRCONFIGID (48 bytes; empty: zeros), so that simulated replicas can
+    # differ in measurement id (development and tests only).
+    simulated_mr_config_id: bytes = b""
 
 
 def make_provider(kind: str, settings: ProviderSettings | None = None) -> QuoteProvider | None:
@@ -89,7 +92,9 @@ def make_provider(kind: str, settings: ProviderSettings | None = None) -> QuoteP
     if kind == "simulated":
         if not s.simulated_key_file or s.simulated_sealer is None:
             raise QuoteProviderError("simulated provider needs a key file and a sealer")
-        return SimulatedProvider.load_or_create(Path(s.simulated_key_file), s.simulated_sealer)
+        return SimulatedProvider.load_or_create(
+            Path(s.simulated_key_file), s.simulated_sealer, mr_config_id=s.simulated_mr_config_id
+        )
     raise QuoteProviderError(f"unknown attestation provider {kind!r}")
 
 

@@ -28,8 +28,11 @@ def public_key_pem_path(key_file: Path) -> Path:
 class SimulatedProvider:
     """Quotes signed by a development key: NO hardware protection whatsoever."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, mr_config_id: bytes = b"") -> None:
+        if mr_config_id and len(mr_config_id) != 48:
+            raise ValueError("a simulated MRCONFIGID is 48 bytes")
         self._key = key
+        self._mr_config_id = mr_config_id or bytes(48)
 
     @property
     def name(self) -> str:
@@ -40,7 +43,9 @@ class SimulatedProvider:
         return self._key.public_key()
 
     @classmethod
-    def load_or_create(cls, key_file: Path, sealer: Sealer) -> SimulatedProvider:
+    def load_or_create(
+        cls, key_file: Path, sealer: Sealer, *, mr_config_id: bytes = b""
+    ) -> SimulatedProvider:
         if key_file.exists():
             key = load_sealed_key(key_file, sealer)
         else:
@@ -58,7 +63,7 @@ class SimulatedProvider:
             raw_public_key(key.public_key()).hex()[:16],
             pub_path,
         )
-        return cls(key)
+        return cls(key, mr_config_id)
 
     def get_quote(self, report_data: bytes) -> bytes:
-        return build_simulated_quote(self._key, report_data)
+        return build_simulated_quote(self._key, report_data, mr_config_id=self._mr_config_id)

@@ -96,6 +96,27 @@ def test_admin_unix_socket_and_disabled() -> None:
 
 
 # (TOML text, dotted field the error must name)
+_CLUSTER = """
+[attestation]
+provider = "simulated"
+[governance]
+mode = 'monitor'
+rpc_urls = ["http://127.0.0.1:8545"]
+contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+[cluster]
+enabled = true
+name = "fleet"
+member_id = "r1"
+etcd_endpoints = ["http://127.0.0.1:2379"]
+"""
+
+
+def test_cluster_section_is_valid_and_off_by_default() -> None:
+    assert not loads("").cluster.enabled
+    c = loads(_CLUSTER).cluster
+    assert c.enabled and c.name == "fleet" and c.etcd_endpoints == ("http://127.0.0.1:2379",)
+
+
 INVALID = [
     pytest.param("bogus = 1", "bogus", id="unknown-top-level-key"),
     pytest.param("[server]\nworkerz = 2", "server.workerz", id="unknown-key"),
@@ -233,6 +254,30 @@ INVALID = [
         "[receipts]\nmax_parse_bytes = 1e9", "receipts.max_parse_bytes", id="receipts-parse"
     ),
     pytest.param("[receipts]\nenabled = 1", "receipts.enabled", id="receipts-enabled-int"),
+    pytest.param(
+        _CLUSTER.replace('name = "fleet"', 'name = "Fleet!"'), "cluster.name", id="cl-name"
+    ),
+    pytest.param(
+        _CLUSTER.replace('member_id = "r1"', 'member_id = ""'), "cluster.member_id", id="cl-member"
+    ),
+    pytest.param(
+        _CLUSTER.replace('["http://127.0.0.1:2379"]', "[]"), "cluster.etcd_endpoints", id="cl-none"
+    ),
+    pytest.param(
+        _CLUSTER.replace("http://127.0.0.1:2379", "etcd:2379"),
+        "cluster.etcd_endpoints[0]",
+        id="cl-url",
+    ),
+    pytest.param(_CLUSTER + "lease_ttl = 1\n", "cluster.lease_ttl", id="cl-ttl"),
+    pytest.param(_CLUSTER + "etcd_timeout = 6.0\n", "cluster.etcd_timeout", id="cl-timeout"),
+    pytest.param(
+        _CLUSTER.replace("mode = 'monitor'", "mode = 'off'"), "governance.mode", id="cl-gov"
+    ),
+    pytest.param(
+        "[attestation]\nsimulated_mr_config_id = 'ab'",
+        "attestation.simulated_mr_config_id",
+        id="mrcfg",
+    ),
 ]
 
 
