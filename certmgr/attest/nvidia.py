@@ -283,6 +283,8 @@ def parse_spdm_report(data: bytes) -> SpdmReport:
         )
     opaque_raw = resp[off : off + opaque_len]
     values, types = _parse_record(record, blocks)
+    opaque = _parse_opaque(opaque_raw)
+    _check_opaque(opaque)
     return SpdmReport(
         raw=bytes(data),
         request_nonce=bytes(req[4:36]),
@@ -292,7 +294,7 @@ def parse_spdm_report(data: bytes) -> SpdmReport:
         param2=resp[3],
         measurements=MappingProxyType(values),
         measurement_types=MappingProxyType(types),
-        opaque=MappingProxyType(_parse_opaque(opaque_raw)),
+        opaque=MappingProxyType(opaque),
         signed=bytes(data[:-SIGNATURE_SIZE]),
         signature=bytes(data[-SIGNATURE_SIZE:]),
     )
@@ -341,6 +343,34 @@ def _parse_opaque(raw: bytes) -> dict[int, bytes]:
         out[kind] = bytes(raw[off : off + size])
         off += size
     return out
+
+
+_TEXT_FIELDS = (
+    Opaque.DRIVER_VERSION,
+    Opaque.CHIP_SKU,
+    Opaque.CHIP_SKU_MOD,
+    Opaque.PROJECT,
+    Opaque.PROJECT_SKU,
+    Opaque.PROJECT_SKU_MOD,
+)
+
+
+def _check_opaque(opaque: Mapping[int, bytes]) -> None:
+    """The fields this module reads have their form, so its accessors never fail later."""
+    for f in _TEXT_FIELDS:
+        if f in opaque:
+            _ascii(opaque[f], f.name.lower())
+    vbios = opaque.get(Opaque.VBIOS_VERSION)
+    if vbios is not None and len(vbios) != 8:
+        _ascii(vbios, "vbios_version")
+    sizes = {Opaque.FWID: 48, Opaque.NVDEC0_STATUS: 1}
+    for f, size in sizes.items():
+        if f in opaque and len(opaque[f]) != size:
+            raise QuoteError(f"SPDM opaque {f.name.lower()} of {len(opaque[f])} bytes")
+    if len(opaque.get(Opaque.PDI, b"")) % 8:
+        raise QuoteError("SPDM opaque PDI field is not a list of 8-byte PDIs")
+    if Opaque.SWITCH_GPU_PDIS in opaque and len(opaque[Opaque.SWITCH_GPU_PDIS]) < 64:
+        raise QuoteError("SPDM opaque switch GPU PDI field is shorter than 8 PDIs")
 
 
 @dataclass(frozen=True, slots=True)
