@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 GOVERNANCE_MODES = ("off", "monitor", "enforce")
+GPU_MODES = ("off", "monitor", "enforce")  # [attestation] gpu
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)  # an Ethereum address, any case
 
 # GET /v1/receipts/{id}: signed receipts of streamed responses, answered by the proxy.
@@ -259,6 +260,7 @@ class AttestationConfig:
     configfs_tsm_dir: str = "/sys/kernel/config/tsm/report"
     gramine_dir: str = "/dev/attestation"
     dstack_socket: str = "/var/run/dstack.sock"
+    gpu: str = "monitor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,6 +538,10 @@ def _validate(cfg: Config) -> None:
     _positive(at.quote_timeout, "attestation.quote_timeout")
     if not 1 <= at.quote_burst <= 1000:
         raise ConfigError("attestation.quote_burst", "must be 1-1000")
+    if at.gpu not in GPU_MODES:
+        raise ConfigError("attestation.gpu", f"must be one of {', '.join(GPU_MODES)}")
+    if at.gpu == "enforce" and at.provider == "none":
+        raise ConfigError("attestation.gpu", "enforce needs an attestation provider")
 
     rc = cfg.receipts
     for i, route in enumerate(rc.routes):

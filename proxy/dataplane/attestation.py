@@ -4,7 +4,11 @@ It answers a fresh quote whose report_data binds the nonce and the SPKI hash of 
 certificate used on *this* connection (ACME, RA-TLS or any other), plus the ACME account
 and keys when ACME is on, and the receipt signing address when receipts are on. Quotes are
 serialized and rate-limited per worker (:class:`certmgr.attest.providers.gate.QuoteGate`);
-over the limit the answer is 429. The handshake never waits for a quote. JSON shape:
+over the limit the answer is 429. The handshake never waits for a quote. With GPUs
+(``[attestation] gpu``, :mod:`certmgr.attest.providers.nvml`) the claims also name their
+mode and number, and every GPU's SPDM report over :func:`certmgr.attest.nvidia.gpu_nonce`
+of the same claims is served in ``gpu``, collected through the same gate (one token per
+answer); in ``enforce`` mode an answer without them is a 503, never evidence. JSON shape:
 :mod:`certmgr.attest.evidence` and docs/ATTESTATION.md. The RA-TLS certificate itself is
 prepared by the supervisor (:mod:`proxy.control.attestation`) and loaded by
 :mod:`proxy.dataplane.certstore`.
@@ -20,7 +24,9 @@ from typing import Final
 from aiohttp import web
 
 from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_nonce
+from certmgr.attest.nvidia import DeviceEvidence, gpu_nonce
 from certmgr.attest.providers.gate import QuoteGate
+from certmgr.attest.providers.nvml import GpuState, NvmlGpuSource
 from certmgr.attest.quote import parse_evidence
 from certmgr.attest.ratls import report_data_for_claims
 from certmgr.errors import EvidenceError, QuoteError, QuoteProviderError, QuoteRateLimited
@@ -48,12 +54,15 @@ class AttestationEndpoint:
         *,
         tee: str = "",
         signing_address: str = "",
+        gpus: NvmlGpuSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.holder = holder
         self.gate = gate
         self.tee = tee
         self.signing_address = signing_address  # "0x" + 40 hex, or "" (receipts off)
+        self.gpus = gpus
+        self.gpu_enforce = cfg.attestation.gpu == "enforce"
 
     def _connection_entry(self, request: web.BaseRequest) -> CertEntry | None:
         transport = request.transport
@@ -84,6 +93,24 @@ class AttestationEndpoint:
             # the request did not come over TLS): the client should reconnect.
             return json_error(503, "certificate_rotated", "reconnect and ask again")
         acme_account, acme_keys = await self._acme()
+        timeout = self.cfg.attestation.quote_timeout
+        state: GpuState | None = None
+        token_taken = False
+        try:
+            if self.gpus is not None:
+                state = await asyncio.wait_for(self.gate.call(self.gpus.state), timeout)
+                token_taken = True
+        except QuoteRateLimited:
+            return _rate_limited()
+        except (QuoteProviderError, TimeoutError) as e:
+            log.error("GPU state for the evidence endpoint failed: %s", e)
+            state = None
+        if self.gpu_enforce and (state is None or state.mode != "cc" or not state.count):
+            why = (
+                "no GPU state" if state is None else f"GPU mode {state.mode}, {state.count} GPU(s)"
+            )
+            log.error("GPU attestation enforced and not possible: %s", why)
+            return json_error(503, "gpu_attestation_failed", "the GPUs cannot be attested")
         claims = encode_evidence_claims(
             nonce,
             entry.spki_sha256,
@@ -91,26 +118,40 @@ class AttestationEndpoint:
             acme_account=acme_account,
             acme_keys=acme_keys,
             signing_address=self.signing_address,
+            gpu_mode=state.mode if state is not None else "",
+            gpu_count=state.count if state is not None else None,
         )
         try:
             quote = await asyncio.wait_for(
-                self.gate.quote(report_data_for_claims(claims)),
-                self.cfg.attestation.quote_timeout,
+                self.gate.quote(report_data_for_claims(claims), take_token=not token_taken),
+                timeout,
             )
         except QuoteRateLimited:
-            return json_error(
-                429, "rate_limited", "too many attestation requests", headers={"Retry-After": "1"}
-            )
+            return _rate_limited()
         except (QuoteProviderError, TimeoutError) as e:
             log.error("quote for the evidence endpoint failed: %s", e)
             return json_error(503, "quote_failed", "the TEE did not produce a quote")
+        gpu: tuple[DeviceEvidence, ...] | None = None
+        if self.gpus is not None and state is not None and state.count:
+            try:
+                gpu = await asyncio.wait_for(
+                    self.gate.call(self.gpus.collect, gpu_nonce(claims), take_token=False),
+                    timeout,
+                )
+            except (QuoteProviderError, TimeoutError) as e:
+                log.error("GPU evidence for the evidence endpoint failed: %s", e)
+                if self.gpu_enforce:
+                    return json_error(503, "gpu_attestation_failed", "the GPUs gave no evidence")
+                gpu = ()  # the claims name the GPUs: a verifier sees them missing
+        elif state is not None:
+            gpu = ()
         tee = self.tee
         if not tee:
             try:
                 tee = str(parse_evidence(quote).tee)
             except QuoteError:
                 tee = "unknown"
-        doc = build_evidence(quote, claims, tee=tee, provider=self.gate.provider.name, gpu=None)
+        doc = build_evidence(quote, claims, tee=tee, provider=self.gate.provider.name, gpu=gpu)
         return json_response(200, doc)
 
     async def _acme(self) -> tuple[str, list[bytes]]:
@@ -123,6 +164,12 @@ class AttestationEndpoint:
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("ACME evidence unreadable, attesting without it: %s", e)
             return "", []
+
+
+def _rate_limited() -> web.StreamResponse:
+    return json_error(
+        429, "rate_limited", "too many attestation requests", headers={"Retry-After": "1"}
+    )
 
 
 def make_endpoint(cfg: Config, holder: StoreHolder, runtime: Runtime) -> AttestationEndpoint | None:
@@ -138,4 +185,6 @@ def make_endpoint(cfg: Config, holder: StoreHolder, runtime: Runtime) -> Attesta
     a = cfg.attestation
     provider = runtime.provider
     gate = QuoteGate(provider, rate=a.quote_rate, burst=a.quote_burst) if provider else None
-    return AttestationEndpoint(cfg, holder, gate, signing_address=runtime.signing_address)
+    return AttestationEndpoint(
+        cfg, holder, gate, signing_address=runtime.signing_address, gpus=runtime.gpus
+    )

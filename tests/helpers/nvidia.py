@@ -355,3 +355,100 @@ def ocsp_response(
 
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
+
+
+# -- a fake of NVML (pynvml's names), answering with evidence bytes ----------------------------
+
+
+class FakeNvmlError(Exception):
+    pass
+
+
+@dataclass
+class FakeGpu:
+    """One GPU: ``report_for(nonce)`` gives its SPDM bytes (the real vectors ignore the
+    nonce, as a replayed report would; a device of our own signs it)."""
+
+    report_for: object  # Callable[[bytes], bytes]
+    chain_pem: bytes
+    arch_code: int = 9  # NVML_DEVICE_ARCH_HOPPER
+
+
+class FakeNvml:
+    """The calls NvmlGpuSource makes, with NVML's struct field names and buffer sizes."""
+
+    NVMLError = FakeNvmlError
+
+    def __init__(
+        self,
+        gpus: list[FakeGpu],
+        *,
+        cc: int = 1,
+        devtools: int = 0,
+        environment: int = 2,
+        driver: str = "550.90.07",
+        vbios: str = "96.00.9F.00.01",
+        fail: str = "",
+    ) -> None:
+        self.gpus = gpus
+        self.cc, self.devtools, self.environment = cc, devtools, environment
+        self.driver, self.vbios, self.fail = driver, vbios, fail
+        self.nonces: list[bytes] = []
+
+    def _maybe_fail(self, name: str) -> None:
+        if self.fail == name:
+            raise FakeNvmlError(f"{name}: Unknown Error")
+
+    def nvmlDeviceGetCount(self) -> int:
+        self._maybe_fail("count")
+        return len(self.gpus)
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> int:
+        return i
+
+    def nvmlDeviceGetArchitecture(self, h: int) -> int:
+        return self.gpus[h].arch_code
+
+    def nvmlSystemGetConfComputeState(self) -> object:
+        self._maybe_fail("state")
+        from types import SimpleNamespace
+
+        return SimpleNamespace(
+            environment=self.environment, ccFeature=self.cc, devToolsMode=self.devtools
+        )
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return self.driver
+
+    def nvmlDeviceGetVbiosVersion(self, h: int) -> str:
+        return self.vbios
+
+    def nvmlDeviceGetConfComputeGpuAttestationReport(self, h: int, nonce: bytes) -> object:
+        from types import SimpleNamespace
+
+        self._maybe_fail("report")
+        self.nonces.append(bytes(nonce))
+        raw = self.gpus[h].report_for(bytes(nonce))  # type: ignore[operator]
+        buf = list(raw) + [0] * (0x2000 - len(raw))
+        return SimpleNamespace(attestationReportSize=len(raw), attestationReport=buf)
+
+    def nvmlDeviceGetConfComputeGpuCertificate(self, h: int) -> object:
+        from types import SimpleNamespace
+
+        chain = self.gpus[h].chain_pem
+        buf = list(chain) + [0] * (0x1400 - len(chain))
+        return SimpleNamespace(attestationCertChainSize=len(chain), attestationCertChain=buf)
+
+
+def real_h100_gpu() -> FakeGpu:
+    """The real H100 vector: the same bytes whatever the nonce."""
+    report = h100_report()
+    return FakeGpu(lambda _nonce: report, h100_chain())
+
+
+def own_gpu(dev: OwnDevice) -> FakeGpu:
+    """A device of our own that signs the nonce it is asked for."""
+    return FakeGpu(
+        lambda nonce: spdm_report(dev.leaf.key, nonce, dev.measurements(), dev.opaque()),
+        pem(*(c.cert for c in dev.chain)),
+    )
