@@ -129,7 +129,12 @@ class NvidiaCollateralSource:
                 return cached
         if not self.rim_url:
             return None
-        body = await self._http(session, "GET", self.rim_url + rim_id, None, 4 * MAX_RIM_SIZE)
+        try:
+            body = await self._http(session, "GET", self.rim_url + rim_id, None, 4 * MAX_RIM_SIZE)
+        except _NotFound:
+            # NVIDIA does not know this driver or VBIOS: the verdict says it is not judged.
+            log.warning("the RIM service has no %s", rim_id)
+            return None
         try:
             doc = base64.b64decode(json.loads(body)["rim"], validate=True)
             parse_rim_unverified(doc)
@@ -234,6 +239,8 @@ class NvidiaCollateralSource:
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
             ) as resp:
+                if resp.status == 404:
+                    raise _NotFound(f"{url}: HTTP 404")
                 if resp.status != 200:
                     raise CollateralUnavailable(f"{url}: HTTP {resp.status}")
                 data = await resp.content.read(cap + 1)
@@ -242,6 +249,10 @@ class NvidiaCollateralSource:
         if len(data) > cap:
             raise CollateralUnavailable(f"{url}: answer larger than {cap} bytes")
         return data
+
+
+class _NotFound(CollateralUnavailable):
+    """The service answered 404: it has no such document."""
 
 
 def _wanted_rims(devices: Sequence[DeviceEvidence]) -> list[str]:

@@ -330,6 +330,7 @@ def ocsp_response(
     this_update: dt.datetime = dt.datetime(2025, 12, 31, tzinfo=dt.UTC),
     next_update: dt.datetime | None = dt.datetime(2026, 1, 7, tzinfo=dt.UTC),
     responder: Ca | None = None,
+    nonce: bytes | None = None,
 ) -> bytes:
     """A DER OCSP response for ``cert``, signed by ``issuer`` or by ``responder`` (with the
     responder's certificate included, as NVIDIA's OCSP service does)."""
@@ -349,6 +350,8 @@ def ocsp_response(
     builder = builder.responder_id(ocsp.OCSPResponderEncoding.HASH, signer.cert)
     if responder is not None:
         builder = builder.certificates([responder.cert])
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
     resp = builder.sign(signer.key, hashes.SHA384())
     return resp.public_bytes(serialization.Encoding.DER)
 
