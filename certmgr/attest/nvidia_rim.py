@@ -275,6 +275,8 @@ def verify_rim(
         raise VerifyError(f"RIM XML signature does not verify: {e}") from e
     except (InvalidCertificate, InvalidInput, SignXMLException, ValueError) as e:
         raise VerifyError(f"RIM XML signature unusable: {e}") from e
+    except etree.LxmlError as e:  # signxml validates the Signature element's schema (found
+        raise VerifyError(f"RIM XML signature malformed: {e}") from e  # by fuzzing)
     if not isinstance(result, VerifyResult):
         raise VerifyError("RIM signature has more than one reference")
     signed = result.signed_xml

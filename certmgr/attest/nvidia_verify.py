@@ -250,14 +250,29 @@ def _verify_signature(report: SpdmReport, leaf: x509.Certificate) -> str | None:
 
 
 def _rims_for(
-    report: SpdmReport, product: str, rims: Sequence[Rim]
-) -> tuple[Rim | None, Rim | None]:
-    driver_version = (report.driver_version or "").lower()
-    vbios_version = (report.vbios_version or "").lower()
-    driver = next((r for r in rims if r.kind == "driver" and r.version == driver_version), None)
-    vbios = next((r for r in rims if r.kind == "vbios" and r.version == vbios_version), None)
-    del product
-    return driver, vbios
+    report: SpdmReport, rims: Sequence[Rim]
+) -> tuple[Rim | None, Rim | None, list[GpuFailure]]:
+    """The driver and VBIOS RIMs for the report's versions. Several verified RIMs of one
+    version must agree on their active measurements (else none is chosen: ambiguous)."""
+    wanted = {
+        "driver": (report.driver_version or "").lower(),
+        "vbios": (report.vbios_version or "").lower(),
+    }
+    chosen: dict[str, Rim | None] = {}
+    fails: list[GpuFailure] = []
+    for kind, version in wanted.items():
+        candidates = [r for r in rims if r.kind == kind and r.version == version]
+        if (
+            len({tuple(sorted((i, m.values) for i, m in r.active().items())) for r in candidates})
+            > 1
+        ):
+            fails.append(
+                GpuFailure(GpuReason.RIM, f"{len(candidates)} {kind} RIMs for {version} disagree")
+            )
+            chosen[kind] = None
+        else:
+            chosen[kind] = candidates[0] if candidates else None
+    return chosen["driver"], chosen["vbios"], fails
 
 
 def _compare(
@@ -450,7 +465,8 @@ def verify_device(
     verified, rim_errors = rims if rims is not None else _verified_rims(collateral, when)
     if rim_errors:
         rim_details["rim_errors"] = list(rim_errors)
-    driver_rim, vbios_rim = _rims_for(report, leaf_cn, verified)
+    driver_rim, vbios_rim, choice_fails = _rims_for(report, verified)
+    fails.extend(choice_fails)
     rim_details["driver_rim"] = driver_rim.summary() if driver_rim else None
     rim_details["vbios_rim"] = vbios_rim.summary() if vbios_rim else None
     if driver_rim is not None and vbios_rim is not None:

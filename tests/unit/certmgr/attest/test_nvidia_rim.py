@@ -111,3 +111,10 @@ def test_fuzz_mutated_real_rims_fail_only_with_verify_error(d: st.DataObject) ->
         return
     # A mutation that still verifies can only have touched what the signature ignores.
     assert parse_rim_unverified(blob).measurements == verify_rim(data(DRIVER), WHEN).measurements
+
+
+def test_a_signature_element_off_its_schema_is_refused() -> None:
+    # Found by fuzzing: signxml's schema check raised lxml's DocumentInvalid.
+    raw = data(DRIVER).replace(b"<ds:SignedInfo>", b"<ds:SignedInfo>x", 1)
+    with pytest.raises(VerifyError, match="malformed"):
+        verify_rim(raw, WHEN)

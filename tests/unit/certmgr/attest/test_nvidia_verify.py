@@ -359,3 +359,18 @@ def test_rim_ids_follow_nvidias_naming() -> None:
         "NV_GPU_DRIVER_GH100_590.12",
         "NV_GPU_VBIOS_G520_0200_885_9600A50001",
     )
+
+
+def test_two_verified_rims_of_one_version_must_agree() -> None:
+    dev = own_device()
+    nonce = b"\x07" * 32
+    signer, drv, vb = _rims_for(dev.measurements(), driver={20}, vbios={1})
+    other = signer.sign(rim_xml("96.00.9f.00.01", {1: (b"\xee" * 48,)}))
+    coll = GpuCollateral(
+        rims=(drv, vb, other), rim_root=signer.root.cert, device_root=dev.root.cert
+    )
+    r = verify_device(dev.evidence(nonce), nonce, T_OWN, GpuPolicy(), coll)
+    assert GpuReason.RIM in reasons(r)
+    assert any("2 vbios RIMs for 96.00.9f.00.01 disagree" in f.message for f in r.failures)
+    same = GpuCollateral(rims=(drv, vb, vb), rim_root=signer.root.cert, device_root=dev.root.cert)
+    assert verify_device(dev.evidence(nonce), nonce, T_OWN, GpuPolicy(), same).trusted
