@@ -69,6 +69,7 @@ __all__ = [
     "GpuArch",
     "Opaque",
     "SpdmReport",
+    "describe_nvattest_result",
     "device_kind",
     "encode_nvidia_evidence",
     "format_vbios_version",
@@ -483,3 +484,52 @@ def split_devices(
     gpus = tuple(e for e in items if e.kind is DeviceKind.GPU)
     switches = tuple(e for e in items if e.kind is DeviceKind.SWITCH)
     return gpus, switches
+
+
+_RESULT_FIELDS = (
+    "x-nvidia-device-type",
+    "eat_nonce",
+    "hwmodel",
+    "x-nvidia-gpu-driver-version",
+    "x-nvidia-gpu-vbios-version",
+    "measres",
+    "secboot",
+    "dbgstat",
+)
+
+
+def describe_nvattest_result(data: bytes) -> dict[str, Any] | None:
+    """A summary of an NVIDIA attestation *result* (``nvattest`` / NRAS claims with a
+    detached EAT), or None when ``data`` is not one. Such a file is not evidence: it is
+    what a verifier concluded, and its EAT may be unsigned (``alg`` ``none``); it is read to
+    say so, never to trust it."""
+    if len(data) > MAX_EVIDENCE_JSON or not data.lstrip().startswith(b"{"):
+        return None
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("claims"), list):
+        return None
+    devices = [c for c in doc["claims"][:MAX_DEVICES] if isinstance(c, dict)]
+    if not devices or not any("x-nvidia-gpu-claims-version" in c for c in devices):
+        return None
+    alg = None
+    eat = doc.get("detached_eat")
+    if isinstance(eat, list) and eat and isinstance(eat[0], list) and len(eat[0]) == 2:
+        token = eat[0][1]
+        if isinstance(token, str) and "." in token:
+            head = token.split(".", 1)[0][:512]
+            try:
+                alg = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))).get("alg")
+            except (ValueError, binascii.Error, AttributeError):
+                alg = None
+    return {
+        "result_code": doc.get("result_code") if isinstance(doc.get("result_code"), int) else None,
+        "eat_alg": str(alg)[:16] if alg is not None else None,
+        "claims_version": str(devices[0].get("x-nvidia-gpu-claims-version"))[:16],
+        "devices": [
+            {k: c[k] for k in _RESULT_FIELDS if isinstance(c.get(k), str | bool | int)}
+            for c in devices
+        ],
+    }

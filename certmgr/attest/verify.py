@@ -64,7 +64,12 @@ from certmgr.attest import dstack as dstack_format
 from certmgr.attest.claims import Claims
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
-from certmgr.attest.nvidia import DeviceKind, gpu_nonce, parse_nvidia_evidence_json
+from certmgr.attest.nvidia import (
+    DeviceKind,
+    describe_nvattest_result,
+    gpu_nonce,
+    parse_nvidia_evidence_json,
+)
 from certmgr.attest.nvidia_verify import (
     DeviceResult,
     GpuCollateral,
@@ -776,6 +781,21 @@ def verify_gpu_verdict(
     fresh (measurement, OCSP and topology failures are listed and still make it untrusted),
     ``Invalid`` otherwise.
     """
+    summary = describe_nvattest_result(data)
+    if summary is not None:
+        return Verdict(
+            tee="nvidia-gpu",
+            status="NotEvidence",
+            failures=(
+                Failure(
+                    Reason.GPU_MALFORMED,
+                    "an NVIDIA attestation result (claims "
+                    f"{summary['claims_version']}, EAT alg {summary['eat_alg']}), not evidence: "
+                    "no GPU signed it; verify the evidence it was made from",
+                ),
+            ),
+            details={"nvattest_result": summary},
+        )
     try:
         devices = parse_nvidia_evidence_json(data)
     except EvidenceError as e:

@@ -31,6 +31,7 @@ from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import TeeType, measurement_id
 from certmgr.attest.nvidia import (
     DeviceEvidence,
+    describe_nvattest_result,
     looks_like_nvidia_evidence,
     parse_nvidia_evidence_json,
 )
@@ -232,7 +233,7 @@ def _join_lists(a: bytes, b: bytes) -> bytes:
 def cmd_verify_quote(args: argparse.Namespace) -> int:
     try:
         raw = Path(args.file).read_bytes()
-        if looks_like_nvidia_evidence(raw):
+        if looks_like_nvidia_evidence(raw) or describe_nvattest_result(raw) is not None:
             for extra in args.nvswitch_evidence or ():
                 raw = _join_lists(raw, Path(extra).read_bytes())
             return cmd_verify_gpu(args, raw)

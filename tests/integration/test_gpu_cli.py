@@ -157,3 +157,17 @@ def test_bad_gpu_nonce_is_a_usage_error() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "--gpu-nonce" in done.stderr
+
+
+def test_an_nvattest_result_is_reported_as_not_evidence() -> None:
+    # dstack's fixture: the output of NVIDIA's verifier (claims 3.0, detached EAT with alg
+    # "none"), not evidence: read to say so, never trusted.
+    rc, v = _verify(str(DATA / "dstack_gpu_attestation_h100.json"))
+    assert rc == 1 and v["trusted"] is False and v["status"] == "NotEvidence"
+    assert _reasons(v) == {"gpu-evidence-malformed"}
+    result = v["nvattest_result"]
+    assert result["eat_alg"] == "none" and result["claims_version"] == "3.0"  # type: ignore[index]
+    (device,) = result["devices"]  # type: ignore[index]
+    assert device["x-nvidia-gpu-driver-version"] == "580.159.03"
+    assert device["x-nvidia-gpu-vbios-version"] == "96.00.D9.00.01"
+    assert device["eat_nonce"] == "11" * 32 and device["measres"] == "success"

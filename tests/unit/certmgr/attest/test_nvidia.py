@@ -18,6 +18,7 @@ from certmgr.attest.nvidia import (
     MAX_REPORT_SIZE,
     DeviceKind,
     GpuArch,
+    describe_nvattest_result,
     encode_nvidia_evidence,
     format_vbios_version,
     gpu_nonce,
@@ -238,3 +239,12 @@ def test_fuzz_fields_of_a_real_item(key: str, value: str) -> None:
     except EvidenceError:
         return
     assert ev.report == base64.b64decode(item["evidence"])
+
+
+def test_an_nvattest_result_is_described_not_parsed_as_evidence() -> None:
+    d = describe_nvattest_result(data("dstack_gpu_attestation_h100.json"))
+    assert d is not None and d["eat_alg"] == "none" and d["result_code"] == 0
+    assert d["devices"][0]["hwmodel"] == "GH100 A01 GSP BROM"
+    assert describe_nvattest_result(data("ppcie_switch_evidence.json")) is None
+    assert describe_nvattest_result(b'{"claims": [{}]}') is None
+    assert describe_nvattest_result(b"{") is None
