@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 GOVERNANCE_MODES = ("off", "monitor", "enforce")
+GPU_MODES = ("off", "monitor", "enforce")  # [attestation] gpu
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}", re.ASCII)  # an Ethereum address, any case
 
 # GET /v1/receipts/{id}: signed receipts of streamed responses, answered by the proxy.
@@ -252,6 +253,7 @@ class AttestationConfig:
     gramine_dir: str = "/dev/attestation"
     dstack_socket: str = "/var/run/dstack.sock"
     nsm_device: str = "/dev/nsm"
+    gpu: str = "monitor"
 
 
 @dataclass(frozen=True, slots=True)
@@ -564,6 +566,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(
                 "attestation.simulated_mr_config_id", "expected 96 hex digits"
             ) from None
+    if at.gpu not in GPU_MODES:
+        raise ConfigError("attestation.gpu", f"must be one of {', '.join(GPU_MODES)}")
+    if at.gpu == "enforce" and at.provider == "none":
+        raise ConfigError("attestation.gpu", "enforce needs an attestation provider")
 
     rc = cfg.receipts
     for i, route in enumerate(rc.routes):

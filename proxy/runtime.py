@@ -6,7 +6,8 @@ passed to the parts that use them, never rebuilt by each part. A :class:`Runtime
 - the **sealer** ``[sealing]`` selects (the key stored private keys are sealed under);
 - the **quote provider** ``[attestation]`` selects (None: no TEE interface, or "none");
 - this TEE's **measurement id**, read from one fresh quote (None without a provider);
-- the **receipt signing key** (None when receipts are off or there is no provider).
+- the **receipt signing key** (None when receipts are off or there is no provider);
+- the **GPU evidence source** ``[attestation] gpu`` selects (NVML; None without GPUs).
 
 The supervisor builds it with ``prepare=True`` (a missing signing key is generated and
 sealed; any failure stops start-up with the field to look at). A worker builds it with
@@ -26,6 +27,7 @@ from pathlib import Path
 from certmgr.attest.measurement import measurement_id
 from certmgr.attest.providers.base import QuoteProvider, self_measurement
 from certmgr.attest.providers.factory import ProviderSettings, make_provider
+from certmgr.attest.providers.nvml import NvmlGpuSource, load_nvml
 from certmgr.attest.ratls_store import ratls_dir
 from certmgr.errors import QuoteProviderError, SealingUnavailable, SigningKeyError
 from certmgr.keys import InsecureDevSealer, Sealer
@@ -38,6 +40,7 @@ from proxy.log import attest_log, server_log, tls_log
 __all__ = [
     "Runtime",
     "build_runtime",
+    "gpus_for",
     "install_uvloop",
     "provider_for",
     "sealer_for",
@@ -127,6 +130,7 @@ class Runtime:
     provider: QuoteProvider | None = None
     measurement_id: bytes | None = None
     signing_key: SigningKey | None = None
+    gpus: NvmlGpuSource | None = None
 
     @property
     def signing_address(self) -> str:
@@ -162,7 +166,17 @@ def build_runtime(cfg: Config, *, prepare: bool, sealer: Sealer | None = None) -
         if prepare:
             raise ConfigError("attestation.provider", f"{provider.name}: no quote: {e}") from e
         attest_log.error("no measurement id in this worker: %s", e)
-    return Runtime(sealer, provider, mid, _signing_key(cfg, sealer, prepare=prepare))
+    return Runtime(sealer, provider, mid, _signing_key(cfg, sealer, prepare=prepare), gpus_for(cfg))
+
+
+def gpus_for(cfg: Config) -> NvmlGpuSource | None:
+    """NVML when ``[attestation] gpu`` is not "off" and this machine has it (blocking: it
+    loads and initialises libnvidia-ml). ``enforce`` without it is refused by the
+    supervisor (:func:`proxy.control.attestation.check_gpus`)."""
+    if cfg.attestation.gpu == "off":
+        return None
+    nvml = load_nvml()
+    return NvmlGpuSource(nvml) if nvml is not None else None
 
 
 def _signing_key(cfg: Config, sealer: Sealer, *, prepare: bool) -> SigningKey | None:

@@ -63,6 +63,8 @@ TEEPROXY_CLAIMS: Final[Mapping[str, type | tuple[type, ...]]] = MappingProxyType
         "iat": int,
         "acme-account": str,
         "acme-keys": list,
+        "gpu-mode": str,  # NVIDIA GPUs: "cc", "devtools" or "off" (certmgr.attest.evidence)
+        "gpu-count": int,  # GPU and NVSwitch evidence entries that follow the quote
     }
 )
 

@@ -22,11 +22,17 @@ unwrapped, which no other producer or verifier reads)::
      "quote": "<base64>", "claims": "<base64 CBOR>",
      "claims_view": {"nonce": "<hex>", "pubkey-hash": [1, "<hex>"], "iat": 1700000000, ...},
      "endorsements": null | {"format": "sev-snp-cert-table", "data": "<base64>"},
-     "gpu": null}
+     "gpu": null | [{"arch": "HOPPER", "certificate": "<base64 PEM chain>",
+                     "evidence": "<base64 SPDM request || response>", "nonce": "<hex>"}, ...]}
 
 ``claims_view`` is informative only; a verifier uses the CBOR ``claims`` it hashes.
 ``endorsements`` carries what verifying the quote needs when the TEE hands it out (the
-SEV-SNP extended report's certificate table: VCEK, ASK, ARK). Pure module: no I/O.
+SEV-SNP extended report's certificate table: VCEK, ASK, ARK). ``gpu`` is ``null`` when the
+proxy collects no GPU evidence, else one entry per GPU and NVSwitch in NVIDIA's own JSON
+shape (:mod:`certmgr.attest.nvidia`), each SPDM report over the nonce
+:func:`certmgr.attest.nvidia.gpu_nonce` of ``claims``; the claims then also hold
+``"gpu-mode"`` (``"cc"``: confidential computing on, devtools off; ``"devtools"``;
+``"off"``) and ``"gpu-count"`` (the number of devices listed). Pure module: no I/O.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from certmgr.attest.claims import Claims, encode_claims, parse_claims
+from certmgr.attest.nvidia import DeviceEvidence, encode_nvidia_evidence, parse_nvidia_evidence
 from certmgr.errors import EvidenceError, RaTlsError
 
 __all__ = [
@@ -58,6 +65,7 @@ EVIDENCE_VERSION = 2
 MAX_EVIDENCE_SIZE = 256 * 1024
 MIN_NONCE = 8
 MAX_NONCE = 64
+GPU_MODES = ("cc", "devtools", "off")
 _ADDRESS = re.compile(r"0x[0-9a-f]{40}", re.ASCII)
 
 
@@ -82,8 +90,16 @@ def encode_evidence_claims(
     acme_account: str = "",
     acme_keys: Sequence[bytes] = (),
     signing_address: str = "",
+    gpu_mode: str = "",
+    gpu_count: int | None = None,
 ) -> bytes:
     ours: dict[str, object] = {"iat": issued_at}
+    if gpu_mode:
+        if gpu_mode not in GPU_MODES:
+            raise EvidenceError(f"gpu_mode must be one of {', '.join(GPU_MODES)}")
+        ours["gpu-mode"] = gpu_mode
+    if gpu_count is not None:
+        ours["gpu-count"] = gpu_count
     if acme_account:
         ours["acme-account"] = acme_account
     if acme_keys:
@@ -102,7 +118,7 @@ def build_evidence(
     tee: str,
     provider: str,
     endorsements: tuple[str, bytes] | None = None,
-    gpu: Mapping[str, Any] | None = None,
+    gpu: Sequence[DeviceEvidence] | None = None,
 ) -> dict[str, Any]:
     """The JSON document; ``endorsements`` is (format, bytes), e.g. ("sev-snp-cert-table",
     the extended report's certificate table)."""
@@ -118,7 +134,7 @@ def build_evidence(
             if endorsements is not None
             else None
         ),
-        "gpu": dict(gpu) if gpu is not None else None,
+        "gpu": encode_nvidia_evidence(gpu) if gpu is not None else None,
     }
 
 
@@ -129,7 +145,7 @@ class Evidence:
     claims: Claims
     provider: str = ""
     endorsements: tuple[str, bytes] | None = None
-    gpu: Mapping[str, Any] | None = None
+    gpu: tuple[DeviceEvidence, ...] | None = None
 
 
 def _b64(doc: Mapping[str, Any], key: str) -> bytes:
@@ -164,12 +180,18 @@ def parse_evidence_json(body: bytes) -> Evidence:
         if not isinstance(raw_end, dict) or not isinstance(raw_end.get("format"), str):
             raise EvidenceError("evidence: 'endorsements' must be null or {format, data}")
         endorsements = (raw_end["format"][:64], _b64(raw_end, "data"))
-    gpu = doc.get("gpu")
+    raw_gpu = doc.get("gpu")
+    gpu = None
+    if raw_gpu is not None:
+        try:
+            gpu = parse_nvidia_evidence(raw_gpu) if raw_gpu != [] else ()
+        except EvidenceError as e:
+            raise EvidenceError(f"evidence 'gpu': {e}") from e
     return Evidence(
         quote=quote,
         claims_bytes=claims_bytes,
         claims=claims,
         provider=str(doc.get("provider", "")),
         endorsements=endorsements,
-        gpu=gpu if isinstance(gpu, dict) else None,
+        gpu=gpu,
     )

@@ -51,6 +51,15 @@ Nitro root G1 (status ``Verified``; failures ``nitro-signature``, ``nitro-chain`
 ``nitro-timestamp`` and ``collateral-expired`` for a certificate outside its validity at the
 document's time or at ``now``), under :attr:`VerifyOptions.nitro`. The document's
 ``user_data`` is its report_data (64 bytes bind; anything else fails ``report-data``).
+
+NVIDIA GPU and NVSwitch evidence (:mod:`certmgr.attest.nvidia_verify`) is verified by
+:func:`verify_gpu_verdict` (a file in NVIDIA's JSON list shape, ``teeproxy verify-quote``)
+and, when the proxy's fresh evidence carries a ``gpu`` list, by :func:`verify_evidence`
+with the nonce :func:`certmgr.attest.nvidia.gpu_nonce` of the evidence's claims. Each
+device's result is in :attr:`Verdict.gpus`; its failures map to ``gpu-*`` reason codes. A
+GPU-only verdict is trusted when every device passes; next to a CPU quote, the GPUs count
+towards ``trusted`` when :attr:`VerifyOptions.require_gpu` says so (then at least one GPU,
+in confidential-computing mode without devtools, is required).
 """
 
 from __future__ import annotations
@@ -76,6 +85,20 @@ from certmgr.attest.endorsements import ENDORSEMENTS_OID, decode_endorsements
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
 from certmgr.attest.nitro_verify import NitroPolicy, NitroReason, verify_nitro_document
+from certmgr.attest.nvidia import (
+    DeviceKind,
+    describe_nvattest_result,
+    gpu_nonce,
+    parse_nvidia_evidence_json,
+)
+from certmgr.attest.nvidia_verify import (
+    DeviceResult,
+    GpuCollateral,
+    GpuPolicy,
+    GpuReason,
+    GpuSetResult,
+    verify_devices,
+)
 from certmgr.attest.policycheck import PolicyCheck
 from certmgr.attest.quote import is_snp_report
 from certmgr.attest.quote import parse_evidence as parse_quote_bytes
@@ -116,6 +139,7 @@ __all__ = [
     "verify_certificate",
     "verify_dstack_evidence",
     "verify_evidence",
+    "verify_gpu_verdict",
     "verify_quote",
     "verify_quote_verdict",
 ]
@@ -177,6 +201,22 @@ class Reason(enum.StrEnum):
     NITRO_CHAIN = "nitro-chain"  # leaf <- cabundle <- AWS Nitro root G1 does not hold
     NITRO_TIMESTAMP = "nitro-timestamp"  # the document is from the future or too old
     PUBLIC_KEY = "public-key"  # a Nitro document's public_key is not the expected one
+    # NVIDIA GPUs and NVSwitches (certmgr.attest.nvidia_verify.GpuReason, prefixed)
+    GPU_MALFORMED = "gpu-evidence-malformed"
+    GPU_CHAIN = "gpu-chain"  # no chain to the pinned NVIDIA Device Identity CA
+    GPU_VALIDITY = "gpu-validity"  # a device or RIM certificate is expired or not yet valid
+    GPU_ARCH = "gpu-arch"
+    GPU_SIGNATURE = "gpu-signature"  # the SPDM measurement signature does not verify
+    GPU_NONCE = "gpu-nonce"
+    GPU_FWID = "gpu-fwid"
+    GPU_VERSION = "gpu-version"
+    GPU_RIM = "gpu-rim"
+    GPU_MEASUREMENT = "gpu-measurement"  # measurements differ from NVIDIA's RIMs
+    GPU_UNJUDGED = "gpu-measurements-unverified"  # no verified RIMs to judge them by
+    GPU_OCSP = "gpu-ocsp"
+    GPU_TOPOLOGY = "gpu-topology"
+    GPU_MISSING = "gpu-missing"  # --require-gpu and no GPU evidence, or fewer than claimed
+    GPU_MODE = "gpu-mode"  # the GPUs are not in confidential-computing mode, or in devtools
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +265,8 @@ class VerifyOptions:
     expect_tee: TeeType | None = None
     snp: SnpPolicy = field(default_factory=SnpPolicy)  # SEV-SNP guest policy and TCB floor
     nitro: NitroPolicy = field(default_factory=NitroPolicy)  # Nitro document age and skew
+    gpu: GpuPolicy = field(default_factory=GpuPolicy)  # NVIDIA GPUs: OCSP mode, architectures
+    require_gpu: bool = False  # fresh evidence must carry trusted GPU evidence
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,10 +291,11 @@ class Verdict:
     # (None when there is no such claim, or it is malformed: then a failure says so). Only
     # as trustworthy as the verdict: use it when ``trusted``.
     signing_address: bytes | None = None
+    gpus: tuple[DeviceResult, ...] = ()  # NVIDIA GPU and NVSwitch results, in evidence order
 
     @property
     def trusted(self) -> bool:
-        return not self.failures and self.measurement is not None
+        return not self.failures and (self.measurement is not None or bool(self.gpus))
 
     @property
     def reasons(self) -> tuple[Reason, ...]:
@@ -275,6 +318,7 @@ class Verdict:
             out["debug"] = self.measurement.debug
             out.update(self.measurement.registers())
         out.update(self.details)
+        out["gpus"] = [g.to_json() for g in self.gpus]
         out["failures"] = [{"reason": f.reason.value, "message": f.message} for f in self.failures]
         return out
 
@@ -308,9 +352,12 @@ def _verdict(
     binding: bool,
     details: dict[str, Any],
     signing_address: bytes | None = None,
+    *,
+    gpus: tuple[DeviceResult, ...] = (),
 ) -> Verdict:
     """The verdict on a verified quote together with the checks made around it."""
     return Verdict(
+        gpus=gpus,
         signing_address=signing_address,
         tee=str(q.parsed.tee) if q.parsed else "",
         status=q.status,
@@ -949,6 +996,7 @@ def merge_failures(v: Verdict, extra: Iterable[Failure], **details: Any) -> Verd
         simulated=v.simulated,
         details={**v.details, **details},
         signing_address=v.signing_address,
+        gpus=v.gpus,
     )
 
 
@@ -979,6 +1027,158 @@ def evidence_collateral(quote: bytes, endorsements: tuple[str, bytes] | None) ->
     return CarriedCollateral(coll, (), {"format": fmt, "used": True})
 
 
+_GPU_REASONS = {
+    GpuReason.MALFORMED: Reason.GPU_MALFORMED,
+    GpuReason.CHAIN: Reason.GPU_CHAIN,
+    GpuReason.VALIDITY: Reason.GPU_VALIDITY,
+    GpuReason.ARCH: Reason.GPU_ARCH,
+    GpuReason.SIGNATURE: Reason.GPU_SIGNATURE,
+    GpuReason.NONCE: Reason.GPU_NONCE,
+    GpuReason.FWID: Reason.GPU_FWID,
+    GpuReason.VERSION: Reason.GPU_VERSION,
+    GpuReason.RIM: Reason.GPU_RIM,
+    GpuReason.MEASUREMENT: Reason.GPU_MEASUREMENT,
+    GpuReason.UNJUDGED: Reason.GPU_UNJUDGED,
+    GpuReason.OCSP: Reason.GPU_OCSP,
+    GpuReason.TOPOLOGY: Reason.GPU_TOPOLOGY,
+}
+# Failures that say the evidence is not genuine or not fresh (the status is then Invalid);
+# the others judge genuine evidence (measurements, revocation, topology).
+_GPU_GENUINE = frozenset(
+    {
+        GpuReason.MALFORMED,
+        GpuReason.CHAIN,
+        GpuReason.VALIDITY,
+        GpuReason.ARCH,
+        GpuReason.SIGNATURE,
+        GpuReason.NONCE,
+        GpuReason.FWID,
+    }
+)
+
+
+def gpu_failures(result: GpuSetResult) -> list[Failure]:
+    """The set's failures as verdict failures, each message naming its device."""
+    return [
+        Failure(_GPU_REASONS[f.reason], f"{where}: {f.message}")
+        for where, f in result.all_failures()
+    ]
+
+
+def _gpu_policy(opts: VerifyOptions) -> GpuPolicy:
+    if opts.any_measurement and opts.gpu.judge_measurements:
+        return GpuPolicy(
+            ocsp=opts.gpu.ocsp,
+            architectures=opts.gpu.architectures,
+            judge_measurements=False,
+            ocsp_max_age=opts.gpu.ocsp_max_age,
+        )
+    return opts.gpu
+
+
+def _gpu_status(result: GpuSetResult) -> str:
+    genuine = not any(f.reason in _GPU_GENUINE for _, f in result.all_failures())
+    return "Verified" if genuine and result.devices else "Invalid"
+
+
+def verify_gpu_verdict(
+    data: bytes,
+    collateral: GpuCollateral,
+    opts: VerifyOptions,
+    *,
+    now: int,
+    nonce: bytes | None = None,
+) -> Verdict:
+    """Verify a file of GPU/NVSwitch evidence in NVIDIA's JSON list shape.
+
+    ``nonce`` is the caller's challenge; without one each device is checked against the
+    nonce the file names (consistency only: ``binding`` stays false, and a file naming
+    none fails with ``gpu-nonce``). Status ``Verified`` when every device is genuine and
+    fresh (measurement, OCSP and topology failures are listed and still make it untrusted),
+    ``Invalid`` otherwise.
+    """
+    summary = describe_nvattest_result(data)
+    if summary is not None:
+        return Verdict(
+            tee="nvidia-gpu",
+            status="NotEvidence",
+            failures=(
+                Failure(
+                    Reason.GPU_MALFORMED,
+                    "an NVIDIA attestation result (claims "
+                    f"{summary['claims_version']}, EAT alg {summary['eat_alg']}), not evidence: "
+                    "no GPU signed it; verify the evidence it was made from",
+                ),
+            ),
+            details={"nvattest_result": summary},
+        )
+    try:
+        devices = parse_nvidia_evidence_json(data)
+    except EvidenceError as e:
+        return Verdict(tee="nvidia-gpu", failures=(Failure(Reason.GPU_MALFORMED, str(e)),))
+    expected = nonce
+    if expected is None:
+        named = {d.nonce for d in devices}
+        expected = named.pop() if len(named) == 1 else None
+    result = verify_devices(devices, expected, now, _gpu_policy(opts), collateral)
+    fails = gpu_failures(result)
+    return Verdict(
+        tee="nvidia-gpu",
+        status=_gpu_status(result),
+        binding=nonce is not None and not any(f.reason is Reason.GPU_NONCE for f in fails),
+        failures=tuple(fails),
+        details={
+            "nonce": expected.hex() if expected is not None else None,
+            "nonce_source": "caller" if nonce is not None else "evidence",
+            "gpu_set": dict(result.details),
+        },
+        gpus=result.devices,
+    )
+
+
+def _evidence_gpus(
+    ev: Any, opts: VerifyOptions, gpu_collateral: GpuCollateral | None, now: float
+) -> tuple[list[Failure], dict[str, Any], tuple[DeviceResult, ...]]:
+    """The fresh evidence's GPU list checked against its own claims (module docstring)."""
+    claimed_count = ev.claims.get("gpu-count")
+    claimed_mode = ev.claims.get("gpu-mode")
+    devices = ev.gpu or ()
+    fails: list[Failure] = []
+    details: dict[str, Any] = {"gpu_mode": claimed_mode, "gpu_count": claimed_count}
+    results: tuple[DeviceResult, ...] = ()
+    if devices:
+        res = verify_devices(
+            devices,
+            gpu_nonce(ev.claims_bytes),
+            now,
+            _gpu_policy(opts),
+            gpu_collateral or GpuCollateral(),
+        )
+        results = res.devices
+        fails.extend(gpu_failures(res))
+        details["gpu_status"] = _gpu_status(res)
+        details["gpu_set"] = dict(res.details)
+    if isinstance(claimed_count, int) and claimed_count != len(devices):
+        fails.append(
+            Failure(
+                Reason.GPU_MISSING,
+                f"the claims name {claimed_count} GPU devices, evidence is given for "
+                f"{len(devices)}",
+            )
+        )
+    if claimed_mode is not None and claimed_mode != "cc":
+        fails.append(
+            Failure(
+                Reason.GPU_MODE,
+                f"the proxy reports its GPUs in mode {str(claimed_mode)[:32]!r}, not "
+                "confidential computing without devtools ('cc')",
+            )
+        )
+    if opts.require_gpu and not any(r.kind is DeviceKind.GPU for r in results):
+        fails.append(Failure(Reason.GPU_MISSING, "GPU evidence is required and none is given"))
+    return fails, details, results
+
+
 def verify_evidence(
     body: bytes,
     nonce: bytes,
@@ -988,6 +1188,7 @@ def verify_evidence(
     *,
     now: float | None = None,
     fallback_collateral: Any = None,
+    gpu_collateral: GpuCollateral | None = None,
 ) -> Verdict:
     """Verify a ``/.well-known/tee/attestation`` answer for the client's ``nonce``.
 
@@ -1028,6 +1229,14 @@ def verify_evidence(
             fails.extend(_measurement_decision(q.parsed.measurement, opts))
     address, address_fails = parse_signing_address(ev.claims)
     fails.extend(address_fails)
+    gpu_fails, gpu_details, gpus = _evidence_gpus(ev, opts, gpu_collateral, now)
+    if opts.require_gpu:
+        fails.extend(gpu_fails)
+    elif gpu_fails:
+        # Reported, not decisive: the caller did not ask for GPUs (--require-gpu).
+        gpu_details["gpu_failures"] = [
+            {"reason": f.reason.value, "message": f.message} for f in gpu_fails
+        ]
     return _verdict(
         q,
         fails,
@@ -1035,9 +1244,10 @@ def verify_evidence(
         {
             "claims": ev.claims.view(),
             "provider": ev.provider,
-            "gpu": ev.gpu,
             "collateral_source": source,
             "endorsements": dict(carried.details) if carried.details is not None else None,
+            **gpu_details,
         },
         address,
+        gpus=gpus,
     )

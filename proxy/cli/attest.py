@@ -33,8 +33,17 @@ from urllib.parse import urlsplit
 
 from certmgr.attest import dstack as dstack_format
 from certmgr.attest.collateral import CollateralCache
+from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import TeeType, measurement_id
 from certmgr.attest.nitro_verify import NitroPolicy
+from certmgr.attest.nvidia import (
+    DeviceEvidence,
+    describe_nvattest_result,
+    looks_like_nvidia_evidence,
+    parse_nvidia_evidence_json,
+)
+from certmgr.attest.nvidia_collateral import OCSP_URL, RIM_SERVICE_URL, NvidiaCollateralSource
+from certmgr.attest.nvidia_verify import GpuCollateral, GpuPolicy, OcspMode
 from certmgr.attest.oyster import (
     DEFAULT_OYSTER_PORT,
     decode_oyster_body,
@@ -55,9 +64,10 @@ from certmgr.attest.verify import (
     signing_address_agreement,
     verify_certificate,
     verify_evidence,
+    verify_gpu_verdict,
     verify_quote_verdict,
 )
-from certmgr.errors import QuoteError, RaTlsError, VerifyError
+from certmgr.errors import EvidenceError, QuoteError, RaTlsError, VerifyError
 from certmgr.policy.allowlist import load_allowlist
 from proxy.errors import UsageError
 
@@ -98,7 +108,26 @@ def _options(args: argparse.Namespace) -> Any:
         policy=policy,
         any_measurement=args.any_measurement,
         expect_tee=TeeType(args.expect_tee) if args.expect_tee else None,
+        gpu=GpuPolicy(ocsp=OcspMode(getattr(args, "ocsp", None) or "cached")),
+        require_gpu=bool(getattr(args, "require_gpu", False)),
     )
+
+
+def _gpu_collateral(
+    args: argparse.Namespace, devices: tuple[DeviceEvidence, ...], now: float
+) -> GpuCollateral:
+    """RIMs (``--gpu-rim`` files, the cache, ``--rim-url``) and OCSP answers (``--ocsp``:
+    the cache; with ``require`` also ``--ocsp-url``) for these devices."""
+    if not devices:
+        return GpuCollateral()
+    source = NvidiaCollateralSource(
+        rim_paths=tuple(getattr(args, "gpu_rim", None) or ()),
+        rim_url=getattr(args, "rim_url", None) or "",
+        ocsp=OcspMode(getattr(args, "ocsp", None) or "cached"),
+        ocsp_url=getattr(args, "ocsp_url", None) or OCSP_URL,
+        cache_dir=getattr(args, "cache_dir", None) or "",
+    )
+    return asyncio.run(source.get(devices, now))
 
 
 def _collateral(
@@ -150,6 +179,7 @@ def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
         print(f"collateral: {verdict_json['collateral_source'] or 'none'}")
     for f in verdict_json.get("failures", []):
         print(f"  - {f['reason']}: {f['message']}")
+    _print_gpus(verdict_json)
     ev = verdict_json.get("evidence")
     if verdict_json.get("evidence_skipped"):
         print(f"nonce evidence: skipped ({verdict_json['evidence_skipped']})")
@@ -157,8 +187,18 @@ def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
         print(f"nonce evidence: {'ok' if ev.get('trusted') else 'FAILED'}")
         for f in ev.get("failures", []):
             print(f"  - {f['reason']}: {f['message']}")
+        _print_gpus(ev)
     if verdict_json.get("simulated"):
         print("WARNING: SIMULATED attestation (no TEE): trusted only because you named the key")
+
+
+def _print_gpus(verdict_json: dict[str, Any]) -> None:
+    for g in verdict_json.get("gpus", []):
+        state = "ok" if g.get("trusted") else "FAILED"
+        versions = f"driver {g.get('driver_version')}, VBIOS {g.get('vbios_version')}"
+        print(f"  {g.get('kind')} {g.get('index')} {g.get('arch')} ({versions}): {state}")
+    for f in verdict_json.get("gpu_failures", []):
+        print(f"  - (not required) {f['reason']}: {f['message']}")
 
 
 def _now(args: argparse.Namespace) -> float:
@@ -194,11 +234,44 @@ def _inner_quote(raw: bytes) -> bytes:
     return raw
 
 
+def cmd_verify_gpu(args: argparse.Namespace, raw: bytes) -> int:
+    """``verify-quote`` on GPU/NVSwitch evidence in NVIDIA's JSON list shape."""
+    try:
+        opts = _options(args)
+        now = _now(args)
+        nonce = bytes.fromhex(args.gpu_nonce) if args.gpu_nonce else None
+        if nonce is not None and len(nonce) != 32:
+            raise ValueError("--gpu-nonce must be 32 bytes (64 hex digits)")
+        try:
+            devices = parse_nvidia_evidence_json(raw)
+        except EvidenceError:
+            devices = ()  # the verdict names what is malformed
+        coll = _gpu_collateral(args, devices, now)
+    except (OSError, ValueError, VerifyError) as e:
+        print(f"teeproxy verify-quote: {e}", file=sys.stderr)
+        return 2
+    v = verify_gpu_verdict(raw, coll, opts, now=int(now), nonce=nonce)
+    _print(v.to_json(), args.json)
+    return 0 if v.trusted else 1
+
+
+def _join_lists(a: bytes, b: bytes) -> bytes:
+    """Two JSON evidence lists as one (NVSwitch evidence comes in a file of its own)."""
+    first, second = json.loads(a), json.loads(b)
+    if not isinstance(first, list) or not isinstance(second, list):
+        raise ValueError("--nvswitch-evidence: both files must be JSON lists")
+    return json.dumps(first + second).encode()
+
+
 def cmd_verify_quote(args: argparse.Namespace) -> int:
     try:
         raw = Path(args.file).read_bytes()
         if len(raw) > MAX_EVIDENCE_FILE:
             raise ValueError(f"{args.file}: larger than {MAX_EVIDENCE_FILE} bytes")
+        if looks_like_nvidia_evidence(raw) or describe_nvattest_result(raw) is not None:
+            for extra in args.nvswitch_evidence or ():
+                raw = _join_lists(raw, Path(extra).read_bytes())
+            return cmd_verify_gpu(args, raw)
         opts = _options(args)
         now = _now(args)
         coll = _collateral(args, _inner_quote(raw), now)
@@ -363,6 +436,7 @@ def attest(args: argparse.Namespace) -> Attested:
                     }
                 else:
                     carried = certificate_collateral(parsed) if parsed and coll is None else None
+                    gpu_coll = _gpu_collateral(args, _evidence_devices(body), now)
                     ev = verify_evidence(
                         body,
                         nonce,
@@ -371,6 +445,7 @@ def attest(args: argparse.Namespace) -> Attested:
                         opts,
                         now=now,
                         fallback_collateral=carried.collateral if carried else None,
+                        gpu_collateral=gpu_coll,
                     )
                     ev_json = ev.to_json()
                     if ev.measurement != verdict.measurement:
@@ -390,6 +465,15 @@ def attest(args: argparse.Namespace) -> Attested:
     except (OSError, ValueError, VerifyError) as e:
         raise UsageError(f"{args.url}: {e}") from e
     return Attested(verdict.trusted and evidence_ok, verdict, ev, out)
+
+
+def _evidence_devices(body: bytes) -> tuple[DeviceEvidence, ...]:
+    """The GPU devices of an evidence answer, to fetch their collateral (none if malformed:
+    the verdict says so)."""
+    try:
+        return parse_evidence_json(body).gpu or ()
+    except EvidenceError:
+        return ()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -489,6 +573,33 @@ def _common(p: argparse.ArgumentParser, *, collateral: bool = True, json_flag: b
             "per chip and TCB and cached in --cache-dir",
         )
         p.add_argument("--cache-dir", help="cache fetched collateral here")
+        p.add_argument(
+            "--gpu-rim",
+            action="append",
+            metavar="PATH",
+            help="NVIDIA GPUs: a driver or VBIOS RIM (SWID XML) file or a directory of them; "
+            "repeatable",
+        )
+        p.add_argument(
+            "--rim-url",
+            metavar="URL",
+            help=f"NVIDIA GPUs: fetch missing RIMs from this RIM service (NVIDIA's is "
+            f"{RIM_SERVICE_URL}); cached in --cache-dir",
+        )
+        p.add_argument(
+            "--ocsp",
+            choices=[m.value for m in OcspMode],
+            default="cached",
+            help="NVIDIA GPUs: certificate status. off: not checked; cached (default): the "
+            "answers in --cache-dir are judged, none is fetched, a missing one is reported; "
+            "require: every certificate needs a good answer, fetched from --ocsp-url",
+        )
+        p.add_argument("--ocsp-url", metavar="URL", help=f"OCSP responder (default {OCSP_URL})")
+    p.add_argument(
+        "--require-gpu",
+        action="store_true",
+        help="fresh evidence must carry trusted NVIDIA GPU evidence (CC mode, no devtools)",
+    )
 
 
 def add_attest_options(p: argparse.ArgumentParser) -> None:
@@ -538,6 +649,18 @@ def add_parsers(sub: Any) -> None:
         "--expect-key",
         metavar="HEX",
         help="dstack: the key the report_data must name (dip1::secp256k1c-pk:, compressed)",
+    )
+    q.add_argument(
+        "--gpu-nonce",
+        metavar="HEX",
+        help="NVIDIA GPU evidence: the nonce you asked for (default: the one the file names, "
+        "which shows consistency only)",
+    )
+    q.add_argument(
+        "--nvswitch-evidence",
+        action="append",
+        metavar="FILE",
+        help="NVIDIA: NVSwitch evidence (same JSON shape) verified with the GPUs as one set",
     )
     _common(q)
     q.set_defaults(func=cmd_verify_quote)

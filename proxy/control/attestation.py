@@ -10,6 +10,11 @@ address (the runtime's, from the unsealed key) goes into the claims as
 collateral of this TEE's Intel quote goes into its endorsements extension
 (:func:`collateral_source`). Workers load the certificate into their CertStore under
 ``attestation.server_name`` (:mod:`proxy.dataplane.certstore`).
+
+:func:`check_gpus` (part of the same step) looks at the GPUs ``[attestation] gpu`` asks
+for: in ``enforce`` mode the proxy does not start unless NVML finds GPUs that give evidence
+(Hopper or later) in confidential-computing mode without devtools; in ``monitor`` mode
+their state is logged (a GPU in devtools or non-confidential mode with a warning).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from certmgr.attest.ratls_store import (
 from certmgr.errors import QuoteProviderError
 from proxy.config import Config
 from proxy.errors import ConfigError
+from proxy.log import attest_log as log
 from proxy.runtime import Runtime
 
-__all__ = ["attestation_renewal", "collateral_source", "prepare_attestation"]
+__all__ = ["attestation_renewal", "check_gpus", "collateral_source", "prepare_attestation"]
 
 
 def collateral_source(cfg: Config) -> CollateralSource | None:
@@ -60,11 +66,48 @@ def collateral_source(cfg: Config) -> CollateralSource | None:
     return fetch
 
 
+def check_gpus(cfg: Config, runtime: Runtime) -> None:
+    """Supervisor step (blocking): GPUs as ``[attestation] gpu`` requires, or ConfigError."""
+    mode = cfg.attestation.gpu
+    if mode == "off":
+        return
+    if runtime.gpus is None:
+        if mode == "enforce":
+            raise ConfigError("attestation.gpu", "enforce: NVML finds no GPU (no libnvidia-ml)")
+        return
+    try:
+        state = runtime.gpus.state()
+    except QuoteProviderError as e:
+        if mode == "enforce":
+            raise ConfigError("attestation.gpu", f"enforce: {e}") from e
+        log.warning("GPU state unreadable, evidence will lack it: %s", e)
+        return
+    problem = ""
+    if state.count == 0:
+        problem = "no GPU"
+    elif not state.attestable:
+        problem = f"GPUs {', '.join(state.architectures)}: not all give SPDM evidence"
+    elif state.mode != "cc":
+        problem = f"GPUs in mode {state.mode!r}, not confidential computing without devtools"
+    if problem and mode == "enforce":
+        raise ConfigError("attestation.gpu", f"enforce: {problem}")
+    if problem:
+        log.warning("GPU attestation (monitor): %s", problem)
+    else:
+        log.info(
+            "%d GPU(s) %s in confidential-computing mode (%s)",
+            state.count,
+            "/".join(sorted(set(state.architectures))),
+            state.environment,
+        )
+
+
 def prepare_attestation(cfg: Config, runtime: Runtime, now: dt.datetime | None = None) -> None:
     """Supervisor step (blocking): a fresh RA-TLS certificate, or a clear error."""
     provider = runtime.provider
     if provider is None:
         return
+    check_gpus(cfg, runtime)
     material = RaTlsMaterial(
         server_name=cfg.attestation.server_name,
         provider=provider.name,

@@ -7,7 +7,11 @@ SEV-SNP guest the answer's ``endorsements`` carry the certificate table the TEE 
 with the report (configfs-tsm ``auxblob``: VCEK, ASK, ARK), so a client verifies it
 without AMD's KDS. Quotes are
 serialized and rate-limited per worker (:class:`certmgr.attest.providers.gate.QuoteGate`);
-over the limit the answer is 429. The handshake never waits for a quote. JSON shape:
+over the limit the answer is 429. The handshake never waits for a quote. With GPUs
+(``[attestation] gpu``, :mod:`certmgr.attest.providers.nvml`) the claims also name their
+mode and number, and every GPU's SPDM report over :func:`certmgr.attest.nvidia.gpu_nonce`
+of the same claims is served in ``gpu``, collected through the same gate (one token per
+answer); in ``enforce`` mode an answer without them is a 503, never evidence. JSON shape:
 :mod:`certmgr.attest.evidence` and docs/ATTESTATION.md. The RA-TLS certificate itself is
 prepared by the supervisor (:mod:`proxy.control.attestation`) and loaded by
 :mod:`proxy.dataplane.certstore`.
@@ -24,7 +28,9 @@ from aiohttp import web
 
 from certmgr.attest.endorsements import compact_cert_table
 from certmgr.attest.evidence import build_evidence, encode_evidence_claims, parse_nonce
+from certmgr.attest.nvidia import DeviceEvidence, gpu_nonce
 from certmgr.attest.providers.gate import QuoteGate
+from certmgr.attest.providers.nvml import GpuState, NvmlGpuSource
 from certmgr.attest.quote import is_snp_report, parse_evidence
 from certmgr.attest.ratls import report_data_for_claims
 from certmgr.errors import (
@@ -58,12 +64,15 @@ class AttestationEndpoint:
         *,
         tee: str = "",
         signing_address: str = "",
+        gpus: NvmlGpuSource | None = None,
     ) -> None:
         self.cfg = cfg
         self.holder = holder
         self.gate = gate
         self.tee = tee
         self.signing_address = signing_address  # "0x" + 40 hex, or "" (receipts off)
+        self.gpus = gpus
+        self.gpu_enforce = cfg.attestation.gpu == "enforce"
 
     def _connection_entry(self, request: web.BaseRequest) -> CertEntry | None:
         transport = request.transport
@@ -94,6 +103,24 @@ class AttestationEndpoint:
             # the request did not come over TLS): the client should reconnect.
             return json_error(503, "certificate_rotated", "reconnect and ask again")
         acme_account, acme_keys = await self._acme()
+        timeout = self.cfg.attestation.quote_timeout
+        state: GpuState | None = None
+        token_taken = False
+        try:
+            if self.gpus is not None:
+                state = await asyncio.wait_for(self.gate.call(self.gpus.state), timeout)
+                token_taken = True
+        except QuoteRateLimited:
+            return _rate_limited()
+        except (QuoteProviderError, TimeoutError) as e:
+            log.error("GPU state for the evidence endpoint failed: %s", e)
+            state = None
+        if self.gpu_enforce and (state is None or state.mode != "cc" or not state.count):
+            why = (
+                "no GPU state" if state is None else f"GPU mode {state.mode}, {state.count} GPU(s)"
+            )
+            log.error("GPU attestation enforced and not possible: %s", why)
+            return json_error(503, "gpu_attestation_failed", "the GPUs cannot be attested")
         claims = encode_evidence_claims(
             nonce,
             entry.spki_sha256,
@@ -101,20 +128,34 @@ class AttestationEndpoint:
             acme_account=acme_account,
             acme_keys=acme_keys,
             signing_address=self.signing_address,
+            gpu_mode=state.mode if state is not None else "",
+            gpu_count=state.count if state is not None else None,
         )
         try:
             evidence = await asyncio.wait_for(
-                self.gate.evidence(report_data_for_claims(claims)),
-                self.cfg.attestation.quote_timeout,
+                self.gate.evidence(report_data_for_claims(claims), take_token=not token_taken),
+                timeout,
             )
         except QuoteRateLimited:
-            return json_error(
-                429, "rate_limited", "too many attestation requests", headers={"Retry-After": "1"}
-            )
+            return _rate_limited()
         except (QuoteProviderError, TimeoutError) as e:
             log.error("quote for the evidence endpoint failed: %s", e)
             return json_error(503, "quote_failed", "the TEE did not produce a quote")
         quote = evidence.quote
+        gpu: tuple[DeviceEvidence, ...] | None = None
+        if self.gpus is not None and state is not None and state.count:
+            try:
+                gpu = await asyncio.wait_for(
+                    self.gate.call(self.gpus.collect, gpu_nonce(claims), take_token=False),
+                    timeout,
+                )
+            except (QuoteProviderError, TimeoutError) as e:
+                log.error("GPU evidence for the evidence endpoint failed: %s", e)
+                if self.gpu_enforce:
+                    return json_error(503, "gpu_attestation_failed", "the GPUs gave no evidence")
+                gpu = ()  # the claims name the GPUs: a verifier sees them missing
+        elif state is not None:
+            gpu = ()
         tee = self.tee
         if not tee:
             try:
@@ -127,7 +168,7 @@ class AttestationEndpoint:
             tee=tee,
             provider=self.gate.provider.name,
             endorsements=_cert_table(quote, evidence.auxblob),
-            gpu=None,
+            gpu=gpu,
         )
         return json_response(200, doc)
 
@@ -156,6 +197,12 @@ def _cert_table(quote: bytes, auxblob: bytes) -> tuple[str, bytes] | None:
         return None
 
 
+def _rate_limited() -> web.StreamResponse:
+    return json_error(
+        429, "rate_limited", "too many attestation requests", headers={"Retry-After": "1"}
+    )
+
+
 def make_endpoint(cfg: Config, holder: StoreHolder, runtime: Runtime) -> AttestationEndpoint | None:
     """The worker's endpoint with its gate over the runtime's provider (None: disabled).
 
@@ -169,4 +216,6 @@ def make_endpoint(cfg: Config, holder: StoreHolder, runtime: Runtime) -> Attesta
     a = cfg.attestation
     provider = runtime.provider
     gate = QuoteGate(provider, rate=a.quote_rate, burst=a.quote_burst) if provider else None
-    return AttestationEndpoint(cfg, holder, gate, signing_address=runtime.signing_address)
+    return AttestationEndpoint(
+        cfg, holder, gate, signing_address=runtime.signing_address, gpus=runtime.gpus
+    )

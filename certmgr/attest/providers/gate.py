@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from certmgr.attest.measurement import check_report_data
 from certmgr.attest.providers.base import QuoteProvider, TeeEvidence, get_evidence
 from certmgr.errors import QuoteRateLimited
 
 __all__ = ["QuoteGate"]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -51,14 +55,33 @@ class QuoteGate:
             self._take_token()
             return self.provider.get_quote(report_data)
 
-    async def quote(self, report_data: bytes) -> bytes:
-        """From the event loop: the provider runs in a thread, one call at a time."""
+    async def quote(self, report_data: bytes, *, take_token: bool = True) -> bytes:
+        """From the event loop: the provider runs in a thread, one call at a time.
+
+        ``take_token=False`` for the quote of a request that already took its token
+        through :meth:`call` (one evidence answer, one token).
+        """
         check_report_data(report_data)
         if self._alock is None:
             self._alock = asyncio.Lock()
-        self._take_token()
+        if take_token:
+            self._take_token()
         async with self._alock:
             return await asyncio.to_thread(self._locked_call, report_data)
+
+    async def call(self, fn: Callable[..., T], *args: object, take_token: bool = True) -> T:
+        """Run other TEE-device work (GPU evidence through NVML) serialized with the quotes
+        and under the same rate limit, in a thread."""
+        if self._alock is None:
+            self._alock = asyncio.Lock()
+        if take_token:
+            self._take_token()
+        async with self._alock:
+            return await asyncio.to_thread(self._locked_run, fn, *args)
+
+    def _locked_run(self, fn: Callable[..., T], *args: object) -> T:
+        with self._lock:
+            return fn(*args)
 
     def _locked_call(self, report_data: bytes) -> bytes:
         with self._lock:
@@ -71,12 +94,13 @@ class QuoteGate:
             self._take_token()
             return get_evidence(self.provider, report_data)
 
-    async def evidence(self, report_data: bytes) -> TeeEvidence:
+    async def evidence(self, report_data: bytes, *, take_token: bool = True) -> TeeEvidence:
         """Like :meth:`quote`, with the auxiliary data (SEV-SNP: the certificate table)."""
         check_report_data(report_data)
         if self._alock is None:
             self._alock = asyncio.Lock()
-        self._take_token()
+        if take_token:
+            self._take_token()
         async with self._alock:
             return await asyncio.to_thread(self._locked_evidence, report_data)
 

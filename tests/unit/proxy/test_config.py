@@ -409,6 +409,7 @@ def test_reload_applies_only_reloadable_sections() -> None:
         ('server_name = ""', "attestation.server_name"),
         ("quote_rate = 0.0", "attestation.quote_rate"),
         ("quote_burst = 0", "attestation.quote_burst"),
+        ('gpu = "on"', "attestation.gpu"),
     ],
 )
 def test_attestation_config_errors_name_the_field(tmp_path: Path, extra: str, field: str) -> None:
@@ -420,6 +421,7 @@ def test_attestation_config_errors_name_the_field(tmp_path: Path, extra: str, fi
 def test_default_config_has_attestation_section() -> None:
     a = loads("").attestation
     assert a.provider == "auto" and a.cert_lifetime <= 86400
+    assert a.gpu == "monitor"
 
 
 # -- [governance] -------------------------------------------------------------------------

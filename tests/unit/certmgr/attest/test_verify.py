@@ -26,6 +26,8 @@ from certmgr.attest.endorsements import (
 from certmgr.attest.evidence import build_evidence, encode_evidence_claims
 from certmgr.attest.intel import parse_quote
 from certmgr.attest.measurement import Measurement, TeeType, measurement_id
+from certmgr.attest.nvidia import gpu_nonce
+from certmgr.attest.nvidia_verify import GpuCollateral
 from certmgr.attest.policycheck import CheckResult, PolicyCheck
 from certmgr.attest.ratls import (
     LEGACY_QUOTE_OID,
@@ -44,6 +46,7 @@ from certmgr.attest.verify import (
     load_dev_key,
     verify_certificate,
     verify_evidence,
+    verify_gpu_verdict,
     verify_quote,
     verify_quote_verdict,
 )
@@ -68,6 +71,8 @@ from tests.helpers.attest import (
     tbs_with_extensions,
     vector,
 )
+from tests.helpers.nvidia import PPCIE_NONCE, T_OWN, T_PPCIE, own_device
+from tests.helpers.nvidia import data as nvidia_data
 from tests.helpers.snp import (
     T_DSTACK,
     T_GOSEV,
@@ -1071,3 +1076,73 @@ def test_dstack_get_quote_answer_verdict() -> None:
     assert Reason.EVENT_LOG in t.reasons
     junk = verify_quote_verdict(b'{"quote": 1}', None, VerifyOptions(), now=0)
     assert junk.reasons == (Reason.QUOTE_MALFORMED,)
+
+
+# -- NVIDIA GPU evidence in fresh evidence ---------------------------------------------------
+
+
+def _gpu_evidence(
+    nonce: bytes,
+    spki_hash: bytes,
+    *,
+    mode: str = "cc",
+    count: int | None = None,
+    signed_nonce: bytes | None = None,
+) -> tuple[bytes, GpuCollateral]:
+    dev = own_device()
+    claims = encode_evidence_claims(
+        nonce, spki_hash, 1700000000, gpu_mode=mode, gpu_count=1 if count is None else count
+    )
+    q = build_simulated_quote(DEV_KEY, report_data_for_claims(claims))
+    gpu = dev.evidence(signed_nonce or gpu_nonce(claims))
+    doc = build_evidence(q, claims, tee="tdx", provider="simulated", gpu=[gpu])
+    return json.dumps(doc).encode(), GpuCollateral(device_root=dev.root.cert)
+
+
+def test_gpu_evidence_bound_to_the_claims_is_trusted_when_required() -> None:
+    nonce, h = b"n" * 16, b"\x07" * 32
+    body, coll = _gpu_evidence(nonce, h)
+    required = dataclasses.replace(DEV, require_gpu=True)
+    v = verify_evidence(body, nonce, h, None, required, now=T_OWN, gpu_collateral=coll)
+    assert v.trusted, v.failures
+    out = v.to_json()
+    assert out["gpu_mode"] == "cc" and out["gpu_count"] == 1 and out["gpu_status"] == "Verified"
+    assert [g["trusted"] for g in out["gpus"]] == [True]
+
+
+def test_gpu_evidence_for_another_nonce_is_refused_when_required() -> None:
+    nonce, h = b"n" * 16, b"\x07" * 32
+    body, coll = _gpu_evidence(nonce, h, signed_nonce=b"\x01" * 32)
+    required = dataclasses.replace(DEV, require_gpu=True)
+    v = verify_evidence(body, nonce, h, None, required, now=T_OWN, gpu_collateral=coll)
+    assert v.reasons == (Reason.GPU_NONCE,)
+    # Not required: reported, not decisive.
+    v = verify_evidence(body, nonce, h, None, DEV, now=T_OWN, gpu_collateral=coll)
+    assert v.trusted
+    assert [f["reason"] for f in v.to_json()["gpu_failures"]] == ["gpu-nonce"]
+
+
+def test_gpus_in_devtools_mode_or_missing_are_refused() -> None:
+    nonce, h = b"n" * 16, b"\x07" * 32
+    required = dataclasses.replace(DEV, require_gpu=True)
+    body, coll = _gpu_evidence(nonce, h, mode="devtools")
+    v = verify_evidence(body, nonce, h, None, required, now=T_OWN, gpu_collateral=coll)
+    assert v.reasons == (Reason.GPU_MODE,)
+    body, coll = _gpu_evidence(nonce, h, count=2)
+    v = verify_evidence(body, nonce, h, None, required, now=T_OWN, gpu_collateral=coll)
+    assert v.reasons == (Reason.GPU_MISSING,)
+    v = verify_evidence(_evidence(nonce, h), nonce, h, None, required)
+    assert v.reasons == (Reason.GPU_MISSING,)
+    assert v.to_json()["gpus"] == []
+
+
+def test_gpu_verdict_on_the_real_8_gpu_file() -> None:
+    raw = nvidia_data("ppcie_gpu_evidence_8xH100.json")
+    v = verify_gpu_verdict(raw, GpuCollateral(), ANY, now=T_PPCIE, nonce=PPCIE_NONCE)
+    assert v.trusted and v.binding and v.status == "Verified" and len(v.gpus) == 8
+    assert v.measurement is None  # a GPU-only verdict: trusted by its devices
+    v = verify_gpu_verdict(raw, GpuCollateral(), VerifyOptions(), now=T_PPCIE)
+    assert set(v.reasons) == {Reason.GPU_UNJUDGED} and not v.trusted
+    assert verify_gpu_verdict(b"[", GpuCollateral(), ANY, now=T_PPCIE).reasons == (
+        Reason.GPU_MALFORMED,
+    )

@@ -23,16 +23,19 @@ from certmgr.attest.endorsements import (
     IntelCollateral,
     decode_endorsements,
 )
+from certmgr.attest.providers.nvml import NvmlGpuSource
 from certmgr.attest.ratls import parse_certificate
 from certmgr.attest.ratls_store import ratls_dir, ratls_renewal_due
 from certmgr.attest.snp_verify import SnpPolicy
 from certmgr.attest.verify import Reason, VerifyOptions, verify_certificate
 from certmgr.keys import InsecureDevSealer
 from proxy.config import Config, ConfigError
+from proxy.control.attestation import check_gpus, prepare_attestation
 from proxy.control.certificates import next_renewal, prepare_certificates
 from proxy.dataplane.certstore import build_store
-from proxy.runtime import build_runtime
+from proxy.runtime import Runtime, build_runtime
 from tests.helpers.attest import T_TDX, at, collateral_text, vector
+from tests.helpers.nvidia import FakeGpu, FakeNvml, real_h100_gpu
 from tests.helpers.pccs import FakePccs, serve_pccs
 from tests.helpers.simulated_tee import dev_verify_options, prepare_simulated, simulated_config
 from tests.helpers.snp import dstack_cert_table, dstack_report
@@ -393,3 +396,51 @@ async def test_collateral_from_a_pccs_is_fetched_once_and_embedded(tmp_path: Pat
         lambda: list((ratls_dir(cfg.state_dir) / "collateral").iterdir())
     )
     assert len(cached) == 1 and cached[0].suffix == ".json"
+
+
+# -- [attestation] gpu: the supervisor's GPU check ----------------------------------------
+
+
+def _gpu_runtime(tmp_path: Path, fake: FakeNvml | None, mode: str) -> tuple[Config, Runtime]:
+    """The runtime with ``fake`` as its NVML (None: this machine's, which has none)."""
+    cfg = simulated_config(tmp_path / "state", f'gpu = "{mode}"\n')
+    runtime = build_runtime(cfg, prepare=True, sealer=InsecureDevSealer())
+    return cfg, dataclasses.replace(runtime, gpus=NvmlGpuSource(fake) if fake else None)
+
+
+@pytest.mark.parametrize(
+    ("fake", "message"),
+    [
+        (None, "NVML finds no GPU"),
+        (FakeNvml([]), "no GPU"),
+        ("devtools", "mode 'devtools'"),
+        ("off", "mode 'off'"),
+        ("ampere", "not all give SPDM evidence"),
+        ("broken", "confidential-computing state"),
+    ],
+)
+def test_enforce_refuses_to_start_without_attestable_gpus(
+    tmp_path: Path, fake: object, message: str
+) -> None:
+    fakes = {
+        "devtools": FakeNvml([real_h100_gpu()], devtools=1),
+        "off": FakeNvml([real_h100_gpu()], cc=0),
+        "ampere": FakeNvml([FakeGpu(lambda n: b"", b"", arch_code=7)]),
+        "broken": FakeNvml([real_h100_gpu()], fail="state"),
+    }
+    nvml = fakes.get(fake, fake) if isinstance(fake, str) else fake
+    cfg, runtime = _gpu_runtime(tmp_path, nvml, "enforce")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as ei:
+        prepare_attestation(cfg, runtime)
+    assert ei.value.field == "attestation.gpu" and message in str(ei.value)
+
+
+def test_enforce_starts_with_gpus_in_cc_mode_and_monitor_only_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg, runtime = _gpu_runtime(tmp_path / "a", FakeNvml([real_h100_gpu()]), "enforce")
+    check_gpus(cfg, runtime)
+    cfg, runtime = _gpu_runtime(tmp_path / "b", FakeNvml([real_h100_gpu()], devtools=1), "monitor")
+    with caplog.at_level(logging.WARNING, logger="teeproxy.attest"):
+        check_gpus(cfg, runtime)
+    assert "GPU attestation (monitor): GPUs in mode 'devtools'" in caplog.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from certmgr.attest.nvidia import gpu_nonce
+from certmgr.attest.nvidia_verify import GpuCollateral
+from certmgr.attest.providers.nvml import NvmlGpuSource
 from certmgr.attest.ratls import parse_certificate, report_data_for_claims
 from certmgr.attest.snp_verify import SnpPolicy
 from certmgr.attest.verify import Reason, VerifyOptions, verify_certificate, verify_evidence
@@ -26,6 +30,15 @@ from certmgr.keys import InsecureDevSealer
 from proxy.dataplane.attestation import make_endpoint
 from proxy.dataplane.worker import Worker
 from proxy.runtime import build_runtime
+from tests.helpers.nvidia import (
+    T_H100,
+    T_OWN,
+    FakeNvml,
+    h100_report,
+    own_device,
+    own_gpu,
+    real_h100_gpu,
+)
 from tests.helpers.simulated_tee import RATLS_NAME, dev_verify_options, prepare_simulated
 from tests.helpers.snp import dstack_cert_table, dstack_report
 from tests.helpers.tsm import FakeTsm
@@ -235,3 +248,120 @@ async def test_snp_evidence_carries_the_certificate_table(tmp_path: Path) -> Non
     ev = verify_evidence(body, nonce, parse_certificate(der).spki_sha256, None, opts)
     assert ev.status == "UpToDate" and ev.reasons == (Reason.REPORT_DATA,)
     assert ev.to_json()["collateral_source"] == "evidence"
+
+
+# -- NVIDIA GPUs through a fake of NVML ----------------------------------------------------
+
+
+async def _gpu_worker(tmp_path: Path, fake: FakeNvml, *, enforce: bool = False) -> Worker:
+    cfg, store = await asyncio.to_thread(
+        prepare_simulated, tmp_path / "state", "quote_rate = 0.01\nquote_burst = 3\n"
+    )
+    if enforce:  # prepared in monitor mode: the supervisor would refuse enforce here
+        cfg = cfg.replace(attestation=dataclasses.replace(cfg.attestation, gpu="enforce"))
+    w = Worker(cfg, store, reuse_port=False)
+    runtime = await asyncio.to_thread(build_runtime, cfg, prepare=False, sealer=InsecureDevSealer())
+    w.attestation = make_endpoint(
+        cfg, w.holder, dataclasses.replace(runtime, gpus=NvmlGpuSource(fake))
+    )
+    await w.start()
+    return w
+
+
+async def _evidence_of(w: Worker, nonce: str) -> tuple[int, bytes, bytes]:
+    return await _get(w.ports[0], RATLS_NAME, f"/.well-known/tee/attestation?nonce={nonce}")
+
+
+async def test_gpu_evidence_is_served_and_bound_to_the_same_claims(tmp_path: Path) -> None:
+    dev = await asyncio.to_thread(own_device)
+    fake = FakeNvml([own_gpu(dev), own_gpu(dev)])
+    w = await _gpu_worker(tmp_path, fake)
+    try:
+        status, body, der = await _evidence_of(w, "cd" * 16)
+        assert status == 200
+        doc = json.loads(body)
+        opts = await asyncio.to_thread(dev_verify_options, Path(w.cfg.state_dir))
+    finally:
+        await w.drain(grace=1.0)
+    assert [g["arch"] for g in doc["gpu"]] == ["HOPPER", "HOPPER"]
+    assert doc["claims_view"]["gpu-mode"] == "cc" and doc["claims_view"]["gpu-count"] == 2
+    claims = base64.b64decode(doc["claims"])
+    assert fake.nonces == [gpu_nonce(claims)] * 2  # the nonce NVML was given
+    spki_hash = parse_certificate(der).spki_sha256
+    required = dataclasses.replace(opts, require_gpu=True)
+    coll = GpuCollateral(device_root=dev.root.cert)
+    v = verify_evidence(
+        body, bytes.fromhex("cd" * 16), spki_hash, None, required, now=T_OWN, gpu_collateral=coll
+    )
+    assert v.trusted, v.failures
+    assert [g.trusted for g in v.gpus] == [True, True]
+
+
+async def test_real_gpu_bytes_replayed_are_refused_by_their_nonce(tmp_path: Path) -> None:
+    # The fake answers with the real H100 report whatever the nonce (a replay): everything
+    # about it verifies except that it is not over this evidence's claims.
+    fake = await asyncio.to_thread(lambda: FakeNvml([real_h100_gpu()]))
+    w = await _gpu_worker(tmp_path, fake)
+    try:
+        status, body, der = await _evidence_of(w, "ef" * 16)
+        opts = await asyncio.to_thread(dev_verify_options, Path(w.cfg.state_dir))
+    finally:
+        await w.drain(grace=1.0)
+    assert status == 200
+    real = await asyncio.to_thread(h100_report)
+    assert base64.b64decode(json.loads(body)["gpu"][0]["evidence"]) == real
+    required = dataclasses.replace(opts, require_gpu=True)
+    v = verify_evidence(
+        body, bytes.fromhex("ef" * 16), parse_certificate(der).spki_sha256, None, required,
+        now=T_H100,
+    )  # fmt: skip
+    assert set(v.reasons) == {Reason.GPU_NONCE}
+    assert any("another nonce than the one expected" in f.message for f in v.failures)
+
+
+async def test_enforce_refuses_gpus_in_devtools_mode(tmp_path: Path) -> None:
+    fake = await asyncio.to_thread(lambda: FakeNvml([real_h100_gpu()], devtools=1))
+    w = await _gpu_worker(tmp_path, fake, enforce=True)
+    try:
+        status, body, _ = await _evidence_of(w, "01" * 16)
+    finally:
+        await w.drain(grace=1.0)
+    assert status == 503 and b"gpu_attestation_failed" in body
+
+
+async def test_monitor_reports_devtools_mode_and_a_verifier_refuses_it(tmp_path: Path) -> None:
+    fake = await asyncio.to_thread(lambda: FakeNvml([real_h100_gpu()], devtools=1))
+    w = await _gpu_worker(tmp_path, fake)
+    try:
+        status, body, der = await _evidence_of(w, "02" * 16)
+        opts = await asyncio.to_thread(dev_verify_options, Path(w.cfg.state_dir))
+    finally:
+        await w.drain(grace=1.0)
+    assert status == 200 and json.loads(body)["claims_view"]["gpu-mode"] == "devtools"
+    required = dataclasses.replace(opts, require_gpu=True)
+    v = verify_evidence(
+        body, bytes.fromhex("02" * 16), parse_certificate(der).spki_sha256, None, required,
+        now=T_H100,
+    )  # fmt: skip
+    assert Reason.GPU_MODE in v.reasons
+
+
+async def test_gpu_work_is_rate_limited_with_the_quotes(tmp_path: Path) -> None:
+    fake = await asyncio.to_thread(lambda: FakeNvml([real_h100_gpu()]))
+    w = await _gpu_worker(tmp_path, fake)
+    try:
+        statuses = [(await _evidence_of(w, "03" * 16))[0] for _ in range(4)]
+    finally:
+        await w.drain(grace=1.0)
+    assert statuses == [200, 200, 200, 429]  # one token per answer, GPU work included
+
+
+async def test_gpu_evidence_failure_in_monitor_serves_an_empty_list(tmp_path: Path) -> None:
+    fake = await asyncio.to_thread(lambda: FakeNvml([real_h100_gpu()], fail="report"))
+    w = await _gpu_worker(tmp_path, fake)
+    try:
+        status, body, _ = await _evidence_of(w, "04" * 16)
+    finally:
+        await w.drain(grace=1.0)
+    doc = json.loads(body)
+    assert status == 200 and doc["gpu"] == [] and doc["claims_view"]["gpu-count"] == 1
