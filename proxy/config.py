@@ -169,6 +169,7 @@ class LimitsConfig:
     max_request_line: int = 8190
     max_header_size: int = 8190
     max_headers: int = 100
+    max_chunk_line: int = 4096
     max_body_size: int = 100 * 1024 * 1024
     max_connections: int = 10000
     header_read_timeout: float = 10.0
@@ -504,6 +505,8 @@ def _validate(cfg: Config) -> None:
     for name in ("max_request_line", "max_header_size", "max_headers", "max_connections"):
         if getattr(lim, name) < 1:
             raise ConfigError(f"limits.{name}", "must be >= 1")
+    if not 32 <= lim.max_chunk_line <= 1024 * 1024:
+        raise ConfigError("limits.max_chunk_line", "must be 32 bytes to 1 MiB")
     if lim.max_request_line < 64 or lim.max_header_size < 64:
         raise ConfigError("limits.max_header_size", "must be at least 64 bytes")
     _positive(lim.max_body_size, "limits.max_body_size", allow_zero=True)

@@ -11,6 +11,7 @@ plane's errors name the HTTP status they answer with). The library's errors are
     ├── BackendError (ConnectionError)   the backend broke the exchange       -> 502
     ├── BackendTimeout (TimeoutError)    a backend timeout; .phase, .seconds  -> 504
     ├── ClientRequestError (ValueError)  the client's request is bad; .status -> 400/408/413
+    ├── FramingError (ValueError)        a message's framing is invalid or over a limit
     ├── GovernanceError (RuntimeError)   governance cannot run                -> exit 3
     └── UsageError (ValueError)          a command's input is unusable        -> exit 1/2
 """
@@ -22,6 +23,7 @@ __all__ = [
     "BackendTimeout",
     "ClientRequestError",
     "ConfigError",
+    "FramingError",
     "GovernanceError",
     "ProxyError",
     "UsageError",
@@ -64,6 +66,11 @@ class ClientRequestError(ProxyError, ValueError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class FramingError(ProxyError, ValueError):
+    """A message's framing is invalid or over a limit (:mod:`proxy.dataplane.framing`): the
+    data plane answers 400 when the client sent it and 502 when the backend did."""
 
 
 class GovernanceError(ProxyError, RuntimeError):

@@ -195,7 +195,7 @@ def _profile(cert: x509.Certificate, name: str, *, ca: bool, below: int) -> list
         problems.append(f"{name}: key is not ECDSA P-384")
     try:
         cert.extensions  # noqa: B018 - parsed lazily: a malformed one raises here
-    except ValueError as e:
+    except (ValueError, x509.DuplicateExtension) as e:
         return [*problems, f"{name}: malformed extensions: {e}"]
     critical = {e.oid for e in cert.extensions if e.critical} - _KNOWN_CRITICAL
     if critical:

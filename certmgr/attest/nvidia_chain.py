@@ -132,7 +132,11 @@ def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> str | None:
 
 
 def _ca_info(cert: x509.Certificate) -> tuple[bool, int | None, bool]:
-    """(is a CA, path length, may sign certificates)."""
+    """(is a CA, path length, may sign certificates); unreadable extensions: nothing."""
+    try:
+        cert.extensions  # noqa: B018 - parsed lazily: a malformed one raises here
+    except (ValueError, x509.DuplicateExtension):
+        return False, None, False
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         ca, path = bc.ca, bc.path_length
@@ -207,6 +211,8 @@ def fwid_of(leaf: x509.Certificate) -> bytes | None:
         ext = leaf.extensions.get_extension_for_oid(TCG_DICE_TCB_INFO)
     except x509.ExtensionNotFound:
         return None
+    except (ValueError, x509.DuplicateExtension) as e:
+        raise VerifyError(f"device leaf extensions unreadable: {e}") from e
     value = ext.value
     raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
     tail = _SHA384_OID_DER + b"\x04\x30"

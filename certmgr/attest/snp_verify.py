@@ -459,7 +459,7 @@ def vek_extensions(cert: x509.Certificate) -> VekExtensions:
     """
     try:
         exts = list(cert.extensions)
-    except ValueError as e:
+    except (ValueError, x509.DuplicateExtension) as e:
         raise VerifyError(f"VCEK/VLEK extensions unreadable: {e}") from e
     raw: dict[str, bytes] = {}
     for ext in exts:
@@ -512,8 +512,8 @@ def _pss_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> str | No
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        return False  # unreadable extensions: not a CA (fail closed)
     return bc.ca
 
 

@@ -7,12 +7,20 @@ Guarantees (each has a test under tests/integration):
   stalled client never reaches the backend), and a tap (:mod:`proxy.dataplane.hooks`) may
   ask for a response of bounded size to be held back (receipts put their signature in the
   headers of such a response).
+- The response body is relayed at the protocol level (:mod:`proxy.dataplane.upstream`):
+  each backend read is validated by a framer (:mod:`proxy.dataplane.framing`) and written
+  to the client's transport from the read callback, with no task switch per chunk; chunked
+  framing passes through as the backend wrote it once validated (chunk-size lines bounded,
+  lengths exact, extensions and trailers dropped). A client that stops reading pauses the
+  backend read (its transport's high-water mark) and is cut after ``limits.send_timeout``.
 - Bodies are relayed byte for byte: no decompression, no compression (Content-Encoding and
   the client's Accept-Encoding pass through; the HTTP client adds no headers of its own).
 - Framing is re-established on each hop: the client's framing is validated
   (:func:`proxy.dataplane.headers.check_request_framing`) and never copied upstream.
-- A client disconnect cancels the handler (aiohttp ``handler_cancellation``), which closes
-  the backend connection at once instead of returning it to the pool.
+- An absolute-form target (``GET http://host/path``) is sent upstream in origin form with
+  its authority as the Host (RFC 9112 3.2.2).
+- A client disconnect closes the backend connection at once (it never goes back to the
+  pool) and cancels the handler (aiohttp ``handler_cancellation``).
 - Failures before the response starts give 502 (backend broken) or 504 (backend timeout)
   with a JSON body; after it started, the client connection is aborted so a truncated body
   can never look complete.
@@ -20,18 +28,18 @@ Guarantees (each has a test under tests/integration):
 What the proxy answers itself (evidence, receipts) is looked up in a
 :class:`proxy.dataplane.endpoints.LocalEndpoints` before forwarding; what observes the
 relayed bytes (receipts) is a tap from a :class:`proxy.dataplane.hooks.TapFactory`.
-WebSocket upgrades are relayed by :mod:`proxy.dataplane.websocket`.
+WebSocket upgrades are relayed by :mod:`proxy.dataplane.websocket` over aiohttp's client.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -41,18 +49,31 @@ from yarl import URL
 from proxy import metrics
 from proxy.config import Config
 from proxy.dataplane.endpoints import LocalEndpoints
+from proxy.dataplane.framing import (
+    CHUNKED,
+    CLOSE,
+    LENGTH,
+    NONE,
+    ChunkedBody,
+    CloseBody,
+    LengthBody,
+    response_framing,
+)
 from proxy.dataplane.headers import (
     check_request_framing,
     request_headers_for_backend,
     response_headers_for_client,
 )
 from proxy.dataplane.hooks import STREAM, ExchangeTap, TapFactory
-from proxy.dataplane.responses import json_error
+from proxy.dataplane.protocol import set_write_listener
+from proxy.dataplane.responses import SERVER, json_error
+from proxy.dataplane.upstream import BackendConnection, BackendPool, Body, ResponseHead
 from proxy.dataplane.websocket import is_websocket_upgrade, relay_websocket
 from proxy.deadline import Deadline
-from proxy.errors import BackendError, BackendTimeout, ClientRequestError
+from proxy.errors import BackendError, BackendTimeout, ClientRequestError, FramingError
 from proxy.log import access_log
 from proxy.log import forward_log as log
+from proxy.tasks import spawn
 
 __all__ = ["Forwarder", "make_session"]
 
@@ -65,9 +86,22 @@ _SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # request starts and sent in one piece; larger or chunked ones stream (_pump_body).
 _INLINE_BODY = 64 * 1024
 
+# Methods a request may be retried with, once, when a reused keep-alive connection turns
+# out to be closed before any response byte (RFC 9110 9.2.2: idempotent methods).
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+# Methods whose requests say "Content-Length: 0" upstream when the client sent no body (as
+# the previous client, aiohttp's, did: RFC 9110 8.6 asks for it where content has meaning).
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+# An absolute-form target's authority (RFC 3986 3.2: reg-name or IP literal, optional
+# port); userinfo is refused (RFC 9110 4.2.4).
+_AUTHORITY = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
+
 
 def make_session(cfg: Config) -> aiohttp.ClientSession:
-    """The upstream client: a bounded keep-alive pool to one backend, no decompression."""
+    """The WebSocket client (plain HTTP goes through :class:`BackendPool`): a bounded
+    keep-alive pool to one backend, no decompression."""
     b = cfg.backend
     limit = b.pool_size or cfg.limits.max_connections
     connector: aiohttp.BaseConnector
@@ -96,43 +130,68 @@ def make_session(cfg: Config) -> aiohttp.ClientSession:
     )
 
 
-class _RelayResponse(web.StreamResponse):
-    """A StreamResponse that adds no Content-Type of its own and can coalesce its headers.
+class _Relayed(web.StreamResponse):
+    """A response the forwarder wrote to the client's transport itself.
 
-    aiohttp fills in ``application/octet-stream`` for a body without a Content-Type
-    (correct for an origin server, RFC 9110 8.3); a proxy must relay the backend's headers as
-    they are, so that default is removed again when the backend sent none.
-
-    ``send_headers_early`` (aiohttp's ``_send_headers_immediately``): when False, the header
-    block is held back and written together with the first body bytes.
+    aiohttp sees it as sent (``prepare()`` and ``write_eof()`` do nothing) and learns only
+    whether the connection stays open after it.
     """
 
-    @property
-    def send_headers_early(self) -> bool:
-        return self._send_headers_immediately
-
-    @send_headers_early.setter
-    def send_headers_early(self, value: bool) -> None:
-        self._send_headers_immediately = value
-
-    async def _prepare_headers(self) -> None:
-        had_type = "Content-Type" in self.headers
-        await super()._prepare_headers()
-        if not had_type:
-            self.headers.popall("Content-Type", None)
+    def __init__(self, status: int, reason: str, *, keep_alive: bool) -> None:
+        super().__init__(status=status, reason=reason)
+        self._keep_alive = keep_alive
+        self._eof_sent = True
 
 
 @dataclass(slots=True)
 class _Exchange:
-    """Per-request state shared by the steps of one forward (and read by the access log)."""
+    """Per-request state shared by the steps of one forward (and read by the access log).
+
+    While a response is relayed it also hears about the client's transport
+    (:class:`proxy.dataplane.protocol.WriteListener`): a full write buffer pauses the
+    backend read and starts the send deadline; a drained one resumes both.
+    """
 
     client_ip: str
     status: int = 0
     body_in: int = 0
     body_out: int = 0
+    local: bool = False  # answered by the proxy itself (not relayed)
     body_error: ClientRequestError | None = None
     response: web.StreamResponse | None = None
     tap: ExchangeTap | None = None  # sees this exchange's bytes (hooks.TapFactory)
+    conn: BackendConnection | None = None
+    deadline: Deadline | None = None
+    idle_timeout: float = 0.0
+    send_timeout: float = 0.0
+    paused: bool = False
+    client_gone: bool = False
+    drained: asyncio.Future[None] | None = None
+
+    def client_paused(self) -> None:
+        self.paused = True
+        if self.conn is not None:
+            self.conn.pause_reading()
+        if self.deadline is not None:
+            self.deadline.set(self.send_timeout, "send")
+
+    def client_resumed(self) -> None:
+        self.paused = False
+        if self.conn is not None:
+            self.conn.resume_reading()
+        if self.deadline is not None:
+            self.deadline.set(self.idle_timeout, "idle")
+        self._wake()
+
+    def client_lost(self) -> None:
+        self.client_gone = True
+        if self.conn is not None:
+            self.conn.fail("the client went away")  # closes the backend connection now
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)
 
 
 class Forwarder:
@@ -147,7 +206,8 @@ class Forwarder:
         taps: TapFactory | None = None,
     ) -> None:
         self.cfg = cfg
-        self.session = session
+        self.session = session  # WebSocket upgrades only
+        self.pool = BackendPool(cfg.backend, cfg.limits)
         self.endpoints = endpoints or LocalEndpoints()
         self.taps = taps
         self._hsts = _hsts_value(cfg)
@@ -155,20 +215,37 @@ class Forwarder:
 
     def reconfigure(self, cfg: Config, session: aiohttp.ClientSession) -> None:
         """Take a new config (SIGHUP); requests already running keep what they started with."""
+        if cfg.backend != self.cfg.backend or cfg.limits != self.cfg.limits:
+            old = self.pool
+            self.pool = BackendPool(cfg.backend, cfg.limits)
+            old.close()  # idle connections now; those in use when their exchange ends
         self.cfg = cfg
         self.session = session
         self._hsts = _hsts_value(cfg)
+
+    def close(self) -> None:
+        """Close the backend connections (idle ones now, busy ones when they finish)."""
+        self.pool.close()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         cfg = self.cfg
         ex = _Exchange(client_ip=_client_ip(request))
         metrics.OPEN_STREAMS.inc()
+        resp: web.StreamResponse | None = None
         try:
-            return await self._handle(request, cfg, ex)
+            resp = await self._handle(request, cfg, ex)
+            return resp
         finally:
             elapsed = time.monotonic() - started
             metrics.OPEN_STREAMS.dec()
+            if ex.local:
+                _count_local(request, resp, ex)
+            else:  # relayed bytes are counted once per exchange, not per chunk
+                if ex.body_in:
+                    metrics.BYTES_IN.inc(ex.body_in)
+                if ex.body_out:
+                    metrics.BYTES_OUT.inc(ex.body_out)
             if ex.status:
                 metrics.status_counter(ex.status).inc()
                 metrics.REQUEST_DURATION.observe(elapsed)
@@ -190,6 +267,7 @@ class Forwarder:
         try:
             local = self.endpoints.find(request.method, request.path)
             if local is not None:  # answered by the proxy itself
+                ex.local = True
                 resp = await local(request)
                 ex.status = resp.status
                 return resp
@@ -211,6 +289,7 @@ class Forwarder:
             _abort(request)
             return ex.response
         ex.status = status
+        ex.local = True
         return json_error(status, kind, message, close=True, no_store=False)
 
     # -- plain HTTP --------------------------------------------------------------------
@@ -220,38 +299,54 @@ class Forwarder:
     ) -> web.StreamResponse:
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.raw_headers]
         content_length = check_request_framing(headers)
-        target = _origin_form(request.raw_path)
+        target, authority = _target(request.raw_path)
         limit = cfg.limits.max_body_size
         if limit and content_length is not None and content_length > limit:
             raise ClientRequestError(413, f"request body exceeds {limit} bytes")
+        refused = request.content.exception()
+        if refused is not None:  # the protocol refused the body's framing already
+            raise ClientRequestError(400, f"malformed request body: {refused}")
 
         if is_websocket_upgrade(request):
-            return await self._websocket(request, cfg, headers, target, ex)
+            return await self._websocket(
+                request, cfg, headers=headers, target=target, authority=authority, ex=ex
+            )
 
         if request.headers.get("Expect", "").lower() == "100-continue":
             # Answer for the backend: the body limits are ours to enforce (RFC 9110 10.1.1).
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-        host = request.headers.get("Host", "")
-        up_headers = CIMultiDict(
-            request_headers_for_backend(headers, client_ip=ex.client_ip, proto="https", host=host)
+        host = authority or request.headers.get("Host", "")
+        up_headers = _with_host(
+            request_headers_for_backend(headers, client_ip=ex.client_ip, proto="https", host=host),
+            authority or ("" if host else self.pool.authority),
         )
         if self.taps is not None:
             ex.tap = self.taps.tap(request.method, request.path)
         has_body = request.body_exists and content_length != 0
-        data: bytes | AsyncIterator[bytes] | None = None
+        method = request.method
+        body = b""
+        stream = ""  # how a streamed request body is framed upstream
         if has_body and content_length is not None and content_length <= _INLINE_BODY:
             # A small declared body (every chat request) is read first and sent with the
-            # request headers: aiohttp's streamed-payload path costs more than the copy.
-            data = await self._read_small_body(request, cfg, ex, content_length)
+            # request headers in one write.
+            body = await self._read_small_body(request, cfg, ex, content_length)
+            up_headers.append(("Content-Length", str(content_length)))
         elif has_body:
-            data = self._pump_body(request, cfg, ex)
-        url = URL(cfg.backend.base_url + target, encoded=True)
-        deadline = Deadline(cfg.backend.total_timeout or None)
+            if content_length is None:
+                stream = "chunked"
+                up_headers.append(("Transfer-Encoding", "chunked"))
+            else:
+                stream = "length"
+                up_headers.append(("Content-Length", str(content_length)))
+        elif content_length == 0 or method in _BODY_METHODS:
+            up_headers.append(("Content-Length", "0"))
+        head = _request_head(method, target, up_headers)
+        deadline = ex.deadline = Deadline(cfg.backend.total_timeout or None)
+        ex.idle_timeout = cfg.backend.idle_timeout
+        ex.send_timeout = cfg.limits.send_timeout
         try:
-            return await self._exchange(
-                request, cfg, ex, deadline, url=url, headers=up_headers, data=data
-            )
+            return await self._exchange(request, cfg, ex, deadline, head=head + body, stream=stream)
         except asyncio.CancelledError:
             if not deadline.expired_by():
                 raise  # the client went away (or shutdown): not ours to answer
@@ -263,6 +358,7 @@ class Forwarder:
         self, request: web.BaseRequest, cfg: Config, ex: _Exchange, phase: str
     ) -> web.StreamResponse:
         seconds = {
+            "connect": cfg.backend.connect_timeout,
             "headers": cfg.backend.response_header_timeout,
             "idle": cfg.backend.idle_timeout,
             "send": cfg.limits.send_timeout,
@@ -286,86 +382,265 @@ class Forwarder:
         ex: _Exchange,
         deadline: Deadline,
         *,
-        url: URL,
-        headers: CIMultiDict[str],
-        data: bytes | AsyncIterator[bytes] | None,
+        head: bytes,
+        stream: str,
     ) -> web.StreamResponse:
         b = cfg.backend
-        deadline.set(b.response_header_timeout, "headers")
-        try:
-            upstream = await self.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=data,
-                allow_redirects=False,
-                compress=None,
-                chunked=None,
-            )
-        except TimeoutError as e:  # aiohttp's connect timeout (session-level)
-            if ex.body_error is not None:
-                raise ex.body_error from e
-            raise BackendTimeout("connect", b.connect_timeout) from e
-        except (aiohttp.ClientError, OSError) as e:
-            if ex.body_error is not None:
-                raise ex.body_error from e
-            raise BackendError(f"backend request failed: {_describe(e)}") from e
-
-        try:
-            resp = ex.response = _RelayResponse(status=upstream.status, reason=upstream.reason)
-            for name, value in response_headers_for_client(
-                [(k.decode("latin-1"), v.decode("latin-1")) for k, v in upstream.raw_headers]
-            ):
-                resp.headers.add(name, value)
-            if self._hsts:
-                resp.headers["Strict-Transport-Security"] = self._hsts
-            resp.headers.setdefault("Server", "teeproxy")
-            if self.draining:
-                resp.force_close()
-            # A body already received whole (small responses) goes out with the headers in
-            # one write; otherwise the headers go now, before the first chunk exists, so a
-            # streaming client sees them as soon as the backend sent them.
-            resp.send_headers_early = not upstream.content.is_eof()
-            tap = ex.tap
-            hold = (
-                tap.response_headers(upstream.status, resp.headers, upstream.content_length)
-                if tap is not None
-                else STREAM
-            )
-            if hold is not STREAM:
-                return await self._relay_held(
-                    request, resp, upstream, cfg, ex, limit=hold, deadline=deadline
-                )
-            deadline.set(cfg.limits.send_timeout, "send")
-            completed = False
+        pool = self.pool
+        retried = False
+        while True:
+            deadline.set(b.connect_timeout, "connect")  # a free pool slot, then a connection
             try:
-                await resp.prepare(request)
-                ex.status = upstream.status
-                completed = await self._relay_body(
-                    request, resp, upstream, cfg, ex, deadline=deadline
-                )
-            except ConnectionResetError:
-                # The client went away mid-response: nothing to answer, nothing to log
-                # above debug; aiohttp finishes the dead connection quietly.
-                log.debug("client disconnected mid-response")
+                conn, reused = await pool.acquire()
+            except OSError as e:
+                raise BackendError(f"backend request failed: {_describe(e)}") from e
+            ex.conn = conn
+            pump: asyncio.Task[None] | None = None
+            try:
+                deadline.set(b.response_header_timeout, "headers")
+                conn.send(head, request_done=not stream)
+                if stream:
+                    pump = spawn(self._pump_body(request, cfg, ex, conn, stream), "upload")
+                await conn.wait()
+                if conn.broke():
+                    if ex.body_error is not None:
+                        raise ex.body_error
+                    if (
+                        reused
+                        and not conn.received
+                        and not stream
+                        and not retried
+                        and request.method in _IDEMPOTENT
+                    ):
+                        # A kept-alive connection the backend had closed: once more, anew.
+                        retried = True
+                        continue
+                    raise BackendError(f"backend request failed: {conn.broke()}")
+                return await self._respond(request, cfg, ex, conn, deadline)
             finally:
-                if tap is not None and not completed:
-                    tap.error()
+                if pump is not None and not pump.done():
+                    pump.cancel()  # the request was not sent whole: not reusable
+                pool.release(conn)
+                ex.conn = None
+
+    async def _respond(
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        ex: _Exchange,
+        conn: BackendConnection,
+        deadline: Deadline,
+    ) -> web.StreamResponse:
+        head = conn.head
+        assert head is not None  # noqa: S101 - conn.wait() returned without an error
+        try:
+            framing, length = response_framing(
+                request.method, head.status, head.codings, head.lengths
+            )
+        except FramingError as e:
+            raise BackendError(f"invalid backend response: {e}") from e
+        headers: CIMultiDict[str] = CIMultiDict(response_headers_for_client(head.headers))
+        if self._hsts:
+            headers["Strict-Transport-Security"] = self._hsts
+        headers.setdefault("Server", SERVER)
+        tap = ex.tap
+        hold = (
+            tap.response_headers(head.status, headers, length if framing == LENGTH else None)
+            if tap is not None
+            else STREAM
+        )
+        if hold is not STREAM:
+            return await self._relay_held(
+                request,
+                cfg,
+                ex,
+                conn=conn,
+                deadline=deadline,
+                headers=headers,
+                framing=framing,
+                length=length,
+                limit=hold,
+            )
+        return await self._relay(
+            request,
+            cfg,
+            ex,
+            conn=conn,
+            deadline=deadline,
+            headers=headers,
+            framing=framing,
+            length=length,
+        )
+
+    def _client_body(
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        *,
+        head: ResponseHead,
+        headers: CIMultiDict[str],
+        framing: int,
+        length: int,
+        collect: bool,
+    ) -> tuple[Body, bool]:
+        """The framer relaying the body in the client's framing, and keep-alive; sets the
+        framing fields of ``headers`` (the backend's were hop-by-hop and are gone)."""
+        v11 = request.version >= (1, 1)
+        keep_alive = request.keep_alive and not self.draining
+        body: Body
+        chunked = framing in (CHUNKED, CLOSE)
+        if framing == LENGTH:
+            body = LengthBody(length, collect=collect)
+        elif framing == CHUNKED:
+            body = ChunkedBody(
+                max_line=cfg.limits.max_chunk_line,
+                max_trailer=cfg.limits.max_header_size,
+                passthrough=v11,
+                collect=collect,
+            )
+        elif framing == CLOSE:
+            body = CloseBody(rechunk=v11, collect=collect)
+        else:
+            body = LengthBody(0)
+            if head.status < 200 or head.status in (204, 304):
+                headers.popall("Content-Length", None)  # RFC 9110 8.6
+            # A response to HEAD has the fields a GET's would have: chunked, if it was.
+            chunked = request.method == "HEAD" and bool(head.codings)
+        if chunked:
+            if v11:
+                headers["Transfer-Encoding"] = "chunked"
+            elif framing != NONE:
+                keep_alive = False  # the end of the body is the end of the connection
+        return body, keep_alive
+
+    def _client_head(
+        self,
+        request: web.BaseRequest,
+        status: int,
+        reason: str,
+        headers: CIMultiDict[str],
+        keep_alive: bool,
+    ) -> bytes:
+        """The response head for the client (RFC 9112 4 and 6.1), as the proxy frames it."""
+        v11 = request.version >= (1, 1)
+        if "Date" not in headers:
+            headers["Date"] = _http_date()
+        if not keep_alive and v11:
+            headers["Connection"] = "close"
+        elif keep_alive and not v11:
+            headers["Connection"] = "keep-alive"
+        version = "1.1" if v11 else "1.0"
+        lines = [f"HTTP/{version} {status} {reason}\r\n"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+                raise BackendError(f"refusing a response header with a line break: {name}")
+            lines.append(f"{name}: {value}\r\n")
+        lines.append("\r\n")
+        text = "".join(lines)
+        try:
+            return text.encode("latin-1")
+        except UnicodeEncodeError:  # a tap's value outside latin-1
+            return text.encode("utf-8")
+
+    async def _relay(
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        ex: _Exchange,
+        *,
+        conn: BackendConnection,
+        deadline: Deadline,
+        headers: CIMultiDict[str],
+        framing: int,
+        length: int,
+    ) -> web.StreamResponse:
+        """Relay the body as it arrives: the connection writes each read to the client.
+
+        The head goes out with whatever body bytes came with it (a small body complete by
+        then: one write, one TLS record). A tap sees every chunk; its ``response_end`` is
+        awaited before the last bytes are written. A backend failure mid-body aborts the
+        client connection instead of ending the response.
+        """
+        head = conn.head
+        assert head is not None  # noqa: S101
+        tap = ex.tap
+        body, keep_alive = self._client_body(
+            request,
+            cfg,
+            head=head,
+            headers=headers,
+            framing=framing,
+            length=length,
+            collect=tap is not None,
+        )
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            log.debug("client disconnected before the response")
+            if tap is not None:
+                tap.error()
+            return _Relayed(head.status, head.reason, keep_alive=False)
+        set_write_listener(request, ex)
+        completed = False
+        try:
+            deadline.set(cfg.backend.idle_timeout, "idle")
+            first = conn.start(
+                body,
+                transport.write,
+                tap=tap.response_body if tap is not None else None,
+                deadline=deadline,
+                idle=cfg.backend.idle_timeout,
+                hold_final=tap is not None,
+            )
+            if conn.broke():  # nothing went to the client yet: still a clean 502
+                raise BackendError(f"backend response broke: {conn.broke()}")
+            data = self._client_head(request, head.status, head.reason, headers, keep_alive)
+            resp = ex.response = _Relayed(head.status, head.reason, keep_alive=keep_alive)
+            ex.status = head.status
+            if conn.complete:
+                if tap is not None:
+                    await tap.response_end()
+                _send(request, data + first)
+            else:
+                _send(request, data + first)
+                await conn.wait()
+                if conn.broke():
+                    if not ex.client_gone:
+                        metrics.BACKEND_ERRORS.labels("broken_response").inc()
+                        log.warning("backend response broke mid-body: %s", conn.broke())
+                    ex.body_out = body.total
+                    _abort(request)
+                    return resp
+                if tap is not None:
+                    await tap.response_end()
+                if conn.final:
+                    _send(request, conn.final)
+            completed = True
+            ex.body_out = body.total
+            if ex.paused:  # the client has not taken it all: limits.send_timeout still holds
+                await self._drained(ex)
             return resp
         finally:
-            # Not release(): a response not read to the end must not go back to the pool.
-            upstream.close()
+            set_write_listener(request, None)
+            if not completed:
+                if tap is not None:
+                    tap.error()
+                if ex.response is not None:
+                    # Cancelled mid-body (client gone, shutdown, a deadline): a graceful
+                    # close would let a close-delimited body look complete.
+                    _abort(request)
 
     async def _relay_held(
         self,
         request: web.BaseRequest,
-        resp: _RelayResponse,
-        upstream: aiohttp.ClientResponse,
         cfg: Config,
         ex: _Exchange,
         *,
-        limit: int,
+        conn: BackendConnection,
         deadline: Deadline,
+        headers: CIMultiDict[str],
+        framing: int,
+        length: int,
+        limit: int,
     ) -> web.StreamResponse:
         """A response of at most ``limit`` bytes read whole, shown to the tap, then sent
         with the headers the tap completed, in one write.
@@ -374,89 +649,85 @@ class Forwarder:
         """
         tap = ex.tap
         assert tap is not None  # noqa: S101 - only a tap asks to hold
-        idle = cfg.backend.idle_timeout
-        content = upstream.content
-        body = bytearray()
+        head = conn.head
+        assert head is not None  # noqa: S101
+        held = bytearray()
+        too_big = f"backend response exceeds its {limit}-byte Content-Length"
+
+        def collect(data: bytes) -> None:
+            held.extend(data)
+            if len(held) > limit:  # the client enforces Content-Length; never trust it
+                conn.fail(too_big)
+
+        body: Body
+        if framing == LENGTH:
+            body = LengthBody(length)
+        elif framing == CHUNKED:
+            body = ChunkedBody(
+                max_line=cfg.limits.max_chunk_line,
+                max_trailer=cfg.limits.max_header_size,
+                passthrough=False,
+            )
+        elif framing == CLOSE:
+            body = CloseBody(rechunk=False)
+        else:
+            body = LengthBody(0)
         try:
-            while True:
-                deadline.set(idle, "idle")
-                try:
-                    chunk = await content.readany()
-                except (aiohttp.ClientError, OSError) as e:
-                    metrics.BACKEND_ERRORS.labels("broken_response").inc()
-                    raise BackendError(f"backend response broke mid-body: {_describe(e)}") from e
-                if not chunk:
-                    break
-                body += chunk
-                if len(body) > limit:  # the client enforces Content-Length; never trust it
-                    raise BackendError(f"backend response exceeds its {limit}-byte Content-Length")
-            data = bytes(body)
+            deadline.set(cfg.backend.idle_timeout, "idle")
+            collect(
+                conn.start(
+                    body,
+                    collect,
+                    tap=None,
+                    deadline=deadline,
+                    idle=cfg.backend.idle_timeout,
+                    hold_final=False,
+                )
+            )
+            if len(held) > limit:
+                raise BackendError(too_big)
+            if not conn.complete and not conn.broke():
+                await conn.wait()
+            if conn.broke():
+                metrics.BACKEND_ERRORS.labels("broken_response").inc()
+                raise BackendError(f"backend response broke: {conn.broke()}")
+            data = bytes(held)
             tap.response_body(data)
             await tap.response_end()
         except BaseException:
             tap.error()
             raise
-        resp.send_headers_early = False
-        deadline.set(cfg.limits.send_timeout, "send")
+        headers.popall("Transfer-Encoding", None)
+        if framing != NONE:
+            headers["Content-Length"] = str(len(data))
+        elif head.status in (204, 304) or head.status < 200:
+            headers.popall("Content-Length", None)
+        keep_alive = request.keep_alive and not self.draining
+        out = self._client_head(request, head.status, head.reason, headers, keep_alive)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            log.debug("client disconnected before the response")
+            return _Relayed(head.status, head.reason, keep_alive=False)
+        resp = ex.response = _Relayed(head.status, head.reason, keep_alive=keep_alive)
+        ex.status = head.status
+        set_write_listener(request, ex)
         try:
-            await resp.prepare(request)
-            ex.status = upstream.status
-            await resp.write_eof(data)
-        except ConnectionResetError:
-            log.debug("client disconnected mid-response")
-            return resp
-        ex.body_out += len(data)
-        metrics.BYTES_OUT.inc(len(data))
+            deadline.set(cfg.limits.send_timeout, "send")
+            _send(request, out if request.method == "HEAD" else out + data)
+            ex.body_out = len(data)
+            if ex.paused:
+                await self._drained(ex)
+        finally:
+            set_write_listener(request, None)
         return resp
 
-    async def _relay_body(
-        self,
-        request: web.BaseRequest,
-        resp: _RelayResponse,
-        upstream: aiohttp.ClientResponse,
-        cfg: Config,
-        ex: _Exchange,
-        *,
-        deadline: Deadline,
-    ) -> bool:
-        """Copy the backend body to the client as it arrives, then end the response.
-
-        True when the body was relayed whole. The deadline guards each wait: ``idle``
-        while reading from the backend, ``send`` while the client drains what was written.
-        The last chunk is written together with the end of the response (one write, one
-        TLS record, for a small body); a tap's ``response_end`` runs before that write. A
-        backend failure mid-body aborts the client connection instead of ending the
-        response.
-        """
-        idle = cfg.backend.idle_timeout
-        send_timeout = cfg.limits.send_timeout
-        content = upstream.content
-        tap = ex.tap
-        while True:
-            deadline.set(idle, "idle")
-            try:
-                chunk = await content.readany()
-            except (aiohttp.ClientError, OSError) as e:
-                metrics.BACKEND_ERRORS.labels("broken_response").inc()
-                log.warning("backend response broke mid-body: %s", _describe(e))
-                _abort(request)
-                return False
-            deadline.set(send_timeout, "send")
-            last = not chunk or content.at_eof()
-            if tap is not None:
-                if chunk:
-                    tap.response_body(chunk)
-                if last:
-                    await tap.response_end()
-            if last:
-                await resp.write_eof(chunk)
-            else:
-                await resp.write(chunk)
-            if chunk:
-                ex.body_out += len(chunk)
-                metrics.BYTES_OUT.inc(len(chunk))
-            if last:
-                return True
+    async def _drained(self, ex: _Exchange) -> None:
+        """Until the client's transport drained (the send deadline runs meanwhile)."""
+        if ex.deadline is not None:
+            ex.deadline.set(ex.send_timeout, "send")
+        while ex.paused and not ex.client_gone:
+            ex.drained = asyncio.get_running_loop().create_future()
+            await ex.drained
 
     async def _read_small_body(
         self, request: web.BaseRequest, cfg: Config, ex: _Exchange, size: int
@@ -474,42 +745,55 @@ class Forwarder:
         except aiohttp.web.RequestPayloadError as e:
             raise ClientRequestError(400, f"malformed request body: {e}") from e
         ex.body_in += size
-        metrics.BYTES_IN.inc(size)
         if ex.tap is not None:
             ex.tap.request_body(body)
         return body
 
     async def _pump_body(
-        self, request: web.BaseRequest, cfg: Config, ex: _Exchange
-    ) -> AsyncIterator[bytes]:
-        """Yield the client's body as it arrives, enforcing size and idle limits.
+        self,
+        request: web.BaseRequest,
+        cfg: Config,
+        ex: _Exchange,
+        conn: BackendConnection,
+        stream: str,
+    ) -> None:
+        """Send the client's body upstream as it arrives, enforcing size and idle limits.
 
-        Errors are recorded on ``ex`` before raising: the HTTP client wraps whatever the
-        body iterator raises, and the handler must still answer 400/408/413, not 502.
+        Re-chunked for a chunked upload (the client's framing is never copied). A failure is
+        recorded on ``ex`` and ends the exchange (the backend sees an aborted upload): the
+        handler then answers 400/408/413, not 502.
         """
         limit = cfg.limits.max_body_size
         idle = cfg.limits.body_read_timeout
         content = request.content
+        chunked = stream == "chunked"
         while True:
             try:
                 async with asyncio.timeout(idle):
                     chunk = await content.readany()
-            except TimeoutError as e:
+            except TimeoutError:
                 ex.body_error = ClientRequestError(408, f"request body idle for {idle:g} s")
-                raise ex.body_error from e
             except aiohttp.web.RequestPayloadError as e:
                 ex.body_error = ClientRequestError(400, f"malformed request body: {e}")
-                raise ex.body_error from e
-            if not chunk:
-                return
-            ex.body_in += len(chunk)
-            if ex.tap is not None:
-                ex.tap.request_body(chunk)
-            if limit and ex.body_in > limit:
-                ex.body_error = ClientRequestError(413, f"request body exceeds {limit} bytes")
-                raise ex.body_error
-            metrics.BYTES_IN.inc(len(chunk))
-            yield chunk
+            except OSError as e:  # the client's connection broke (its handler is cancelled)
+                ex.body_error = ClientRequestError(400, f"request body broke off: {_describe(e)}")
+            else:
+                if not chunk:
+                    if chunked:
+                        conn.write(b"0\r\n\r\n")
+                    conn.request_done = True
+                    return
+                ex.body_in += len(chunk)
+                if ex.tap is not None:
+                    ex.tap.request_body(chunk)
+                if limit and ex.body_in > limit:
+                    ex.body_error = ClientRequestError(413, f"request body exceeds {limit} bytes")
+                else:
+                    conn.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else chunk)
+                    await conn.drain()
+                    continue
+            conn.fail(ex.body_error.message)
+            return
 
     # -- WebSocket -----------------------------------------------------------------------
 
@@ -517,15 +801,20 @@ class Forwarder:
         self,
         request: web.BaseRequest,
         cfg: Config,
+        *,
         headers: list[tuple[str, str]],
         target: str,
+        authority: str,
         ex: _Exchange,
     ) -> web.StreamResponse:
         """Relay a WebSocket message by message (control frames are answered per hop)."""
-        host = request.headers.get("Host", "")
+        host = authority or request.headers.get("Host", "")
         up_headers = CIMultiDict(
-            request_headers_for_backend(
-                headers, client_ip=ex.client_ip, proto="https", host=host, websocket=True
+            _with_host(
+                request_headers_for_backend(
+                    headers, client_ip=ex.client_ip, proto="https", host=host, websocket=True
+                ),
+                authority,
             )
         )
         requested = [
@@ -539,38 +828,99 @@ class Forwarder:
         # aiohttp refuses a message whose size equals max_msg_size; the configured value is
         # the largest message relayed, so it is passed one higher.
         max_msg = cfg.limits.websocket_max_message + 1
+        pool = self.pool
         try:
             async with asyncio.timeout(cfg.backend.response_header_timeout):
-                upstream = await self.session.ws_connect(
-                    url,
-                    headers=up_headers,
-                    protocols=requested,
-                    max_msg_size=max_msg,
-                    compress=0,
-                    autoclose=False,
-                    autoping=True,
-                )
+                await pool.reserve()  # a WebSocket holds one of the pool's connections
         except TimeoutError as e:
-            raise BackendTimeout("headers", cfg.backend.response_header_timeout) from e
-        except aiohttp.WSServerHandshakeError as e:
-            raise BackendError(f"backend refused the WebSocket upgrade: {e.status}") from e
-        except (aiohttp.ClientError, OSError) as e:
-            raise BackendError(f"backend WebSocket connect failed: {_describe(e)}") from e
-
+            raise BackendTimeout("connect", cfg.backend.response_header_timeout) from e
         try:
-            protocols = (upstream.protocol,) if upstream.protocol else ()
-            client = ex.response = web.WebSocketResponse(
-                protocols=protocols, max_msg_size=max_msg, compress=False, autoclose=False
-            )
-            await client.prepare(request)
-            ex.status = 101
-            await relay_websocket(client, upstream, cfg.limits.send_timeout)
-            return client
+            try:
+                async with asyncio.timeout(cfg.backend.response_header_timeout):
+                    upstream = await self.session.ws_connect(
+                        url,
+                        headers=up_headers,
+                        protocols=requested,
+                        max_msg_size=max_msg,
+                        compress=0,
+                        autoclose=False,
+                        autoping=True,
+                    )
+            except TimeoutError as e:
+                raise BackendTimeout("headers", cfg.backend.response_header_timeout) from e
+            except aiohttp.WSServerHandshakeError as e:
+                raise BackendError(f"backend refused the WebSocket upgrade: {e.status}") from e
+            except (aiohttp.ClientError, OSError) as e:
+                raise BackendError(f"backend WebSocket connect failed: {_describe(e)}") from e
+
+            try:
+                protocols = (upstream.protocol,) if upstream.protocol else ()
+                client = ex.response = web.WebSocketResponse(
+                    protocols=protocols, max_msg_size=max_msg, compress=False, autoclose=False
+                )
+                await client.prepare(request)
+                ex.status = 101
+                await relay_websocket(client, upstream, cfg.limits.send_timeout)
+                return client
+            finally:
+                await upstream.close()
         finally:
-            await upstream.close()
+            pool.unreserve()
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _send(request: web.BaseRequest, data: bytes) -> None:
+    """Write relayed bytes to the client; aiohttp's writer learns that the response started
+    (its ``output_size``, which aiohttp and the gate read as "headers went out")."""
+    transport = request.transport
+    if transport is not None:
+        transport.write(data)
+    request.writer.output_size += len(data)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _http_date() -> str:
+    """The Date field value (RFC 9110 6.6.1), computed once per second."""
+    global _date_cache  # noqa: PLW0603 - a per-process cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True))
+    return _date_cache[1]
+
+
+def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
+    """The request head sent upstream (the target as the client sent its bytes)."""
+    fields = "".join(f"{n}: {v}\r\n" for n, v in headers)
+    return (
+        method.encode("ascii")
+        + b" "
+        + target.encode("utf-8", "surrogateescape")  # aiohttp decoded the raw bytes so
+        + b" HTTP/1.1\r\n"
+        + fields.encode("latin-1")
+        + b"\r\n"
+    )
+
+
+def _with_host(headers: list[tuple[str, str]], host: str) -> list[tuple[str, str]]:
+    """``headers`` without Content-Length (the framing upstream is the proxy's own, added
+    after this) and with ``host`` as the only Host field (kept when ``host`` is empty)."""
+    if not host:
+        return [(n, v) for n, v in headers if n.lower() != "content-length"]
+    return [("Host", host), *((n, v) for n, v in headers if n.lower() not in _HOST_AND_LENGTH)]
+
+
+_HOST_AND_LENGTH = frozenset({"host", "content-length"})
+
+
+def _count_local(request: web.BaseRequest, resp: web.StreamResponse | None, ex: _Exchange) -> None:
+    """The access log's sizes for a response the proxy answered itself."""
+    ex.body_in = max(ex.body_in, getattr(request.content, "total_bytes", 0))
+    if isinstance(resp, web.Response) and request.method != "HEAD":
+        ex.body_out = resp.content_length or 0
 
 
 def _hsts_value(cfg: Config) -> str:
@@ -582,14 +932,24 @@ def _hsts_value(cfg: Config) -> str:
     )
 
 
-def _origin_form(raw_target: str) -> str:
-    """The origin-form target to send upstream (RFC 9112 3.2); absolute-form is reduced."""
+def _target(raw_target: str) -> tuple[str, str]:
+    """The origin-form target to send upstream (RFC 9112 3.2) and, for an absolute-form
+    target, its authority, which replaces the Host field (RFC 9112 3.2.2)."""
     if raw_target.startswith("/"):
-        return raw_target
-    parts = urlsplit(raw_target)
-    if parts.scheme in ("http", "https") and parts.netloc:
-        path = parts.path or "/"
-        return f"{path}?{parts.query}" if parts.query else path
+        return raw_target, ""
+    scheme, sep, rest = raw_target.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        cut = len(rest)
+        for c in "/?":
+            i = rest.find(c)
+            if 0 <= i < cut:
+                cut = i
+        authority, origin = rest[:cut], rest[cut:]
+        if "@" in authority:
+            raise ClientRequestError(400, "userinfo in the request target")
+        if _AUTHORITY.fullmatch(authority) is None:
+            raise ClientRequestError(400, "invalid authority in the request target")
+        return (origin if origin.startswith("/") else "/" + origin), authority
     raise ClientRequestError(400, "unsupported request target form")
 
 

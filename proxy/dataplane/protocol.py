@@ -9,13 +9,23 @@ duplicate framing headers) and enforces line, field and count limits. Added here
 - a connection cap per worker (``limits.max_connections``): connections beyond it are closed
   as soon as they are accepted;
 - request bodies are never decompressed (``auto_decompress=False``);
-- handler cancellation on disconnect, so a client that goes away cancels its backend call.
+- handler cancellation on disconnect, so a client that goes away cancels its backend call;
+- the chunk-size line of a chunked request body (size plus extensions) is bounded by
+  ``limits.max_chunk_line`` (:class:`proxy.dataplane.framing.RequestChunkGuard`): llhttp
+  accepts one of any length. Over it, the body fails (the forwarder answers 400, a streamed
+  upload is aborted upstream) and the connection closes after the response;
+- the forwarder, which writes relayed bytes to the transport itself, hears when the
+  client's transport pauses and resumes writing (its buffer passed the high-water mark and
+  drained again) and when the connection is lost (:func:`set_write_listener`);
+- every response aiohttp prepares for this server (the proxy's own answers, aiohttp's 400s
+  for unparsable requests) says ``Server: teeproxy`` (:class:`ProxyRequest`), not aiohttp's
+  ``Python/3.x aiohttp/3.x``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
@@ -26,16 +36,68 @@ from aiohttp.web_request import BaseRequest
 from proxy import metrics
 from proxy.config import LimitsConfig
 from proxy.dataplane.endpoints import Handler
+from proxy.dataplane.framing import RequestChunkGuard
+from proxy.dataplane.responses import SERVER
+from proxy.errors import FramingError
 from proxy.log import server_log as log
 
-__all__ = ["ProxyHTTPServer"]
+__all__ = ["ProxyHTTPServer", "ProxyRequest", "WriteListener", "make_request", "set_write_listener"]
+
+
+class WriteListener(Protocol):
+    """Told about the client connection of the request it listens to."""
+
+    def client_paused(self) -> None:
+        """The transport's write buffer passed its high-water mark."""
+
+    def client_resumed(self) -> None:
+        """It drained below the low-water mark again."""
+
+    def client_lost(self) -> None:
+        """The connection is gone (before aiohttp cancels the handler)."""
+
+
+def set_write_listener(request: web.BaseRequest, listener: WriteListener | None) -> None:
+    """Tell ``listener`` (None: nobody) about ``request``'s client connection.
+
+    Raises TypeError when the request is not served by :class:`ProxyHTTPServer`: without
+    these notifications a relay could not apply back-pressure.
+    """
+    protocol = request.protocol
+    if not isinstance(protocol, _Handler):
+        raise TypeError("the forwarder runs behind ProxyHTTPServer only")
+    protocol.listener = listener
+
+
+class ProxyRequest(BaseRequest):
+    """aiohttp's low-level request; what the proxy answers itself says ``Server: teeproxy``."""
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        # Called by aiohttp for every response it prepares for this request, after its own
+        # defaults (a Server field naming its version) and just before the header block is
+        # written. Relayed responses never pass here: the forwarder writes those itself.
+        response.headers["Server"] = SERVER
+
+
+def make_request(
+    message: Any,
+    payload: Any,
+    protocol: RequestHandler,
+    writer: Any,
+    task: asyncio.Task[None],
+) -> BaseRequest:
+    """A ``request_factory`` for aiohttp's ``web.Server`` making :class:`ProxyRequest`\\ s."""
+    return ProxyRequest(message, payload, protocol, writer, task, asyncio.get_running_loop())
 
 
 class _Handler(RequestHandler):
-    """RequestHandler with a header-read deadline and a connection cap."""
+    """RequestHandler with a header-read deadline, a connection cap, a bound on chunk-size
+    lines and write notifications for the forwarder."""
 
     _deadline: asyncio.TimerHandle | None = None
     _counted = False
+    _guard: RequestChunkGuard | None = None
+    listener: WriteListener | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         manager = self._manager
@@ -52,7 +114,12 @@ class _Handler(RequestHandler):
         manager.open_connections += 1
         self._counted = True
         metrics.CONNECTIONS_OPEN.inc()
-        self._arm(manager.limits.header_read_timeout)
+        lim = manager.limits
+        self._guard = RequestChunkGuard(
+            max_line=lim.max_chunk_line,
+            max_head=lim.max_request_line + 2 + lim.max_headers * (lim.max_header_size + 2) + 2,
+        )
+        self._arm(lim.header_read_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._deadline is None and not self._request_in_progress and not self._upgraded:
@@ -60,8 +127,37 @@ class _Handler(RequestHandler):
             if isinstance(manager, ProxyHTTPServer):
                 self._arm(manager.limits.header_read_timeout)
         queued = len(self._messages)
+        parsing = not (self._force_close or self._close) and self._payload_parser is None
         super().data_received(data)
+        guard = self._guard
+        if guard is not None and data and parsing:
+            try:
+                guard.feed(data)
+            except FramingError as e:
+                self._refuse_body(str(e))
         self._fail_unfinished_body(queued)
+
+    def _refuse_body(self, reason: str) -> None:
+        """A request body over a framing limit: fail it and parse nothing after it."""
+        self._guard = None
+        payload = self._messages[-1][1] if self._messages else None
+        if payload is None and self._current_request is not None:
+            payload = self._current_request.content
+        if isinstance(payload, StreamReader):  # even when llhttp saw all of it already
+            payload.set_exception(RequestPayloadError(reason))
+        metrics.CONNECTIONS_REJECTED.labels("max_chunk_line").inc()
+        log.info("refusing a request body: %s", reason)
+        self.close()  # no more requests on this connection; the bytes left are not parsed
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.listener is not None:
+            self.listener.client_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.listener is not None:
+            self.listener.client_resumed()
 
     def _fail_unfinished_body(self, queued: int) -> None:
         """Fail the body being read when the parser rejects bytes in the middle of it.
@@ -87,6 +183,9 @@ class _Handler(RequestHandler):
             payload.set_exception(RequestPayloadError("malformed request body framing"))
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.client_lost()
         manager = self._manager
         self.disarm()
         if self._counted and isinstance(manager, ProxyHTTPServer):
@@ -165,4 +264,4 @@ class ProxyHTTPServer(web.Server):
     ) -> BaseRequest:
         if isinstance(protocol, _Handler):
             protocol.disarm()
-        return BaseRequest(message, payload, protocol, writer, task, self._loop)
+        return ProxyRequest(message, payload, protocol, writer, task, self._loop)

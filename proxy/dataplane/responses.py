@@ -1,17 +1,24 @@
 """The one builder of the JSON error bodies the proxy answers itself.
 
 OpenAI-compatible shape, so clients of the backend's API read the proxy's errors the same
-way: ``{"error": {"message": ..., "type": ..., "code": STATUS}}``.
+way: ``{"error": {"message": ..., "type": ..., "code": STATUS}}``. Every response the proxy
+answers itself carries ``Server:`` :data:`SERVER` (set for all of them by
+:class:`proxy.dataplane.protocol.ProxyRequest`), never a software version; a relayed
+response keeps the backend's Server field, and gets :data:`SERVER` only when it has none.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from typing import Final
 
 from aiohttp import web
 
-__all__ = ["json_error", "json_response"]
+__all__ = ["SERVER", "json_error", "json_response"]
+
+SERVER: Final = "teeproxy"
+"""The Server field of what the proxy answers itself (no version: nothing to fingerprint)."""
 
 
 def json_response(

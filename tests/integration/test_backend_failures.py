@@ -152,6 +152,15 @@ INVALID_RESPONSES = {
     "bad-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5x\r\n\r\nhello",
     "closed-before-headers": b"",
     "closed-mid-headers": b"HTTP/1.1 200 OK\r\nContent-Le",
+    "te-gzip-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "unexpected-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n"
+    b"\r\n",
+    "bad-chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\nhello\r\n0\r\n\r\n",
+    # A chunk-size line over limits.max_chunk_line (4096), with the head in one write.
+    "chunk-line-over-limit": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;"
+    + b"e" * 5000
+    + b"\r\nhello\r\n0\r\n\r\n",
 }
 
 
@@ -223,6 +232,67 @@ async def test_backend_closing_mid_body_is_an_error_for_the_client(
 
 
 @pytest.mark.parametrize(
+    "broken",
+    [b"zz\r\nhello\r\n", b"5;" + b"e" * 5000 + b"\r\nhello\r\n", b"3\r\nhello\r\n"],
+    ids=["bad-size", "chunk-line-over-limit", "data-longer-than-size"],
+)
+async def test_invalid_chunked_framing_mid_body_cuts_the_client(
+    broken: bytes,
+    raw_backend: RawBackendFactory,
+    proxy_factory: ProxyFactory,
+    client_ssl: ssl.SSLContext,
+) -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        writer.write(CHUNKED_HEAD + b"a\r\n0123456789\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the head and first chunk are at the client by now
+        writer.write(broken + b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    t0 = time.monotonic()
+    got = bytearray()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(proxy.url, ssl=client_ssl, timeout=aiohttp.ClientTimeout(total=10)) as resp,
+        ):
+            assert resp.status == 200
+            async for chunk in resp.content.iter_any():
+                got += chunk
+    assert got == b"0123456789"  # what was valid arrived; nothing after the broken line
+    assert time.monotonic() - t0 < 3
+
+
+async def test_interim_responses_are_dropped(
+    raw_backend: RawBackendFactory, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        writer.write(
+            b"HTTP/1.1 100 Continue\r\n\r\n"
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        )
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody")
+        await writer.drain()
+        await reader.read()
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n"), head
+    assert await reader.readexactly(4) == b"body"
+    close_writer(writer)
+
+
+@pytest.mark.parametrize(
     ("head", "body"),
     [(CL_HEAD, b"0123456789"), (CHUNKED_HEAD, b"a\r\n0123456789\r\n")],
     ids=["content-length", "chunked"],
@@ -291,3 +361,45 @@ async def test_total_timeout_before_headers_gives_504(
     assert error["type"] == "backend_timeout"
     assert "total" in str(error["message"])
     assert 0.4 < elapsed < 3, elapsed
+
+
+async def test_what_the_proxy_answers_itself_says_server_teeproxy(
+    raw_backend: RawBackendFactory, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    """502, 504 and 413 from the forwarder and aiohttp's own 400 for an unparsable request
+    carry one Server value, without a version; a relayed response keeps the backend's."""
+    srv = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    srv.close()
+    await srv.wait_closed()
+    down = await proxy_factory(f"http://127.0.0.1:{port}", "[limits]\nmax_body_size = 10")
+    silent = await raw_backend(_silent_after_head)
+    slow = await proxy_factory(silent.url, "[backend]\nresponse_header_timeout = 0.3")
+
+    async def named(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nServer: backend/9\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    relayed = await proxy_factory((await raw_backend(named)).url)
+    answers: list[tuple[int, list[str]]] = []
+    for port_, raw in [
+        (down.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"),  # 502
+        (slow.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"),  # 504
+        (down.port, b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 11\r\n\r\n"),
+        (down.port, b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n"),  # aiohttp's 400
+        (relayed.port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+    ]:
+        reader, writer = await tls_connect(port_, client_ssl)
+        writer.write(raw)
+        resp = await read_response(reader)
+        close_writer(writer)
+        answers.append((resp.status, resp.get_all("Server")))
+    assert answers == [
+        (502, ["teeproxy"]),
+        (504, ["teeproxy"]),
+        (413, ["teeproxy"]),
+        (400, ["teeproxy"]),
+        (200, ["backend/9"]),
+    ]

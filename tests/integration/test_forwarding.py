@@ -17,7 +17,7 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from tests.helpers.backends import RawBackendFactory, Recorder, Seen, read_request_head
 from tests.helpers.proxies import ProxyFactory
-from tests.helpers.rawhttp import close_writer, read_head, read_response, tls_connect
+from tests.helpers.rawhttp import close_writer, read_head, read_response, tls_connect, wait_closed
 
 MiB = 1024 * 1024
 
@@ -383,7 +383,7 @@ async def test_raw_target_reaches_backend_unchanged(
     writer.write(b"GET http://localhost/abs%2Fpath?z=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     resp = await read_response(reader)
     assert resp.status == 200
-    # Known normalization (yarl, under aiohttp's client): an empty query's "?" is dropped.
+    # Not even an empty query's "?" is dropped (yarl, under the previous client, did).
     writer.write(b"GET /empty? HTTP/1.1\r\nHost: localhost\r\n\r\n")
     resp = await read_response(reader)
     assert resp.status == 200
@@ -391,7 +391,7 @@ async def test_raw_target_reaches_backend_unchanged(
     assert [s.target for s in recording_backend.seen] == [
         *targets,
         "/abs%2Fpath?z=1",
-        "/empty",
+        "/empty?",
     ]
 
 
@@ -645,3 +645,242 @@ async def test_proxy_adds_no_content_type_the_backend_did_not_send(
     ):
         assert await resp.read() == b"hello"
         assert "Content-Type" not in resp.headers
+
+
+# -- absolute-form targets ---------------------------------------------------------------------
+
+
+async def test_absolute_form_authority_replaces_host(
+    recording_backend: Recorder, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    # RFC 9112 3.2.2: the target's authority is the request's host, whatever Host says; a
+    # proxy forwarding it generates Host from the target. The backend sees one consistent
+    # authority (Host, X-Forwarded-Host, Forwarded) and an origin-form target.
+    proxy = await proxy_factory(recording_backend.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"GET http://other.example:8443/a?b=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert (await read_response(reader)).status == 200
+    writer.write(b"GET https://other.example HTTP/1.1\r\nHost: other.example\r\n\r\n")
+    assert (await read_response(reader)).status == 200
+    close_writer(writer)
+    first, second = recording_backend.seen
+    assert first.target == "/a?b=1"
+    assert first.get_all("Host") == ["other.example:8443"]
+    assert first.get_all("X-Forwarded-Host") == ["other.example:8443"]
+    assert first.get_all("Forwarded") == ['for=127.0.0.1;proto=https;host="other.example:8443"']
+    assert (second.target, second.get_all("Host")) == ("/", ["other.example"])
+
+
+async def test_absolute_form_with_userinfo_or_no_host_is_refused(
+    recording_backend: Recorder, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    proxy = await proxy_factory(recording_backend.url)
+    for target in (b"http://user:pw@other.example/", b"http:///nohost"):
+        reader, writer = await tls_connect(proxy.port, client_ssl)
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        resp = await read_response(reader)
+        close_writer(writer)
+        assert resp.status == 400, target
+    assert recording_backend.seen == []
+
+
+# -- the response relay: framing ---------------------------------------------------------------
+
+
+async def _read_raw_chunked(reader: asyncio.StreamReader) -> bytes:
+    """The chunked body exactly as it came over the wire, up to and including 0 CRLF CRLF."""
+    raw = bytearray()
+    async with asyncio.timeout(5):
+        while not raw.endswith(b"\r\n0\r\n\r\n") and raw != b"0\r\n\r\n":
+            raw += await reader.read(65536)
+    return bytes(raw)
+
+
+async def test_chunked_framing_passes_through_validated(
+    raw_backend: RawBackendFactory, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    # The backend's chunks arrive as it framed them (sizes as written, one byte at a time
+    # here), except that extensions and trailers are dropped; the connection stays usable.
+    framing = (
+        b"5\r\nhello\r\n00006;ext=1\r\n world\r\nA\r\n0123456789\r\n"
+        b"0;end\r\nX-Trailer: secret\r\n\r\n"
+    )
+
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(2):
+            await read_request_head(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(len(framing)):
+                writer.write(framing[i : i + 1])
+                await writer.drain()
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    for _ in range(2):
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        head = await read_head(reader)
+        assert head.status == 200
+        assert head.get_all("Transfer-Encoding") == ["chunked"]
+        assert await _read_raw_chunked(reader) == (
+            b"5\r\nhello\r\n6\r\n world\r\nA\r\n0123456789\r\n0\r\n\r\n"
+        )
+    close_writer(writer)
+    assert be.connections == 1  # the backend connection went back to the pool and was reused
+
+
+async def test_http10_client_gets_the_body_de_chunked_and_close_delimited(
+    raw_backend: RawBackendFactory, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        writer.write(CHUNKED_RESPONSE)
+        await writer.drain()
+        await reader.read()
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+    head = await read_head(reader)
+    assert head.status == 200
+    assert head.get("Transfer-Encoding") is None and head.get("Content-Length") is None
+    assert await wait_closed(reader, 5) == b"hello world"
+    close_writer(writer)
+
+
+async def test_close_delimited_backend_body_reaches_an_http11_client_chunked(
+    raw_backend: RawBackendFactory, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b" world")
+        await writer.drain()
+        writer.close()
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    resp = await read_response(reader)
+    assert resp.status == 200 and resp.get("Transfer-Encoding") == "chunked"
+    assert resp.body == b"hello world"
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")  # still a usable connection
+    assert (await read_response(reader)).status == 200
+    close_writer(writer)
+
+
+CHUNKED_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+)
+
+
+async def test_bytes_after_a_response_keep_its_connection_out_of_the_pool(
+    raw_backend: RawBackendFactory, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request_head(reader)
+            # A body longer than its Content-Length: the rest would parse as the next
+            # response, so this connection must never carry another request.
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+            await writer.drain()
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    for _ in range(3):
+        reader, writer = await tls_connect(proxy.port, client_ssl)
+        writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        resp = await read_response(reader)
+        close_writer(writer)
+        assert (resp.status, resp.body) == (200, b"ok")
+    assert be.connections == 3
+
+
+async def test_idempotent_request_is_retried_once_on_a_stale_pooled_connection(
+    raw_backend: RawBackendFactory, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    # The first connection answers once, then drops the next request unanswered (a keep-
+    # alive connection the backend closed as it was reused): a GET is sent again on a new
+    # connection; a POST, which may not be repeated, gets 502 (RFC 9110 9.2.2).
+    async def backend(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = be.connections == 1
+        while True:
+            head = await read_request_head(reader)
+            if first and b"/second" in head:
+                return  # closes without answering
+            body = b"via %d" % be.connections
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert (await read_response(reader)).body == b"via 1"
+    writer.write(b"GET /second HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert (await read_response(reader)).body == b"via 2"
+    close_writer(writer)
+    assert be.connections == 2
+
+    be = await raw_backend(backend)
+    proxy = await proxy_factory(be.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    assert (await read_response(reader)).status == 200
+    writer.write(b"POST /second HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\n{}")
+    assert (await read_response(reader)).status == 502
+    close_writer(writer)
+    assert be.connections == 1
+
+
+async def test_a_client_that_reads_slowly_gets_every_byte_and_pauses_the_backend(
+    aiohttp_server: AiohttpServer, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    """Flow control: while the client does not read, the proxy stops reading from the
+    backend (bounded buffering, not 64 MiB in memory); when it reads again, the relay
+    resumes and every byte arrives in order."""
+    total = 64 * MiB
+    chunk = _blob(3, 1 * MiB)
+    sent = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal sent
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        while sent < total:
+            await resp.write(chunk)
+            sent += len(chunk)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/big", handler)
+    backend = await aiohttp_server(app)
+    proxy = await proxy_factory(f"http://127.0.0.1:{backend.port}", "[limits]\nsend_timeout = 10")
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    head = await read_head(reader)
+    assert head.status == 200
+    await asyncio.sleep(1.0)  # not reading: everything between the two ends fills up
+    stalled_at = sent
+    await asyncio.sleep(0.5)
+    assert sent == stalled_at  # the backend's writes wait: the proxy stopped reading
+    assert sent < 24 * MiB, sent  # socket buffers on both sides, and little in the proxy
+    digest = hashlib.sha256()
+    n = 0
+    async with asyncio.timeout(30):
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                break
+            data = await reader.readexactly(size)
+            digest.update(data)
+            n += size
+            assert await reader.readexactly(2) == b"\r\n"
+    close_writer(writer)
+    assert n == total
+    assert digest.hexdigest() == hashlib.sha256(chunk * 64).hexdigest()

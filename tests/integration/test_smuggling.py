@@ -75,6 +75,9 @@ CHUNK_CASES: dict[str, bytes] = {
     "ctl-in-extension": b"5;a\x01b\r\nhello\r\n0\r\n\r\n",
     "missing-crlf-after-data": b"5\r\nhelloXX0\r\n\r\n",
     "bare-lf-after-size": b"5\nhello\r\n0\r\n\r\n",
+    # A chunk-size line (size and extensions) over limits.max_chunk_line (4096): llhttp
+    # itself accepts one of any length.
+    "chunk-line-over-limit": b"5;" + b"e" * 5000 + b"\r\nhello\r\n0\r\n\r\n",
 }
 
 
@@ -200,3 +203,61 @@ async def test_pipelined_requests_are_forwarded_separately(
         names = s.names()
         assert not ({"content-length", "transfer-encoding"} <= names), s.headers
         assert len(s.get_all("Content-Length")) <= 1
+
+
+async def test_long_chunk_extension_mid_stream_is_refused_at_the_bound(
+    upload_probe: UploadProbe, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    # An upload already streaming upstream whose next chunk-size line never ends (13 MB of
+    # "extension" were accepted before the bound): refused once the line passes
+    # limits.max_chunk_line, the upload aborted upstream, the connection closed.
+    proxy = await proxy_factory(upload_probe.url)
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(b"POST /up HTTP/1.1\r\n" + H + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    async with asyncio.timeout(5):
+        await upload_probe.head.wait()
+    writer.write(b"5;x=")
+    for _ in range(3):
+        writer.write(b"e" * 2000)  # 6004 bytes of line so far: over 4096
+        await writer.drain()
+    resp = await read_response(reader, within=2)
+    assert resp.status == 400
+    assert await wait_closed(reader, 5) == b""
+    close_writer(writer)
+    async with asyncio.timeout(2):
+        await upload_probe.done.wait()
+    assert len(upload_probe.outcomes) == 1
+    assert upload_probe.outcomes[0].startswith("aborted:"), upload_probe.outcomes
+
+
+async def test_chunk_size_line_exactly_at_the_bound_is_forwarded(
+    recording_backend: Recorder, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    proxy = await proxy_factory(recording_backend.url, "[limits]\nmax_chunk_line = 64")
+    fits = b"5;" + b"e" * 60 + b"\r\n"  # 64 bytes with its CRLF
+    assert len(fits) == 64
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(
+        b"POST /fits HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + fits
+        + b"hello\r\n0\r\n\r\n"
+    )
+    resp = await read_response(reader)
+    close_writer(writer)
+    assert resp.status == 200
+    reader, writer = await tls_connect(proxy.port, client_ssl)
+    writer.write(
+        b"POST /over HTTP/1.1\r\n"
+        + H
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"5;"
+        + b"e" * 61
+        + b"\r\nhello\r\n0\r\n\r\n"
+    )
+    resp = await read_response(reader)
+    assert resp.status == 400
+    assert await wait_closed(reader, 5) == b""
+    close_writer(writer)
+    assert [(s.target, s.body) for s in recording_backend.seen] == [("/fits", b"hello")]

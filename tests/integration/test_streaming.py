@@ -11,7 +11,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from aiohttp.http_writer import StreamWriter
 from aiohttp.pytest_plugin import AiohttpServer
 from aiohttp.web_protocol import RequestHandler
 
@@ -72,31 +71,17 @@ async def test_small_body_goes_out_with_the_headers_in_one_write(
     backend = await aiohttp_server(app)
     proxy = await proxy_factory(f"http://127.0.0.1:{backend.port}")
 
+    # Every write the proxy makes to a TLS client, whoever makes it (aiohttp's writer or
+    # the relay): the TLS transport's write, on the server side.
     proxy_writes: list[bytes] = []
-    real_write = StreamWriter._write
-    real_writelines = StreamWriter._writelines
+    real_write = asyncio.sslproto._SSLProtocolTransport.write
 
-    def is_proxy_side(w: StreamWriter) -> bool:
-        # The proxy's responses to TLS clients: a server-side protocol on a TLS transport.
-        return (
-            isinstance(w.protocol, RequestHandler)
-            and w.transport is not None
-            and w.transport.get_extra_info("sslcontext") is not None
-        )
+    def counting_write(self: asyncio.sslproto._SSLProtocolTransport, data: Any) -> None:
+        if isinstance(self.get_protocol(), RequestHandler):
+            proxy_writes.append(bytes(data))
+        real_write(self, data)
 
-    def counting_write(self: StreamWriter, chunk: bytes) -> None:
-        if is_proxy_side(self):
-            proxy_writes.append(bytes(chunk))
-        real_write(self, chunk)
-
-    def counting_writelines(self: StreamWriter, chunks: Any) -> None:
-        chunks = list(chunks)
-        if is_proxy_side(self):
-            proxy_writes.append(b"".join(chunks))
-        real_writelines(self, chunks)
-
-    monkeypatch.setattr(StreamWriter, "_write", counting_write)
-    monkeypatch.setattr(StreamWriter, "_writelines", counting_writelines)
+    monkeypatch.setattr(asyncio.sslproto._SSLProtocolTransport, "write", counting_write)
     async with (
         aiohttp.ClientSession() as s,
         s.get(f"{proxy.url}/small", ssl=client_ssl) as resp,

@@ -180,3 +180,12 @@ def test_fuzz_every_flipped_byte_is_refused(index: int) -> None:
     raw = nitro_vector(NSM_QVL[0])
     res = verify_nitro_document(flip(raw, index), pinned_time(NSM_QVL))
     assert not res.ok
+
+
+def test_a_flip_that_duplicates_a_chain_extension_is_refused() -> None:
+    """Found by the fuzz test above: byte 2557 flipped gives a chain certificate two
+    instances of one extension, which cryptography raises as DuplicateExtension (not a
+    ValueError): refused as a chain failure, not a crash."""
+    raw = nitro_vector(NSM_QVL[0])
+    res = verify_nitro_document(flip(raw, 2557), pinned_time(NSM_QVL))
+    assert not res.ok

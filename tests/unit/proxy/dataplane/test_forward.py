@@ -8,7 +8,9 @@ sees exactly what a tap, an endpoint and a client see.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -99,6 +101,7 @@ Start = Callable[..., Awaitable[Running]]
 async def start(aiohttp_server: AiohttpServer) -> AsyncIterator[Start]:
     servers: list[asyncio.base_events.Server] = []
     sessions: list[aiohttp.ClientSession] = []
+    forwarders: list[Forwarder] = []
 
     async def go(
         routes: dict[str, Handler],
@@ -128,6 +131,7 @@ async def start(aiohttp_server: AiohttpServer) -> AsyncIterator[Start]:
         session = make_session(cfg)
         sessions.append(session)
         fwd = Forwarder(cfg, session, endpoints=endpoints, taps=taps)
+        forwarders.append(fwd)
         loop = asyncio.get_running_loop()
         srv = await loop.create_server(
             ProxyHTTPServer(fwd.handle, cfg.limits, tls=False), "127.0.0.1", 0
@@ -139,6 +143,8 @@ async def start(aiohttp_server: AiohttpServer) -> AsyncIterator[Start]:
     yield go
     for srv in servers:
         srv.close()
+    for fwd in forwarders:
+        fwd.close()
     for s in sessions:
         await s.close()
 
@@ -279,6 +285,7 @@ async def test_backend_down_is_a_json_502_that_closes_the_connection(
 
 async def test_absolute_form_targets_are_reduced_to_origin_form(start: Start) -> None:
     async def echo(request: web.Request) -> web.Response:
+        assert request.headers.getall("Host") == ["elsewhere.example"]  # RFC 9112 3.2.2
         return web.Response(text=request.path_qs)
 
     run = await start({"/p": echo})
@@ -308,3 +315,47 @@ async def test_hsts_and_draining(start: Start) -> None:
         async with s.get(f"{run.url}/") as r:
             assert await r.text() == "ok"
             assert r.headers["Connection"].lower() == "close"  # drain: no more keep-alive
+
+
+async def test_the_access_log_has_the_real_sizes_of_local_answers(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def local(request: web.BaseRequest) -> web.StreamResponse:
+        await request.read()
+        return web.Response(body=b"e" * 123)
+
+    endpoints = LocalEndpoints()
+    endpoints.add("/local", local)
+    run = await start({}, endpoints=endpoints, extra="[limits]\nmax_body_size = 10")
+    run.forwarder.cfg = dataclasses.replace(
+        run.forwarder.cfg, logging=dataclasses.replace(run.forwarder.cfg.logging, access_log=True)
+    )
+    with caplog.at_level(logging.INFO, logger="teeproxy.access"):
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{run.url}/local", data=b"x" * 45) as r:
+                assert len(await r.read()) == 123
+            async with s.post(f"{run.url}/big", data=b"y" * 11) as r:  # the proxy's own 413
+                body = await r.read()
+                assert r.status == 413
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "teeproxy.access"]
+    assert lines[0].split()[3:6] == ["200", "45", "123"], lines
+    assert lines[1].split()[3] == "413" and lines[1].split()[5] == str(len(body)), lines
+
+
+async def test_server_field_of_local_and_relayed_answers(start: Start) -> None:
+    async def local(_request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(text="local")
+
+    async def anonymous(_request: web.Request) -> web.StreamResponse:
+        resp = web.Response(text="backend")
+        resp.headers["Server"] = "backend/1"
+        return resp
+
+    endpoints = LocalEndpoints()
+    endpoints.add("/local", local)
+    run = await start({"/named": anonymous}, endpoints=endpoints)
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{run.url}/local") as r:
+            assert r.headers.getall("Server") == ["teeproxy"]
+        async with s.get(f"{run.url}/named") as r:
+            assert r.headers.getall("Server") == ["backend/1"]
