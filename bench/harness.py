@@ -85,6 +85,8 @@ class Results:
     wrk: dict[tuple[str, str], wrk.WrkResult] = field(default_factory=dict)  # (test, target)
     sse_rounds: dict[str, list[clients.SSEResult]] = field(default_factory=dict)  # target
     mem: dict[str, MemResult] = field(default_factory=dict)
+    # Memory at rest: each proxy's processes after start-up, before any request.
+    rest: dict[str, list[procs.ProcessMemory]] = field(default_factory=dict)
     resumption: dict[str, tuple[int, int]] = field(default_factory=dict)
     rx_posts: dict[str, clients.PostResult] = field(default_factory=dict)  # (f1) target
     rx_streams: dict[str, clients.StreamResult] = field(default_factory=dict)  # (f2) target

@@ -101,6 +101,35 @@ def memory(pid: int) -> Memory:
     )
 
 
+@dataclass
+class ProcessMemory:
+    pid: int
+    role: str
+    rss_kib: int
+    pss_kib: int
+
+
+def _role(pid: int, top: int) -> str:
+    """What a process of a proxy's tree is: its parent's view (master/supervisor, worker)."""
+    cmd = ""
+    with contextlib.suppress(OSError):
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    if cmd.startswith("nginx:"):
+        return cmd.removeprefix("nginx:").strip().split()[0]  # "master" / "worker"
+    if pid == top:
+        return "supervisor"
+    if "resource_tracker" in cmd:
+        return "resource tracker"
+    return "worker"
+
+
+def per_process_memory(pid: int) -> list[ProcessMemory]:
+    """VmRSS and Pss of pid and each descendant, with its role."""
+    return [
+        ProcessMemory(p, _role(p, pid), _status_kib(p, "VmRSS"), _pss_kib(p)) for p in tree(pid)
+    ]
+
+
 def cpu_seconds(pid: int) -> float:
     """User+system CPU time consumed so far by pid and its live descendants."""
     total = 0

@@ -265,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         extra = [targets[n] for n in (RX_OFF, RX_ON) if n in targets]
         rx_only = [t for t in extra if t not in proxies]
 
+        time.sleep(1.0)  # let the workers finish importing
+        for t in [*proxies, *rx_only]:
+            if t.proc is not None:
+                results.rest[t.name] = procs.per_process_memory(t.proc.pid)
         for t in rx_only:
             harness.guarded(results, t.name, "warm-up", partial(harness.warm_up, t, args))
         for t in proxies:
