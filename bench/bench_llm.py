@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import procs
 from harness import BENCH_DIR, Results, Target, ensure_alive, guarded, log, proxy_cpu
 
 LLM_TARGETS = ("direct", "nginx", "teeproxy-off", "teeproxy-on")
@@ -39,6 +40,7 @@ class LlmResult:
     ttfb_ms: dict[str, float]
     wall_s: float
     cpu_s: float  # the proxy's process tree (0 for direct)
+    top_cpu_s: float = 0.0  # of that, the top process alone (nginx master, teeproxy supervisor)
 
     @property
     def cpu_us_per_event(self) -> float:
@@ -65,9 +67,12 @@ def measure(target: Target, streams: int, args: argparse.Namespace, ca_file: Pat
     if target.ctx is not None:
         cmd += ["--ca", str(ca_file)]
     cpu0 = proxy_cpu(target)
+    top = target.proc.pid if target.proc is not None else None
+    top0 = procs.own_process_cpu_seconds(top) if top is not None else 0.0
     timeout = args.llm_spread + args.llm_events / args.llm_rate + 120
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     cpu = proxy_cpu(target) - cpu0
+    top_cpu = procs.own_process_cpu_seconds(top) - top0 if top is not None else 0.0
     if done.returncode != 0:
         raise RuntimeError(f"llm_client exited {done.returncode}: {done.stderr[-2000:]}")
     doc = json.loads(done.stdout.strip().splitlines()[-1])
@@ -83,6 +88,7 @@ def measure(target: Target, streams: int, args: argparse.Namespace, ca_file: Pat
         ttfb_ms=dict(doc["ttfb_ms"]),
         wall_s=float(doc["wall_s"]),
         cpu_s=cpu,
+        top_cpu_s=top_cpu,
     )
 
 

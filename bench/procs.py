@@ -130,15 +130,22 @@ def per_process_memory(pid: int) -> list[ProcessMemory]:
     ]
 
 
+def _cpu_ticks(pid: int) -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User+system CPU time consumed so far by pid and its live descendants."""
-    total = 0
-    for p in tree(pid):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = Path(f"/proc/{p}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLK_TCK
+    return sum(_cpu_ticks(p) for p in tree(pid)) / CLK_TCK
+
+
+def own_process_cpu_seconds(pid: int) -> float:
+    """User+system CPU time of pid alone (not its children)."""
+    return _cpu_ticks(pid) / CLK_TCK
 
 
 class Proc:

@@ -265,11 +265,13 @@ def _llm_section(results: Results, args: argparse.Namespace) -> list[str]:
         f"{args.llm_events} events per stream at {args.llm_rate:g} events/s, stream starts "
         f"spread over {args.llm_spread:g} s, chat.completion.chunk events of about 210 bytes "
         "(`bench/llm_client.py` in its own process). Added = the target's percentile minus "
-        "`direct`'s at the same number of streams. CPU = the proxy's whole process tree.",
+        "`direct`'s at the same number of streams. CPU = the proxy's whole process tree; "
+        "top = of that, the share of the top process (nginx master, teeproxy supervisor): "
+        "what the supervisor costs under load.",
         "",
         "| streams | target | events | failures | delay p50 ms | delay p99 ms | "
-        "added p99 ms | TTFB p50 ms | TTFB p99 ms | added TTFB p99 ms | CPU us/event |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "added p99 ms | TTFB p50 ms | TTFB p99 ms | added TTFB p99 ms | CPU us/event | top % |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for (n, target), r in sorted(results.llm.items()):
         add = bench_llm.added(results, n, target, "delay_ms", "p99")
@@ -279,10 +281,11 @@ def _llm_section(results: Results, args: argparse.Namespace) -> list[str]:
             f"{_fmt(r.delay_ms['p50'], 2)} | {_fmt(r.delay_ms['p99'], 2)} | "
             f"{'' if target == 'direct' else _fmt(add, 2)} | {_fmt(r.ttfb_ms['p50'], 2)} | "
             f"{_fmt(r.ttfb_ms['p99'], 2)} | {'' if target == 'direct' else _fmt(add_t, 2)} | "
-            f"{'' if target == 'direct' else _fmt(r.cpu_us_per_event, 1)} |"
+            f"{'' if target == 'direct' else _fmt(r.cpu_us_per_event, 1)} | "
+            f"{'' if target == 'direct' or not r.cpu_s else _fmt(100 * r.top_cpu_s / r.cpu_s, 1)} |"
         )
         if r.first_failures:
-            out.append(f"|  | failures: {'; '.join(r.first_failures[:3])} | | | | | | | | | |")
+            out.append(f"|  | failures: {'; '.join(r.first_failures[:3])} | | | | | | | | | | |")
     return out
 
 
