@@ -35,6 +35,7 @@ import socket
 from collections import deque
 from collections.abc import Callable
 from typing import Final, Protocol
+from urllib.parse import urlsplit
 
 import httptools
 
@@ -482,8 +483,6 @@ class BackendPool:
         self._open = 0  # connections that exist or are being opened (the bounded number)
         self._waiters: deque[asyncio.Future[None]] = deque()
         if not backend.unix_path:
-            from urllib.parse import urlsplit  # noqa: PLC0415 - once per pool
-
             parts = urlsplit(backend.url)
             self._host = parts.hostname or "127.0.0.1"
             self._port = parts.port or 80
