@@ -1,6 +1,9 @@
 """--profile: an extra, unreported run of (a) with `py-spy record` attached to teeproxy
 (--subprocesses, 100 Hz); writes bench/profile_a.txt (top frames by self and inclusive
 time, summarize_folded) and bench/profile_a.folded (py-spy's collapsed stacks). Entry: run().
+With (g) selected, also an extra run of (g) at --llm-streams through teeproxy with receipts
+off, py-spy with --native (so OpenSSL and uvloop's C frames show): bench/profile_g.txt and
+bench/profile_g.folded. Entry: run_llm().
 
 Not named profile.py: bench/ is first on sys.path, so that would shadow the standard
 library's `profile` module (which cProfile imports) in the whole run."""
@@ -15,6 +18,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import bench_llm
 import procs
 import wrk
 from harness import BENCH_DIR, WRK, Target
@@ -57,6 +61,42 @@ def run(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path) -> Path
         )
     )
     shutil.copy(raw, BENCH_DIR / "profile_a.folded")
+    return out
+
+
+def run_llm(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path, ca: Path) -> Path:
+    """An extra (g) load at --llm-streams with py-spy --native attached; top frames to a file."""
+    assert target.proc is not None  # noqa: S101
+    raw = tmp / "profile_g.folded"
+    duration = round(args.llm_spread + args.llm_events / args.llm_rate) + 2
+    spy = procs.Proc(
+        "py-spy-g",
+        [
+            *(pyspy, "record", "--pid", str(target.proc.pid), "--subprocesses", "--native"),
+            *("--rate", "100", "--format", "raw", "--nonblocking"),
+            *("--duration", str(duration), "-o", str(raw)),
+        ],
+        tmp / "py-spy-g.log",
+    )
+    try:
+        time.sleep(1.0)  # py-spy attaches
+        res = bench_llm.measure(target, args.llm_streams, args, ca)
+        spy.popen.wait(timeout=duration + 30)
+    finally:
+        spy.stop(timeout=5, sig=signal.SIGINT)
+    if not raw.exists():
+        raise RuntimeError(f"py-spy wrote no profile:\n{spy.log_tail()}")
+    out = BENCH_DIR / "profile_g.txt"
+    out.write_text(
+        summarize_folded(
+            raw.read_text(),
+            header=f"py-spy --native profile of {target.name} (workers=1) during test (g): "
+            f"{args.llm_streams} streams x {args.llm_rate:g} events/s, "
+            f"{res.cpu_us_per_event:.1f} us CPU/event while sampled (the sampler's own "
+            "pauses inflate this) (100 Hz)\n",
+        )
+    )
+    shutil.copy(raw, BENCH_DIR / "profile_g.folded")
     return out
 
 
