@@ -2,8 +2,8 @@
 (--subprocesses, 100 Hz); writes bench/profile_a.txt (top frames by self and inclusive
 time, summarize_folded) and bench/profile_a.folded (py-spy's collapsed stacks). Entry: run().
 With (g) selected, also an extra run of (g) at --llm-streams through teeproxy with receipts
-off, py-spy with --native (so OpenSSL and uvloop's C frames show): bench/profile_g.txt and
-bench/profile_g.folded. Entry: run_llm().
+off and one with receipts on, py-spy with --native (so OpenSSL and uvloop's C frames show):
+bench/profile_g_<target>.txt and .folded. Entry: run_llm().
 
 Not named profile.py: bench/ is first on sys.path, so that would shadow the standard
 library's `profile` module (which cProfile imports) in the whole run."""
@@ -67,16 +67,17 @@ def run(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path) -> Path
 def run_llm(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path, ca: Path) -> Path:
     """An extra (g) load at --llm-streams with py-spy --native attached; top frames to a file."""
     assert target.proc is not None  # noqa: S101
-    raw = tmp / "profile_g.folded"
+    stem = f"profile_g_{target.name}"
+    raw = tmp / f"{stem}.folded"
     duration = round(args.llm_spread + args.llm_events / args.llm_rate) + 2
     spy = procs.Proc(
         "py-spy-g",
         [
             *(pyspy, "record", "--pid", str(target.proc.pid), "--subprocesses", "--native"),
-            *("--rate", "100", "--format", "raw", "--nonblocking"),
+            *("--rate", "100", "--format", "raw"),
             *("--duration", str(duration), "-o", str(raw)),
         ],
-        tmp / "py-spy-g.log",
+        tmp / f"py-spy-{stem}.log",
     )
     try:
         time.sleep(1.0)  # py-spy attaches
@@ -86,7 +87,7 @@ def run_llm(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path, ca:
         spy.stop(timeout=5, sig=signal.SIGINT)
     if not raw.exists():
         raise RuntimeError(f"py-spy wrote no profile:\n{spy.log_tail()}")
-    out = BENCH_DIR / "profile_g.txt"
+    out = BENCH_DIR / f"{stem}.txt"
     out.write_text(
         summarize_folded(
             raw.read_text(),
@@ -96,11 +97,39 @@ def run_llm(target: Target, args: argparse.Namespace, pyspy: str, tmp: Path, ca:
             "pauses inflate this) (100 Hz)\n",
         )
     )
-    shutil.copy(raw, BENCH_DIR / "profile_g.folded")
+    shutil.copy(raw, BENCH_DIR / f"{stem}.folded")
     return out
 
 
 _IDLE_LEAF = re.compile(r"^_worker \(concurrent/futures/thread\.py:\d+\)$")
+_PY_FRAME = re.compile(r"\.py:\d+\)$")
+_SYSCALL = re.compile(r"^([a-z_0-9]+) \(libc\.so[.0-9]*\)$")
+_IDLE_SYSCALLS = frozenset({"epoll_wait", "epoll_pwait", "select", "poll", "futex"})
+_SYSCALLS = frozenset(
+    {
+        *("read", "write", "readv", "writev", "send", "recv", "sendmsg", "recvmsg"),
+        *("sendto", "recvfrom", "connect", "accept", "accept4", "socket", "close"),
+        *("shutdown", "getpid", "getsockname", "getpeername", "setsockopt", "getsockopt"),
+        *("fcntl", "ioctl", "epoll_ctl", "syscall", "mmap", "munmap", "madvise", "brk"),
+    }
+)
+
+
+def _kind(leaf: str) -> str:
+    """What a sample's innermost frame spends time in, coarsely (--native profiles)."""
+    m = _SYSCALL.match(leaf)
+    if m:
+        name = m.group(1)
+        if name in _IDLE_SYSCALLS:
+            return f"waiting ({name})"
+        return f"system call {name}" if name in _SYSCALLS else "libc (other)"
+    if "libcrypto" in leaf or "libssl" in leaf or "_ssl" in leaf:
+        return "OpenSSL"
+    if _PY_FRAME.search(leaf):
+        return "Python code"
+    return "interpreter, uvloop/libuv, C extensions, unresolved"
+
+
 _PROCESS_FRAME = re.compile(r'^(?:process \d+:"[^"]*"(?:;|$))+')
 
 
@@ -108,6 +137,7 @@ def summarize_folded(text: str, header: str, top: int = 40) -> str:
     """Self and inclusive sample counts per frame from py-spy's collapsed-stack output."""
     own: Counter[str] = Counter()
     incl: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
     total = idle = 0
     for line in text.splitlines():
         stack, _, count_s = line.rpartition(" ")
@@ -118,11 +148,15 @@ def summarize_folded(text: str, header: str, top: int = 40) -> str:
         # then worker), whose command lines may contain ';'.
         stack = _PROCESS_FRAME.sub("", stack)
         frames = [f for f in stack.split(";") if f]
-        if not frames or _IDLE_LEAF.match(frames[-1]):
+        # Idle pool thread: its innermost Python frame is the executor's _worker (with
+        # --native, C frames of the queue's lock wait follow it).
+        py_frames = [f for f in frames if _PY_FRAME.search(f)]
+        if not frames or (py_frames and _IDLE_LEAF.match(py_frames[-1])):
             idle += count
             continue
         total += count
         own[frames[-1]] += count
+        kinds[_kind(frames[-1])] += count
         for frame in set(frames):
             incl[frame] += count
     if total == 0:
@@ -132,8 +166,10 @@ def summarize_folded(text: str, header: str, top: int = 40) -> str:
         f"samples: {total} (left out: {idle} of idle thread-pool threads waiting for work, "
         "which py-spy does not recognise as idle)",
         "",
-        f"top {top} frames by own (self) time:",
+        "where the samples are (innermost frame):",
     ]
+    lines += [f"{100 * n / total:6.2f}%  {kind}" for kind, n in kinds.most_common()]
+    lines += ["", f"top {top} frames by own (self) time:"]
     lines += [f"{100 * n / total:6.2f}%  {frame}" for frame, n in own.most_common(top)]
     lines += ["", f"top {top} frames by inclusive time:"]
     lines += [f"{100 * n / total:6.2f}%  {frame}" for frame, n in incl.most_common(top)]

@@ -313,16 +313,21 @@ def main(argv: list[str] | None = None) -> int:
                     "profile",
                     partial(bench_profile.run, targets["teeproxy"], args, pyspy, tmp),
                 )
-        if args.profile and "g" in args.tests and RX_OFF in targets and pyspy is not None:
-            log("profiling teeproxy-off under (g) with py-spy --native")
-            prof_g = harness.guarded(
-                results,
-                RX_OFF,
-                "profile (g)",
-                partial(bench_profile.run_llm, targets[RX_OFF], args, pyspy, tmp, certs.ca_file),
-            )
-            if prof_g is not None:
-                results.notes.append(f"profile of (g): `{prof_g.relative_to(REPO)}`")
+        if args.profile and "g" in args.tests and pyspy is not None:
+            for name in (RX_OFF, RX_ON):
+                if name not in targets:
+                    continue
+                log(f"profiling {name} under (g) with py-spy --native")
+                prof_g = harness.guarded(
+                    results,
+                    name,
+                    "profile (g)",
+                    partial(bench_profile.run_llm, targets[name], args, pyspy, tmp, certs.ca_file),
+                )
+                if prof_g is not None:
+                    results.notes.append(
+                        f"profile of (g) through {name}: `{prof_g.relative_to(REPO)}`"
+                    )
     except KeyboardInterrupt:
         log("interrupted; stopping processes")
         results.notes.append("run interrupted")
