@@ -207,6 +207,8 @@ def _clean_env(source_date_epoch: int, tmp: Path) -> dict[str, str]:
             "PIP_CONFIG_FILE": os.devnull,
             "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             "PIP_NO_INPUT": "1",
+            # pip's cache only saves downloads: every file is checked against the lock's hash.
+            "PIP_CACHE_DIR": os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip")),
         }
     )
     return env
