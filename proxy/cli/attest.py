@@ -77,6 +77,7 @@ __all__ = [
     "add_attest_options",
     "add_parsers",
     "attest",
+    "cmd_measure",
     "demo_attestation_text",
 ]
 
@@ -685,11 +686,6 @@ def add_parsers(sub: Any) -> None:
     o.add_argument("--timeout", type=float, default=10.0)
     _common(o, collateral=False)
     o.set_defaults(func=cmd_verify_oyster, nitro_max_age=300.0)
-
-    m = sub.add_parser("measure", help="print the measurement id (bytes32) of a quote")
-    m.add_argument("file")
-    m.add_argument("--json", action="store_true", help="also print the registers")
-    m.set_defaults(func=cmd_measure)
 
 
 def demo_attestation_text(cfg: Any, port: int) -> str:
