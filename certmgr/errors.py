@@ -28,6 +28,7 @@ working, and carries its context as attributes rather than only in the message.
     ├── SigningKeyError (ValueError)      the receipt signing key is missing or unusable
     ├── ReleaseError (ValueError)         a prediction input, build manifest or release key is
     │                                     malformed, or a manifest's signature does not verify
+    ├── ImageBuildError (RuntimeError)    the release image cannot be built; .step names where
     └── ClusterError                      cluster coordination (etcd, shared secrets)
         ├── EtcdError (OSError)           no etcd endpoint answered, or it refused
         ├── EnvelopeError (ValueError)    a stored value is malformed or fails authentication
@@ -53,6 +54,7 @@ __all__ = [
     "EnvelopeError",
     "EtcdError",
     "EvidenceError",
+    "ImageBuildError",
     "IssuedCertError",
     "PolicyError",
     "QuoteError",
@@ -177,6 +179,15 @@ class ReleaseError(CertmgrError, ValueError):
 
 class SigningKeyError(CertmgrError, ValueError):
     """The signing key is missing, does not unseal, or is not a valid secp256k1 key."""
+
+
+class ImageBuildError(CertmgrError, RuntimeError):
+    """The release image cannot be built reproducibly (certmgr.release); .step names the
+    stage (pins, base, deps, app, layer, source)."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
 
 
 class ClusterError(CertmgrError):

@@ -15,7 +15,7 @@ cd "$here"
 #   knot        authoritative DNS with RFC 2136 updates (DNS-01, CAA)
 #   etcd-server three-member etcd cluster the cluster-mode tests coordinate through
 #   etcd-client etcdctl, for looking at what the tests left in etcd by hand
-APT_PACKAGES=(testssl.sh pebble knot etcd-server etcd-client)
+APT_PACKAGES=(testssl.sh pebble knot etcd-server etcd-client mmdebstrap skopeo umoci)
 command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
 
 missing=()

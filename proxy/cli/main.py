@@ -2,7 +2,7 @@
 
 ``serve``, ``check-config`` and ``print-default-config`` are here; the other commands live
 in their own modules (``demo``, ``verify``, ``measure``, ``release``/``verify-build``,
-``caa``, ``policy``, ``receipt``, ``cluster``),
+``caa``, ``policy``, ``receipt``, ``cluster``, ``build-image``),
 each adding its parsers. The CLI sits on top of the house and may import anything.
 
 Modules that import prometheus_client (every control-plane and data-plane module, through
@@ -29,6 +29,7 @@ from proxy.cli import manifest as cli_manifest
 from proxy.cli import measure as cli_measure
 from proxy.cli import policy as cli_policy
 from proxy.cli import receipt as cli_receipt
+from proxy.cli import release as cli_release
 from proxy.config import Config, default_toml, load, loads
 from proxy.errors import ConfigError
 from proxy.log import setup_logging
@@ -105,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_policy.add_parsers(sub)
     cli_receipt.add_parsers(sub)
     cli_cluster.add_parsers(sub)
+    cli_release.add_parsers(sub)
     return p
 
 

@@ -12,7 +12,8 @@
 - ``release show MANIFEST --release-key PUB``: verify and print.
 - ``verify-build MANIFEST --source DIR --release-key PUB``: verify the signature, rebuild
   the image from the source (``certmgr.release.image.build_image``) at the manifest's
-  SOURCE_DATE_EPOCH, and compare the digest and every re-derived measurement id.
+  SOURCE_DATE_EPOCH, and compare the digest, lock SHA-256, commit and every re-derived
+  measurement id (``--image DIR`` compares a layout already built instead).
 
 Exit codes: 0 verified (or done), 1 a check failed, 2 usage or input error. A manifest is
 never read without the release public key the caller names.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import importlib
 import json
 import os
 import subprocess
@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from certmgr.errors import CertmgrError, ReleaseError
+from certmgr.errors import CertmgrError, ImageBuildError, ReleaseError
 from certmgr.keys import atomic_write
+from certmgr.release.image import build_image
 from certmgr.release.layout import image_digest, sha256_file
 from certmgr.release.manifest import (
     MAX_ENVELOPE,
@@ -150,16 +151,20 @@ def _predictions(paths: Sequence[str]) -> list[dict[str, Any]]:
 def cmd_manifest(args: argparse.Namespace) -> int:
     image_dir = Path(args.image)
     digest = image_digest(image_dir)
-    source = Path(args.source)
-    lock = Path(args.lock) if args.lock else source / "requirements.lock"
-    commit = args.commit or _git(source, "rev-parse", "HEAD")
-    sde_text = args.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH")
-    if not sde_text:
-        sde_text = _git(source, "log", "-1", "--format=%ct")
-    try:
-        sde = int(sde_text)
-    except ValueError as e:
-        raise UsageError(f"SOURCE_DATE_EPOCH {sde_text!r} is not an integer") from e
+    if args.build_json:
+        lock_sha256, commit, sde = _from_build_json(args.build_json, digest)
+    else:
+        source = Path(args.source)
+        lock = Path(args.lock) if args.lock else source / "requirements.lock"
+        lock_sha256 = sha256_file(lock)
+        commit = args.commit or _git(source, "rev-parse", "HEAD")
+        sde_text = args.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH")
+        if not sde_text:
+            sde_text = _git(source, "log", "-1", "--format=%ct")
+        try:
+            sde = int(sde_text)
+        except ValueError as e:
+            raise UsageError(f"SOURCE_DATE_EPOCH {sde_text!r} is not an integer") from e
     preds = _predictions(args.prediction)
     for p in preds:
         target = str(p.get("target"))
@@ -171,7 +176,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     body = build_statement(
         image_name=args.image_name,
         image_digest=digest,
-        lock_sha256=sha256_file(lock),
+        lock_sha256=lock_sha256,
         commit=commit,
         source_date_epoch=sde,
         predictions=preds,
@@ -182,6 +187,24 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     kid = key_id(key.public_key())
     print(f"manifest {out}: image {digest}, {len(preds)} prediction(s), key {kid}")
     return 0
+
+
+def _from_build_json(path: str, digest: str) -> tuple[str, str, int]:
+    """(lock SHA-256, commit, SOURCE_DATE_EPOCH) from ``teeproxy build-image --json``'s
+    output for this very image; a build of a dirty tree or outside git is refused (its
+    commit would not name the source)."""
+    try:
+        doc = json.loads(_read(path, _MAX_PREDICTION_FILE))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"{path}: not JSON: {e}") from e
+    if not isinstance(doc, dict) or doc.get("image_digest") != digest:
+        raise UsageError(f"{path} is not the build of the image {digest}")
+    if doc.get("dirty") or not isinstance(doc.get("commit"), str):
+        raise UsageError(f"{path}: built from a dirty tree or outside git: no commit names it")
+    sde = doc.get("source_date_epoch")
+    if type(sde) is not int:
+        raise UsageError(f"{path}: no source_date_epoch")
+    return str(doc.get("lock_sha256")), str(doc["commit"]), sde
 
 
 def _describe(m: BuildManifest) -> list[str]:
@@ -222,25 +245,22 @@ def _manifest_json(m: BuildManifest) -> dict[str, Any]:
 
 
 def _rebuild(args: argparse.Namespace, m: BuildManifest, out: Path) -> dict[str, Any]:
-    """Build the image again (certmgr.release.image), or read ``--image`` when given."""
+    """Build the image again from ``--source`` (or read ``--image``, a layout already built)."""
     if args.image:
         return {"digest": image_digest(Path(args.image)), "how": f"read from {args.image}"}
-    # The image builder is its own module of certmgr.release (the reproducible build):
-    # imported when a rebuild is asked for, so that the other commands never need it.
-    try:
-        image_mod = importlib.import_module("certmgr.release.image")
-    except ImportError as e:
-        raise UsageError(f"this teeproxy has no image builder ({e}); pass --image DIR") from e
     work = Path(args.work_dir) if args.work_dir else None
-    build = image_mod.build_image(
-        Path(args.source), out, source_date_epoch=m.source_date_epoch, work_dir=work
-    )
+    try:
+        build = build_image(
+            Path(args.source), out, source_date_epoch=m.source_date_epoch, work_dir=work
+        )
+    except ImageBuildError as e:
+        raise UsageError(f"the rebuild failed: {e}") from e
     return {
         "digest": build.digest,
-        "lock_sha256": getattr(build, "lock_sha256", None),
-        "commit": getattr(build, "commit", None),
-        "source_date_epoch": getattr(build, "source_date_epoch", None),
-        "how": f"rebuilt from {args.source} into {out}",
+        "lock_sha256": build.lock_sha256,
+        "commit": build.commit,
+        "source_date_epoch": build.source_date_epoch,
+        "how": f"rebuilt from {args.source}" + (f" into {args.output}" if args.output else ""),
     }
 
 
@@ -281,6 +301,14 @@ def cmd_verify_build(args: argparse.Namespace) -> int:
             "detail": f"manifest {m.image_digest}, rebuilt {built['digest']}",
         }
     )
+    if "commit" in built and built["commit"] is None:
+        checks.append(
+            {
+                "check": "commit",
+                "status": "UNKNOWN",
+                "detail": "the source is no git checkout (the digest still compares)",
+            }
+        )
     for field in ("lock_sha256", "commit", "source_date_epoch"):
         value = built.get(field)
         if value is not None:
@@ -356,6 +384,12 @@ def add_parsers(sub: Any) -> None:
     m.add_argument("--image", required=True, metavar="DIR", help="the OCI image layout")
     m.add_argument("--image-name", default="teeproxy", help="the subject's name")
     m.add_argument("--prediction", action="append", required=True, metavar="FILE")
+    m.add_argument(
+        "--build-json",
+        metavar="FILE",
+        help="`teeproxy build-image --json` output of this image: lock SHA-256, commit and "
+        "SOURCE_DATE_EPOCH from it (else --lock, --commit, --source-date-epoch)",
+    )
     m.add_argument("--source", default=".", metavar="DIR", help="the source tree (git)")
     m.add_argument("--lock", metavar="FILE", help="default SOURCE/requirements.lock")
     m.add_argument("--commit", metavar="HEX", help="default: git rev-parse HEAD in SOURCE")
