@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from certmgr.release.manifest import decrypt_release_key, load_public_key, verify_manifest
+from certmgr.release.predict import predict_snp
+from proxy.cli import attest as cli_attest
 from proxy.cli.main import main
 from tests.helpers.release import compose_for, write_layout
 
@@ -147,3 +149,41 @@ def test_keygen_refuses_short_password_and_overwrite(
     key = release["key"].with_name("k2")
     rc, _, err = _run(capsys, "release", "keygen", str(key), "--public-out", str(key) + ".pub")
     assert rc == 2 and "at least" in err and not key.exists()
+
+
+def test_verify_names_the_build_of_a_known_measurement(
+    release: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``teeproxy verify --manifest``'s part: the build of an id a verified manifest predicts."""
+    m = verify_manifest(
+        release["manifest"].read_bytes(), [load_public_key(release["pub"].read_bytes())]
+    )
+    mid = bytes.fromhex(release["prediction"]["measurement_id"][2:])
+    build = cli_attest._build_of([("M.json", m)], mid)
+    assert build["known"] and build["commit"] == COMMIT
+    assert build["image"] == f"teeproxy@{release['digest']}"
+    cli_attest._print({"trusted": True, "build": build}, as_json=False)
+    out = capsys.readouterr().out
+    assert f"build:    teeproxy@{release['digest']} commit {COMMIT}" in out
+    unknown = cli_attest._build_of([("M.json", m)], bytes(32))
+    assert unknown == {"known": False, "manifests": ["M.json"]}
+    cli_attest._print({"trusted": True, "build": unknown}, as_json=False)
+    assert "not in any given manifest" in capsys.readouterr().out
+
+
+def test_snp_target_is_not_verified_without_its_launch_files(
+    release: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    snp = predict_snp(b"\x07" * 48, inputs={"launch_digest": "07" * 48, "vcpus": 2})
+    pred = tmp_path / "snp.json"
+    pred.write_text(json.dumps({"predictions": [snp.to_json()]}))
+    argv = [*release["argv"], "--prediction", str(pred), "--sign-key", str(release["key"])]
+    out_manifest = tmp_path / "m.dsse.json"
+    rc, _, err = _run(capsys, *argv, "--output", str(out_manifest))
+    assert rc == 0, err
+    verify = ["verify-build", str(out_manifest), "--source", str(tmp_path)]
+    verify += ["--release-key", str(release["pub"]), "--image", str(release["layout"])]
+    rc, out, _ = _run(capsys, *verify)
+    assert rc == 1 and "NOT CHECKED  sev-snp" in out and "BUILD NOT VERIFIED" in out
+    rc, out, _ = _run(capsys, *verify, "--skip-target", "sev-snp")
+    assert rc == 0 and "SKIPPED      sev-snp" in out
