@@ -9,6 +9,10 @@ name, takes the certificate presented, verifies it as an RA-TLS certificate, the
 fresh evidence over the *same* connection with a random nonce and checks that the evidence
 echoes the nonce and names the key of that connection's certificate.
 
+With ``--manifest M --release-key PEM`` (docs/REPRODUCIBLE.md) the report also names the
+build (image digest, commit) when the server's measurement id is one a verified build
+manifest predicts.
+
 Collateral: ``--collateral`` / ``--pccs`` / ``--kds`` when given; otherwise what the
 evidence carries (the certificate's endorsements extension, the evidence's SEV-SNP
 certificate table; for the nonce evidence of an Intel TEE also its certificate's
