@@ -26,6 +26,8 @@ working, and carries its context as attributes rather than only in the message.
     ├── PolicyError (ValueError)          a policy value or RPC answer is malformed
     ├── ReceiptError (ValueError)         a receipt is malformed or does not verify
     ├── SigningKeyError (ValueError)      the receipt signing key is missing or unusable
+    ├── ReleaseError (ValueError)         a prediction input, build manifest or release key is
+    │                                     malformed, or a manifest's signature does not verify
     ├── ImageBuildError (RuntimeError)    the release image cannot be built; .step names where
     └── ClusterError                      cluster coordination (etcd, shared secrets)
         ├── EtcdError (OSError)           no etcd endpoint answered, or it refused
@@ -60,6 +62,7 @@ __all__ = [
     "QuoteRateLimited",
     "RaTlsError",
     "ReceiptError",
+    "ReleaseError",
     "RollbackError",
     "SealError",
     "SealingUnavailable",
@@ -167,6 +170,11 @@ class PolicyError(CertmgrError, ValueError):
 
 class ReceiptError(CertmgrError, ValueError):
     """A receipt is malformed, or does not verify (the message says which check failed)."""
+
+
+class ReleaseError(CertmgrError, ValueError):
+    """A prediction input, a build manifest or a release key is malformed, or a manifest's
+    signature does not verify (the message says which)."""
 
 
 class SigningKeyError(CertmgrError, ValueError):

@@ -9,6 +9,10 @@ name, takes the certificate presented, verifies it as an RA-TLS certificate, the
 fresh evidence over the *same* connection with a random nonce and checks that the evidence
 echoes the nonce and names the key of that connection's certificate.
 
+With ``--manifest M --release-key PEM`` (docs/REPRODUCIBLE.md) the report also names the
+build (image digest, commit) when the server's measurement id is one a verified build
+manifest predicts.
+
 Collateral: ``--collateral`` / ``--pccs`` / ``--kds`` when given; otherwise what the
 evidence carries (the certificate's endorsements extension, the evidence's SEV-SNP
 certificate table; for the nonce evidence of an Intel TEE also its certificate's
@@ -67,8 +71,10 @@ from certmgr.attest.verify import (
     verify_gpu_verdict,
     verify_quote_verdict,
 )
-from certmgr.errors import EvidenceError, QuoteError, RaTlsError, VerifyError
+from certmgr.errors import EvidenceError, QuoteError, RaTlsError, ReleaseError, VerifyError
 from certmgr.policy.allowlist import load_allowlist
+from certmgr.release.manifest import BuildManifest
+from proxy.cli.manifest import load_manifests
 from proxy.errors import UsageError
 
 __all__ = [
@@ -77,6 +83,7 @@ __all__ = [
     "add_attest_options",
     "add_parsers",
     "attest",
+    "cmd_measure",
     "demo_attestation_text",
 ]
 
@@ -175,6 +182,13 @@ def _print(verdict_json: dict[str, Any], as_json: bool) -> None:
         for key in ("app_id", "compose_hash", "instance_id", "os_image_hash", "usage"):
             if app.get(key):
                 print(f"  dstack {key}: {app[key]}")
+    build = verdict_json.get("build")
+    if isinstance(build, dict):
+        if build.get("known"):
+            print(f"build:    {build['image']} commit {build['commit']}")
+            print(f"          ({build['target']} in {build['manifest']}, release key verified)")
+        else:
+            print("build:    not in any given manifest")
     if "collateral_source" in verdict_json:
         print(f"collateral: {verdict_json['collateral_source'] or 'none'}")
     for f in verdict_json.get("failures", []):
@@ -478,12 +492,45 @@ def _evidence_devices(body: bytes) -> tuple[DeviceEvidence, ...]:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     try:
+        manifests = _manifests(args)
         result = attest(args)
-    except UsageError as e:
+    except (UsageError, ReleaseError) as e:
         print(f"teeproxy verify: {e}", file=sys.stderr)
         return 2
+    if manifests:
+        m = result.verdict.measurement
+        result.report["build"] = _build_of(manifests, measurement_id(m) if m else None)
     _print(result.report, args.json)
     return 0 if result.trusted else 1
+
+
+def _manifests(args: argparse.Namespace) -> list[tuple[str, BuildManifest]]:
+    """The ``--manifest`` files, each verified under a ``--release-key`` (required)."""
+    paths = getattr(args, "manifest", None) or []
+    if not paths:
+        if getattr(args, "release_key", None):
+            raise UsageError("--release-key goes with --manifest")
+        return []
+    return list(zip(paths, load_manifests(paths, args.release_key or []), strict=True))
+
+
+def _build_of(manifests: list[tuple[str, BuildManifest]], mid: bytes | None) -> dict[str, Any]:
+    """What the verified manifests say about the build whose measurement id is ``mid``."""
+    if mid is not None:
+        for path, m in manifests:
+            p = m.target_for(mid)
+            if p is not None:
+                return {
+                    "known": True,
+                    "manifest": path,
+                    "target": p.target,
+                    "image": f"{m.image_name}@{m.image_digest}",
+                    "image_digest": m.image_digest,
+                    "commit": m.commit,
+                    "source_date_epoch": m.source_date_epoch,
+                    "release_key_id": m.key_id,
+                }
+    return {"known": False, "manifests": [path for path, _ in manifests]}
 
 
 def cmd_verify_oyster(args: argparse.Namespace) -> int:
@@ -623,6 +670,16 @@ def add_parsers(sub: Any) -> None:
     v.add_argument("--timeout", type=float, default=10.0)
     v.add_argument("--no-nonce", action="store_true", help="skip the fresh-evidence (nonce) check")
     v.add_argument(
+        "--manifest",
+        action="append",
+        metavar="FILE",
+        help="a signed build manifest: report the image digest and commit of the build "
+        "whose measurement id it predicts (needs --release-key)",
+    )
+    v.add_argument(
+        "--release-key", action="append", metavar="PEM", help="release public key of manifests"
+    )
+    v.add_argument(
         "--require-nonce",
         action="store_true",
         help="fail when no fresh evidence can be asked for (a dstack app's certificate)",
@@ -685,11 +742,6 @@ def add_parsers(sub: Any) -> None:
     o.add_argument("--timeout", type=float, default=10.0)
     _common(o, collateral=False)
     o.set_defaults(func=cmd_verify_oyster, nitro_max_age=300.0)
-
-    m = sub.add_parser("measure", help="print the measurement id (bytes32) of a quote")
-    m.add_argument("file")
-    m.add_argument("--json", action="store_true", help="also print the registers")
-    m.set_defaults(func=cmd_measure)
 
 
 def demo_attestation_text(cfg: Any, port: int) -> str:

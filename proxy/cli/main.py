@@ -1,8 +1,8 @@
 """``teeproxy``: the command line, and the entry point of every teeproxy process.
 
 ``serve``, ``check-config`` and ``print-default-config`` are here; the other commands live
-in their own modules (``demo``, ``verify``/``measure``, ``caa``, ``policy``, ``receipt``,
-``cluster``, ``build-image``),
+in their own modules (``demo``, ``verify``, ``measure``, ``release``/``verify-build``,
+``caa``, ``policy``, ``receipt``, ``cluster``, ``build-image``),
 each adding its parsers. The CLI sits on top of the house and may import anything.
 
 Modules that import prometheus_client (every control-plane and data-plane module, through
@@ -25,6 +25,8 @@ from proxy.cli import acme as cli_acme
 from proxy.cli import attest as cli_attest
 from proxy.cli import cluster as cli_cluster
 from proxy.cli import demo as cli_demo
+from proxy.cli import manifest as cli_manifest
+from proxy.cli import measure as cli_measure
 from proxy.cli import policy as cli_policy
 from proxy.cli import receipt as cli_receipt
 from proxy.cli import release as cli_release
@@ -98,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_demo.add_parser(sub)
     cli_attest.add_parsers(sub)
+    cli_measure.add_parsers(sub)
+    cli_manifest.add_parsers(sub)
     cli_acme.add_caa_parser(sub)
     cli_policy.add_parsers(sub)
     cli_receipt.add_parsers(sub)
@@ -107,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = cli_measure.legacy_argv(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     rc: int = args.func(args)
     return rc

@@ -2,6 +2,11 @@
 
 See docs/GOVERNANCE.md.
 
+``allow --from-manifest MANIFEST --release-key PEM`` verifies a build manifest's DSSE
+signature (docs/REPRODUCIBLE.md) before anything else, then allows exactly the measurement
+ids it predicts, labelled with target, image digest and commit; a manifest that does not
+verify is refused and nothing is unlocked or sent.
+
 Subcommands: ``create-keystore``, ``deploy``, ``allow``, ``revoke``, ``replace``, ``list``,
 ``status``, ``set-guardian``, ``transfer-ownership``, ``accept-ownership``; and for receipts
 (docs/GOVERNANCE.md "Receipt signers"): ``register-signer https://HOST``,
@@ -42,17 +47,19 @@ from pathlib import Path
 from typing import Any
 
 from certmgr.attest.verify import Reason
-from certmgr.errors import PolicyError
+from certmgr.errors import PolicyError, ReleaseError
 from certmgr.eth import eth_import_guard
 from certmgr.keys import atomic_write
 from certmgr.policy.model import parse_measurement_id
 from proxy.cli.attest import add_attest_options, attest
+from proxy.cli.manifest import load_manifests
 from proxy.errors import UsageError
 
 __all__ = ["add_parsers", "run"]
 
 DEFAULT_PASSWORD_ENV = "TEEPROXY_POLICY_PASSWORD"  # noqa: S105 - a variable name
 _MAX_KEYSTORE = 64 * 1024
+_MAX_LABEL = 64  # MeasurementPolicy.MAX_LABEL_BYTES
 
 
 @dataclass(frozen=True)
@@ -94,9 +101,24 @@ def add_parsers(sub: Any) -> None:
     k.add_argument("file")
     d = ps.add_parser("deploy", help="deploy a new policy contract")
     d.add_argument("--owner", help="initial owner (default: the keystore's address)")
-    a = ps.add_parser("allow", help="allow a measurement id")
-    a.add_argument("measurement_id")
+    a = ps.add_parser(
+        "allow", help="allow a measurement id, or the predicted ids of a signed build manifest"
+    )
+    a.add_argument("measurement_id", nargs="?")
     a.add_argument("--label", default="", help="short human label (<= 64 bytes)")
+    a.add_argument(
+        "--from-manifest",
+        metavar="MANIFEST",
+        help="allow exactly the measurement ids a build manifest predicts (its signature "
+        "verified first; the label names target, image digest and commit)",
+    )
+    a.add_argument(
+        "--release-key",
+        action="append",
+        metavar="PEM",
+        help="release public key the manifest must be signed by (required with --from-manifest)",
+    )
+    a.add_argument("--target", action="append", help="only these targets of the manifest")
     r = ps.add_parser("revoke", help="revoke a measurement id (owner or guardian)")
     r.add_argument("measurement_id")
     rp = ps.add_parser("replace", help="revoke OLD and allow NEW in one transaction")
@@ -147,6 +169,9 @@ def _run(args: argparse.Namespace) -> int:
         return asyncio.run(_read(args, target))
     if not target.keystore:
         raise UsageError("--keystore is required to sign a transaction")
+    if args.policy_command == "allow":
+        # The manifest's signature first: nothing is unlocked or sent for one that fails.
+        args.allow_list = _allow_list(args)
     if args.policy_command == "register-signer":
         # The attestation first: no password is asked for a proxy that does not verify.
         args.attested_signer, args.attested_measurement = _attested_signer(args, target)
@@ -161,7 +186,55 @@ def _run(args: argparse.Namespace) -> int:
         if value and value not in ("0", "0x0", "none"):
             _address(value)
     key = _unlock(Path(target.keystore), target.password_env)
+    if args.policy_command == "allow":
+        for mid, label in args.allow_list:
+            args.measurement_id, args.label = mid, label
+            if len(args.allow_list) > 1:
+                print(f"allow {mid} ({label})", flush=True)
+            rc = asyncio.run(_transact(args, target, key))
+            if rc != 0:
+                return rc
+        return 0
     return asyncio.run(_transact(args, target, key))
+
+
+def manifest_label(target: str, image_digest: str, commit: str) -> str:
+    """The on-chain label of a manifest's id: target, image digest and commit, shortened to
+    the contract's 64-byte limit (12 hex digits of each name them unambiguously enough for a
+    person; the manifest holds the full values)."""
+    label = f"{target} img:{image_digest.removeprefix('sha256:')[:12]} git:{commit[:12]}"
+    return label.encode()[:_MAX_LABEL].decode("ascii", "ignore")
+
+
+def _allow_list(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(measurement id, label) pairs to allow: the one given, or a verified manifest's."""
+    if not args.from_manifest:
+        if not args.measurement_id:
+            raise UsageError("give a measurement id or --from-manifest MANIFEST")
+        if args.release_key or args.target:
+            raise UsageError("--release-key and --target go with --from-manifest")
+        return [(args.measurement_id, args.label)]
+    if args.measurement_id:
+        raise UsageError("give a measurement id or --from-manifest, not both")
+    try:
+        [m] = load_manifests([args.from_manifest], args.release_key or [])
+    except ReleaseError as e:
+        raise UsageError(f"manifest refused, nothing sent: {e}") from e
+    wanted = set(args.target or ())
+    unknown = wanted - {p.target for p in m.predictions}
+    if unknown:
+        raise UsageError(f"the manifest predicts no target {', '.join(sorted(unknown))}")
+    out = [
+        (p.measurement_id, args.label or manifest_label(p.target, m.image_digest, m.commit))
+        for p in m.predictions
+        if not wanted or p.target in wanted
+    ]
+    print(
+        f"manifest {args.from_manifest}: signature OK (key {m.key_id[:16]}), image "
+        f"{m.image_digest}, commit {m.commit}",
+        flush=True,
+    )
+    return out
 
 
 def _target(args: argparse.Namespace) -> Target:
