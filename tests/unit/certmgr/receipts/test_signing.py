@@ -136,7 +136,15 @@ def test_no_key_material_in_repr_or_pickle() -> None:
     with pytest.raises(TypeError):
         pickle.dumps(key)
     public = {name for name in dir(key) if not name.startswith("_")}
-    assert public == {"address", "address_hex", "sign_digest", "generate", "from_private_bytes"}
+    # sealed_with hands the scalar to a sealing function only (the cluster key seals it).
+    assert public == {
+        "address",
+        "address_hex",
+        "sign_digest",
+        "generate",
+        "from_private_bytes",
+        "sealed_with",
+    }
 
 
 def _raw_scalar(state: Path) -> bytes:

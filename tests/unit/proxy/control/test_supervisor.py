@@ -47,7 +47,7 @@ async def test_monitor_restarts_every_dead_worker_in_one_pass(
         sup._workers.append((FakeProc(100 + len(spawned), alive=True), FakeConn()))  # type: ignore[arg-type]
 
     monkeypatch.setattr(sup, "_spawn_worker", fake_spawn)
-    task = spawn(sup._monitor(None), "test-monitor")
+    task = spawn(sup._monitor(), "test-monitor")
     try:
         async with asyncio.timeout(5):
             while len(spawned) < 2 and not task.done():  # noqa: ASYNC110
