@@ -163,6 +163,7 @@ class ClusterMember:
         self.keys: dict[int, bytes] = {}
         self.epoch = 0
         self._epoch_mod = 0
+        self._epoch_policy_version = 0
         self.lease = 0
         self._lock_rev = 0
         self.renewer: str | None = None
@@ -420,10 +421,29 @@ class ClusterMember:
 
     # -- the key --------------------------------------------------------------------------
 
+    def _policy_version(self) -> int:
+        snapshot = self.governor.snapshot
+        return snapshot.version if snapshot is not None else 0
+
     def _epoch_record(self, epoch: int) -> bytes:
+        # The policy version the epoch's creator judged the members by: a member whose
+        # snapshot is older admits nobody to this epoch until it catches up (else a member
+        # lagging behind a revocation would wrap the new key to the revoked replica).
         return json.dumps(
-            {"format": "teeproxy-cluster-epoch/1", "epoch": epoch, "by": self.me}
+            {
+                "format": "teeproxy-cluster-epoch/1",
+                "epoch": epoch,
+                "by": self.me,
+                "policy_version": self._policy_version(),
+            }
         ).encode()
+
+    @staticmethod
+    def _epoch_policy(kv: KeyValue) -> int:
+        """The epoch record's ``policy_version`` (0 when absent; the record was checked)."""
+        doc = json.loads(kv.value)
+        pv = doc.get("policy_version", 0) if isinstance(doc, dict) else 0
+        return pv if isinstance(pv, int) and not isinstance(pv, bool) and pv >= 0 else 0
 
     @staticmethod
     def _parse_epoch(kv: KeyValue) -> int:
@@ -472,6 +492,7 @@ class ClusterMember:
         if kv is None:
             return False
         epoch = self._parse_epoch(kv)
+        self._epoch_policy_version = self._epoch_policy(kv)
         try:
             self.watermarks.check("epoch", epoch)
         except ClusterError as e:
@@ -523,6 +544,7 @@ class ClusterMember:
             return
         records = await self._records()
         wraps = await self._wraps(self.epoch)
+        lagging = self._policy_version() < self._epoch_policy_version
         view: dict[str, dict[str, Any]] = {}
         for mid_, rec in records.items():
             if mid_ == self.me:
@@ -572,6 +594,16 @@ class ClusterMember:
                 continue
             self.refused.pop(mid_, None)
             if current and existing is not None and existing.by in records:
+                continue
+            if lagging:
+                log.info(
+                    "cluster: not releasing epoch %d to %s before this member's policy "
+                    "(version %d) reaches the epoch's (version %d)",
+                    self.epoch,
+                    mid_,
+                    self._policy_version(),
+                    self._epoch_policy_version,
+                )
                 continue
             wrap = WrapRecord(
                 self.epoch,
@@ -645,6 +677,7 @@ class ClusterMember:
         self.keys = {e: keys[e] for e in sorted(keys)[-MAX_EPOCHS:]}
         self.epoch = new
         self._epoch_mod = got.revision
+        self._epoch_policy_version = self._policy_version()
         self.rotations += 1
         await self._note("epoch", new)
         metrics.CLUSTER_KEY_EPOCH.set(new)
