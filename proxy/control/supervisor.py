@@ -44,7 +44,7 @@ from proxy.log import server_log as log
 from proxy.runtime import Runtime, build_runtime
 from proxy.tasks import spawn
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "advertised_url"]
 
 
 def _reserve(addr: ListenAddress) -> socket.socket:

@@ -43,7 +43,6 @@ import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from cryptography.hazmat.primitives import serialization
-from eth_account import Account
 
 from certmgr.keys import InsecureDevSealer, load_sealed_key
 from certmgr.receipts.format import Receipt
@@ -441,7 +440,7 @@ async def test_fleet_of_three(
         keystore = tmp_path / "owner.json"
         await asyncio.to_thread(  # scrypt: off the event loop
             lambda: keystore.write_text(
-                json.dumps(Account.encrypt(owner_key.key, PASSWORD, kdf="pbkdf2", iterations=1000))
+                json.dumps(owner_key.encrypt(PASSWORD, kdf="pbkdf2", iterations=1000))
             )
         )
         monkeypatch.setenv("TEEPROXY_POLICY_PASSWORD", PASSWORD)
