@@ -271,7 +271,11 @@ class Supervisor:
         try:
             await asyncio.to_thread(prepare_certificates, self.cfg, runtime)
         except ConfigError as e:
-            log.error("RA-TLS certificate for the new receipt signer failed (retried): %s", e)
+            log.error(
+                "RA-TLS certificate naming the new receipt signer failed; the current one "
+                "names the old signer until its next renewal: %s",
+                e,
+            )
         await self.reload_workers()
         log.info("workers sign receipts with %s", key.address_hex)
 
