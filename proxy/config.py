@@ -283,6 +283,8 @@ class ClusterConfig:
     key_wait: float = 120.0
     trust_dev_keys: tuple[str, ...] = ()
     max_value_size: int = 1024 * 1024
+    shared_signing_key: bool = False
+    advertise_url: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,6 +633,22 @@ def validate_cluster(cfg: Config) -> None:
         raise ConfigError("governance.mode", "cluster mode needs governance (monitor or enforce)")
     if cfg.attestation.provider == "none":
         raise ConfigError("attestation.provider", "cluster mode needs attestation (key release)")
+    if c.shared_signing_key and not cfg.receipts.enabled:
+        raise ConfigError(
+            "cluster.shared_signing_key", "a shared receipt signing key needs [receipts] enabled"
+        )
+    if c.advertise_url:
+        parts = urlsplit(c.advertise_url)
+        if (
+            parts.scheme != "https"
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or len(c.advertise_url) > 200
+        ):
+            raise ConfigError(
+                "cluster.advertise_url", f"expected https://host[:port], got {c.advertise_url!r}"
+            )
 
 
 def validate_governance(g: GovernanceConfig) -> None:

@@ -55,6 +55,8 @@ __all__ = [
     "CLUSTER_RENEWER",
     "CLUSTER_ROLLBACKS",
     "CLUSTER_ROTATIONS",
+    "CLUSTER_SIGNER",
+    "CLUSTER_SIGNER_VERSION",
     "CONNECTIONS_OPEN",
     "CONNECTIONS_REJECTED",
     "OPEN_STREAMS",
@@ -175,6 +177,18 @@ CLUSTER_ROTATIONS = Counter("teeproxy_cluster_key_rotations", "Cluster key rotat
 CLUSTER_REFUSALS = Counter(
     "teeproxy_cluster_key_refusals",
     "Join records refused the key (evidence or policy), counted once per new reason.",
+)
+CLUSTER_SIGNER = Gauge(
+    "teeproxy_cluster_receipt_signer",
+    "1 for the receipt signing address this replica's receipts name (the fleet's with "
+    "shared_signing_key, else its own); 0 for one it used before.",
+    ["address"],
+    multiprocess_mode="max",
+)
+CLUSTER_SIGNER_VERSION = Gauge(
+    "teeproxy_cluster_receipt_signer_version",
+    "Version of the fleet's shared receipt signer installed here (0: none or per replica).",
+    multiprocess_mode="max",
 )
 CLUSTER_ROLLBACKS = Counter(
     "teeproxy_cluster_rollbacks", "Values or epochs from etcd older than already seen: refused."

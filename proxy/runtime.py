@@ -6,7 +6,9 @@ passed to the parts that use them, never rebuilt by each part. A :class:`Runtime
 - the **sealer** ``[sealing]`` selects (the key stored private keys are sealed under);
 - the **quote provider** ``[attestation]`` selects (None: no TEE interface, or "none");
 - this TEE's **measurement id**, read from one fresh quote (None without a provider);
-- the **receipt signing key** (None when receipts are off or there is no provider);
+- the **receipt signing key** (None when receipts are off or there is no provider; in
+  cluster mode with ``[cluster] shared_signing_key``, the fleet's key: the supervisor
+  starts without one and installs it once the cluster hands it over, workers load it);
 - the **GPU evidence source** ``[attestation] gpu`` selects (NVML; None without GPUs).
 
 The supervisor builds it with ``prepare=True`` (a missing signing key is generated and
@@ -31,7 +33,12 @@ from certmgr.attest.providers.nvml import NvmlGpuSource, load_nvml
 from certmgr.attest.ratls_store import ratls_dir
 from certmgr.errors import QuoteProviderError, SealingUnavailable, SigningKeyError
 from certmgr.keys import InsecureDevSealer, Sealer
-from certmgr.receipts.signing import SigningKey, load_signing_key, prepare_signing_key
+from certmgr.receipts.signing import (
+    SigningKey,
+    load_shared_signing_key,
+    load_signing_key,
+    prepare_signing_key,
+)
 from certmgr.sealing import make_sealer
 from proxy.config import Config
 from proxy.errors import ConfigError
@@ -43,7 +50,9 @@ __all__ = [
     "gpus_for",
     "install_uvloop",
     "provider_for",
+    "reload_signing_key",
     "sealer_for",
+    "shares_signing_key",
     "with_metrics_dir",
 ]
 
@@ -186,6 +195,10 @@ def _signing_key(cfg: Config, sealer: Sealer, *, prepare: bool) -> SigningKey | 
     it instead); a worker logs it and signs nothing."""
     if not cfg.receipts.enabled:
         return None
+    if shares_signing_key(cfg):
+        if prepare:
+            return None  # the cluster hands the fleet's key over (proxy.control.cluster)
+        return reload_signing_key(cfg, sealer)
     try:
         if prepare:
             return prepare_signing_key(cfg.state_dir, sealer)
@@ -193,5 +206,25 @@ def _signing_key(cfg: Config, sealer: Sealer, *, prepare: bool) -> SigningKey | 
     except (SigningKeyError, OSError) as e:
         if prepare:
             raise ConfigError("receipts.enabled", f"receipt signing key: {e}") from e
+        server_log.error("receipts and the evidence's signing address are off: %s", e)
+        return None
+
+
+def shares_signing_key(cfg: Config) -> bool:
+    """Cluster mode with one receipt signing key for the fleet (docs/CLUSTER.md)."""
+    return cfg.cluster.enabled and cfg.cluster.shared_signing_key and cfg.receipts.enabled
+
+
+def reload_signing_key(cfg: Config, sealer: Sealer) -> SigningKey | None:
+    """A worker's receipt signing key as the supervisor left it (blocking): the fleet's,
+    which changes when the cluster replaces it, or this replica's own. None (logged) when
+    it does not load: receipts and the evidence's signing address are then off."""
+    if not cfg.receipts.enabled:
+        return None
+    try:
+        if shares_signing_key(cfg):
+            return load_shared_signing_key(cfg.state_dir, sealer)
+        return load_signing_key(cfg.state_dir, sealer)
+    except (SigningKeyError, OSError) as e:
         server_log.error("receipts and the evidence's signing address are off: %s", e)
         return None

@@ -150,6 +150,12 @@ class JoinRecord:
     measurement_id: str  # as the replica claims it: informative; the verifier decides
     started_at: int
     admin: str = ""  # where `teeproxy cluster status` may look (informative)
+    # Where an operator reaches this replica over HTTPS for a fresh attestation
+    # (`teeproxy policy register-signer --cluster-members`): informative, like ``admin``;
+    # what counts is the attestation verified there.
+    url: str = ""
+    # "shared" (the fleet's receipt signing key) or "own" (this replica's); informative.
+    receipt_signer: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -162,6 +168,8 @@ class JoinRecord:
                 "measurement_id": self.measurement_id,
                 "started_at": self.started_at,
                 "admin": self.admin,
+                "url": self.url,
+                "receipt_signer": self.receipt_signer,
             },
             sort_keys=True,
         ).encode()
@@ -199,7 +207,12 @@ class JoinRecord:
             raise EnvelopeError("join record: bad measurement id or admin address")
         if not isinstance(started, int) or isinstance(started, bool):
             raise EnvelopeError("join record: bad start time")
-        return cls(member, spki, sign, evidence, mid, started, admin[:200])
+        url, signer = doc.get("url", ""), doc.get("receipt_signer", "")
+        if not isinstance(url, str) or len(url) > 200 or (url and not url.startswith("https://")):
+            raise EnvelopeError("join record: bad url")
+        if signer not in ("", "shared", "own"):
+            raise EnvelopeError("join record: bad receipt_signer")
+        return cls(member, spki, sign, evidence, mid, started, admin[:200], url, str(signer))
 
 
 def load_p256(der: bytes, what: str) -> ec.EllipticCurvePublicKey:

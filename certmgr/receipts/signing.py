@@ -11,6 +11,9 @@ Owns the key's life cycle (docs/RECEIPTS.md, docs/ATTESTATION.md "Receipt signin
   the sealed key, or generate one (OS CSPRNG, rejection-sampled into ``[1, n-1]``) and store
   it sealed. Returns the key; the proxy binds its address in the attestation.
 - :func:`load_signing_key` (workers): the same key, unsealed.
+- :func:`store_shared_signing_key` / :func:`load_shared_signing_key`: in cluster mode with
+  ``[cluster] shared_signing_key``, the fleet's key (docs/CLUSTER.md) as the supervisor
+  received it from etcd, sealed again under this TEE's sealer for its workers.
 - :func:`sign_receipt`: a :class:`certmgr.receipts.format.Receipt` signed with such a key (or
   any :class:`DigestSigner`, an eth-account key, or 32 raw key bytes, for tests and tools).
 
@@ -20,6 +23,9 @@ Layout under ``STATE/signing/`` (directory mode 0700)::
                            SEALING_LABEL), mode 0600
     address                "0x" + 40 lowercase hex + newline, mode 0644: for operators only;
                            never read back (the host can write it; the truth is the key)
+    cluster-shared.key.sealed   the fleet's shared key (cluster mode), sealed under its own
+                           label (SHARED_SEALING_LABEL), mode 0600; replaced when the
+                           fleet's key is; cluster-shared.address as ``address``
 
 Fail closed: a key file that exists but does not unseal (another sealing key, another
 provider, corruption, tampering) stops start-up; it is never silently replaced, because its
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, NoReturn, Protocol, runtime_checkable
 
@@ -55,10 +62,15 @@ __all__ = [
     "ADDRESS_FILE",
     "KEY_FILE",
     "SEALING_LABEL",
+    "SHARED_ADDRESS_FILE",
+    "SHARED_KEY_FILE",
+    "SHARED_SEALING_LABEL",
     "SigningKey",
+    "load_shared_signing_key",
     "load_signing_key",
     "prepare_signing_key",
     "signing_dir",
+    "store_shared_signing_key",
 ]
 
 
@@ -67,6 +79,10 @@ ADDRESS_FILE: Final = "address"
 # Dedicated sealing label (bound into the AEAD associated data by certmgr.keys): a blob
 # sealed for another purpose never unseals as the signing key, and vice versa.
 SEALING_LABEL: Final = "teeproxy/receipt-signing/secp256k1/v1"
+SHARED_KEY_FILE: Final = "cluster-shared.key.sealed"
+SHARED_ADDRESS_FILE: Final = "cluster-shared.address"
+# Its own label: the fleet's key never unseals as this replica's own key, nor the reverse.
+SHARED_SEALING_LABEL: Final = "teeproxy/receipt-signing/secp256k1/cluster-shared/v1"
 _MAX_SEALED: Final = 4096  # a sealed 32-byte scalar is about 90 bytes
 _GENERATE_TRIES: Final = 64  # a 256-bit draw falls outside [1, n-1] with p < 2^-127
 
@@ -131,8 +147,17 @@ class SigningKey:
             raise SigningKeyError(f"recovery id {recid} is not representable as v")
         return r + s + bytes([27 + recid])
 
-    def _seal(self, sealer: Sealer) -> bytes:
-        return sealer.seal(self._key.secret, SEALING_LABEL)
+    def sealed_with(self, seal: Callable[[bytes], bytes]) -> bytes:
+        """Hand the 32-byte private scalar to ``seal`` and return what it returns.
+
+        The one way the key leaves this object, for sealing it to something else (the
+        cluster key: :mod:`certmgr.cluster.signer`): ``seal`` must encrypt, and its result
+        is all the caller gets.
+        """
+        return seal(self._key.secret)
+
+    def _seal(self, sealer: Sealer, label: str = SEALING_LABEL) -> bytes:
+        return sealer.seal(self._key.secret, label)
 
     def __repr__(self) -> str:
         return f"SigningKey(address={self.address_hex})"
@@ -149,11 +174,13 @@ def _read_sealed(path: Path) -> bytes:
     return blob
 
 
-def _unseal(path: Path, sealer: Sealer) -> SigningKey:
+def _unseal(path: Path, sealer: Sealer, label: str = SEALING_LABEL) -> SigningKey:
     blob = _read_sealed(path)
     try:
-        raw = sealer.unseal(blob, SEALING_LABEL)
+        raw = sealer.unseal(blob, label)
     except SealError as e:
+        if label != SEALING_LABEL:
+            raise SigningKeyError(f"{path} does not unseal: {e}") from e
         raise SigningKeyError(
             f"{path} does not unseal with the {sealer.provider} sealing provider ({e}). "
             "Refusing to replace it: its address may be registered on chain. To rotate the "
@@ -165,9 +192,9 @@ def _unseal(path: Path, sealer: Sealer) -> SigningKey:
     return SigningKey(coincurve.PrivateKey(raw))
 
 
-def _write_address(d: Path, key: SigningKey) -> None:
+def _write_address(d: Path, key: SigningKey, name: str = ADDRESS_FILE) -> None:
     text = (key.address_hex + "\n").encode("ascii")
-    path = d / ADDRESS_FILE
+    path = d / name
     try:
         with path.open("rb") as f:
             if f.read(len(text) + 1) == text:  # public data: no constant-time need
@@ -209,6 +236,28 @@ def load_signing_key(state_dir: str | Path, sealer: Sealer) -> SigningKey:
     if not path.exists():
         raise SigningKeyError(f"{path}: no receipt signing key (the supervisor makes it)")
     return _unseal(path, sealer)
+
+
+def store_shared_signing_key(state_dir: str | Path, sealer: Sealer, key: SigningKey) -> None:
+    """Supervisor step in cluster mode (blocking): the fleet's key, sealed for the workers.
+
+    Replaces ``STATE/signing/cluster-shared.key.sealed`` (atomically: a worker reading it
+    sees the old key or the new one) and writes ``cluster-shared.address``.
+    """
+    d = signing_dir(state_dir)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(d, 0o700)
+    atomic_write(d / SHARED_KEY_FILE, key._seal(sealer, SHARED_SEALING_LABEL), mode=0o600)
+    _write_address(d, key, SHARED_ADDRESS_FILE)
+
+
+def load_shared_signing_key(state_dir: str | Path, sealer: Sealer) -> SigningKey:
+    """Worker step in cluster mode (blocking): the key :func:`store_shared_signing_key`
+    stored, unsealed."""
+    path = signing_dir(state_dir) / SHARED_KEY_FILE
+    if not path.exists():
+        raise SigningKeyError(f"{path}: no shared receipt signing key (the supervisor makes it)")
+    return _unseal(path, sealer, SHARED_SEALING_LABEL)
 
 
 # -- signing receipts -------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Members and the measurement each one's evidence verified to, the policy verdict on it now,
 whether it holds the current key, the key epoch, the renewer and the fleet's certificate
-version. It reads ``GET /cluster`` of the replica's admin listener (loopback or a unix
+version, and the receipt signer (the fleet's shared address, with the one it replaced, or
+each member's own). It reads ``GET /cluster`` of the replica's admin listener (loopback or a unix
 socket, never etcd directly: only a replica inside a TEE can verify its peers' evidence and
 read what is sealed in etcd). ``--json`` prints the document as it came.
 """
@@ -34,6 +35,7 @@ def format_status(doc: dict[str, Any]) -> str:
         f"renewer:      {doc.get('renewer') or '-'}",
         f"certificate:  version {doc.get('certificate_version')}",
         f"etcd:         {doc.get('etcd_endpoint')}",
+        *_signer_lines(doc.get("receipt_signer")),
         "members:",
     ]
     members = doc.get("members")
@@ -43,11 +45,33 @@ def format_status(doc: dict[str, Any]) -> str:
         verdict = m.get("verdict")
         key = "has key" if m.get("has_key") else "no key"
         lines.append(f"  {mid:<20} {m.get('measurement_id')}  {verdict}, {key}")
+        if m.get("signing_address"):
+            lines.append(f"  {'':<20} receipt signer {m['signing_address']}")
         for reason in m.get("reasons") or []:
             lines.append(f"  {'':<20} - {reason}")
         if m.get("policy"):
             lines.append(f"  {'':<20} policy: {m['policy']}")
     return "\n".join(lines) + "\n"
+
+
+def _signer_lines(signer: object) -> list[str]:
+    if not isinstance(signer, dict):
+        return []
+    mode = signer.get("mode")
+    if mode != "shared":
+        return [
+            f"receipts:     {mode}, signer {signer.get('address') or '-'} (each member its own)"
+        ]
+    lines = [
+        f"receipts:     shared signer {signer.get('address') or '- (not installed)'} "
+        f"(version {signer.get('version')}, sealed under epoch {signer.get('epoch')})"
+    ]
+    if signer.get("previous"):
+        lines.append(
+            f"              replaced {signer['previous']}: unregister it on chain "
+            f"(teeproxy policy unregister-signer {signer['previous']})"
+        )
+    return lines
 
 
 async def _fetch(admin: str) -> dict[str, Any]:

@@ -9,8 +9,8 @@ verify is refused and nothing is unlocked or sent.
 
 Subcommands: ``create-keystore``, ``deploy``, ``allow``, ``revoke``, ``replace``, ``list``,
 ``status``, ``set-guardian``, ``transfer-ownership``, ``accept-ownership``; and for receipts
-(docs/GOVERNANCE.md "Receipt signers"): ``register-signer https://HOST``,
-``unregister-signer ADDRESS``, ``signer ADDRESS``.
+(docs/GOVERNANCE.md "Receipt signers"): ``register-signer https://HOST...`` (or
+``--cluster-members``), ``unregister-signer ADDRESS``, ``signer ADDRESS``.
 
 ``register-signer`` never takes an address or a measurement id from the operator: it first
 verifies the proxy's attestation exactly as ``teeproxy verify`` does (``proxy.cli.attest.attest``:
@@ -19,6 +19,15 @@ options), refuses unless that verdict is trusted, and registers the signing addr
 measurement id the verified attestation names. With no measurement option of its own
 (``--allowlist``, ``--policy-rpc``, ``--any-measurement``) the measurement is judged by the
 very contract it registers in; the contract also refuses a measurement that is not allowed.
+
+For a set of replicas (several URLs, or ``--cluster-members``: the members' join records in
+etcd, each naming the URL it is reached at) every replica is verified that way, and the
+registration is **all or nothing**: one replica that cannot be verified, is not trusted or
+attests no signer, and nothing is registered (exit 1; the report lists each replica). The
+distinct (signer, measurement) pairs are then registered, one transaction each: once for a
+fleet's shared key, whose members must all report the same address (``--shared``, implied
+when the join records say so), one per replica with per-replica keys. A pair the contract
+already holds is skipped. ``--dry-run`` previews every transaction.
 
 Signing keys live only in an encrypted JSON keystore (Web3 Secret Storage, as geth and
 eth-account write it). The password comes from an environment variable (default
@@ -47,15 +56,18 @@ from pathlib import Path
 from typing import Any
 
 from certmgr.attest.verify import Reason
-from certmgr.errors import PolicyError, ReleaseError
+from certmgr.cluster.etcd import EtcdClient
+from certmgr.cluster.keyrelease import JoinRecord
+from certmgr.errors import EnvelopeError, EtcdError, PolicyError, ReleaseError
 from certmgr.eth import eth_import_guard
 from certmgr.keys import atomic_write
 from certmgr.policy.model import parse_measurement_id
 from proxy.cli.attest import add_attest_options, attest
 from proxy.cli.manifest import load_manifests
-from proxy.errors import UsageError
+from proxy.config import load
+from proxy.errors import ConfigError, UsageError
 
-__all__ = ["add_parsers", "run"]
+__all__ = ["add_parsers", "plan_registrations", "run"]
 
 DEFAULT_PASSWORD_ENV = "TEEPROXY_POLICY_PASSWORD"  # noqa: S105 - a variable name
 _MAX_KEYSTORE = 64 * 1024
@@ -138,7 +150,22 @@ def add_parsers(sub: Any) -> None:
         help="verify a proxy's attestation, then register its receipt signing address for "
         "its measurement (owner)",
     )
-    rs.add_argument("url", help="https://HOST[:PORT] of the proxy")
+    rs.add_argument("urls", nargs="*", metavar="URL", help="https://HOST[:PORT] of each proxy")
+    rs.add_argument(
+        "--cluster-members",
+        action="store_true",
+        help="every member of a cluster (its join records in etcd, at the URLs they name)",
+    )
+    rs.add_argument("--etcd", action="append", default=[], metavar="URL", help="etcd endpoint")
+    rs.add_argument("--cluster", default="", metavar="NAME", help="the cluster's name")
+    rs.add_argument(
+        "--config", "-c", default="", help="or: the [cluster] settings of this teeproxy config"
+    )
+    rs.add_argument(
+        "--shared",
+        action="store_true",
+        help="all replicas must attest one signing address (the fleet's shared key)",
+    )
 
     add_attest_options(rs)  # the trust options of `teeproxy verify`; its --timeout connects
     us = ps.add_parser("unregister-signer", help="unregister a receipt signer (owner or guardian)")
@@ -174,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
         args.allow_list = _allow_list(args)
     if args.policy_command == "register-signer":
         # The attestation first: no password is asked for a proxy that does not verify.
-        args.attested_signer, args.attested_measurement = _attested_signer(args, target)
+        args.registrations = _attested_set(args, target)
     # Bad arguments fail before the password is asked for.
     for name in ("measurement_id", "old", "new"):
         if getattr(args, name, None):
@@ -421,6 +448,130 @@ def _attested_signer(args: argparse.Namespace, target: Target) -> tuple[bytes, b
     return signer, mid
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One replica to verify: a label for the report and the URL it is reached at."""
+
+    label: str
+    url: str
+    shared: bool = False  # its join record says it signs with the fleet's key
+    problem: str = ""  # why it cannot be verified at all (no URL advertised)
+
+
+def _cluster_replicas(args: argparse.Namespace) -> list[Replica]:
+    """The members' join records under ``/teeproxy/NAME/members/`` (etcd is untrusted: the
+    records only say where to look; the attestation verified there is what counts)."""
+
+    endpoints, name = list(args.etcd), args.cluster
+    if args.config:
+        try:
+            c = load(args.config).cluster
+        except ConfigError as e:
+            raise UsageError(f"{args.config}: {e}") from e
+        endpoints, name = endpoints or list(c.etcd_endpoints), name or c.name
+    if not endpoints or not name:
+        raise UsageError("--cluster-members needs --etcd URL and --cluster NAME (or -c CONFIG)")
+
+    async def read() -> list[tuple[bytes, bytes]]:
+        client = EtcdClient(tuple(endpoints), timeout=args.timeout)
+        try:
+            kvs, _ = await client.get_prefix(f"/teeproxy/{name}/members/".encode())
+            return [(kv.key, kv.value) for kv in kvs]
+        finally:
+            await client.close()
+
+    try:
+        kvs = asyncio.run(read())
+    except EtcdError as e:
+        raise UsageError(f"cannot read the members of cluster {name!r} from etcd: {e}") from e
+    out: list[Replica] = []
+    for key, value in kvs:
+        label = key.decode(errors="replace").rsplit("/", 1)[-1][:64]
+        try:
+            rec = JoinRecord.parse(value)
+        except EnvelopeError as e:
+            out.append(Replica(label, "", problem=f"unreadable join record: {e}"))
+            continue
+        if rec.member_id != label:
+            out.append(Replica(label, "", problem=f"join record names {rec.member_id!r}"))
+            continue
+        problem = "" if rec.url else "advertises no URL (set [cluster] advertise_url)"
+        out.append(Replica(label, rec.url, rec.receipt_signer == "shared", problem))
+    if not out:
+        raise UsageError(f"cluster {name!r} has no members in etcd; nothing registered")
+    return out
+
+
+def _attested_set(args: argparse.Namespace, target: Target) -> list[tuple[bytes, bytes]]:
+    """Verify every replica (URLs and/or ``--cluster-members``); the distinct (signing
+    address, measurement id) pairs to register. All or nothing: raises
+    :class:`UsageError` listing the replicas that failed, and registers none."""
+    replicas = [Replica(u, u) for u in args.urls]
+    if args.cluster_members:
+        replicas += _cluster_replicas(args)
+    if not replicas:
+        raise UsageError("register-signer: give one or more https://HOST URLs or --cluster-members")
+    if len(replicas) == 1 and not replicas[0].problem:
+        args.url = replicas[0].url
+        return [_attested_signer(args, target)]
+    good: dict[str, tuple[bytes, bytes]] = {}
+    failed: list[str] = []
+    out = sys.stderr if args.dry_run else sys.stdout
+    for r in replicas:
+        if r.problem:
+            failed.append(f"{r.label}: {r.problem}")
+            continue
+        one = argparse.Namespace(**vars(args))
+        one.url = r.url
+        try:
+            good[r.label] = _attested_signer(one, target)
+        except UsageError as e:
+            failed.append(f"{r.label}: {e}")
+    shared = args.shared or any(r.shared for r in replicas)
+    pairs = plan_registrations(good, failed, len(replicas), shared=shared)
+    print(
+        f"{len(replicas)} replicas verified: {len(pairs)} signer(s) to register"
+        + (" (shared key)" if shared else ""),
+        file=out,
+        flush=True,
+    )
+    return pairs
+
+
+def plan_registrations(
+    good: dict[str, tuple[bytes, bytes]], failed: list[str], total: int, *, shared: bool
+) -> list[tuple[bytes, bytes]]:
+    """The distinct (signer, measurement id) pairs to register for a set of replicas
+    (``good``: label -> attested pair; ``failed``: the replicas that were not), or a
+    :class:`UsageError` naming every problem: all or nothing (pure)."""
+    failed = list(failed)
+    addresses = {signer for signer, _ in good.values()}
+    if shared and len(addresses) > 1:
+        listing = ", ".join(f"{k} 0x{v[0].hex()}" for k, v in sorted(good.items()))
+        failed.append(
+            f"the replicas share one signing key but attest {len(addresses)} addresses "
+            f"({listing}): a replacement in progress? retry when `teeproxy cluster status` "
+            "shows one"
+        )
+    by_signer: dict[bytes, set[bytes]] = {}
+    for signer, mid in good.values():
+        by_signer.setdefault(signer, set()).add(mid)
+    for signer, mids in sorted(by_signer.items()):
+        if len(mids) > 1:
+            failed.append(
+                f"0x{signer.hex()} is attested for {len(mids)} measurements "
+                f"({', '.join('0x' + m.hex() for m in sorted(mids))}); a signer is registered "
+                "for one: run the replicas of one build per shared key"
+            )
+    if failed:
+        lines = "".join(f"\n  - {f}" for f in failed)
+        raise UsageError(
+            f"{total - len(good)} of {total} replicas not verified, or the set is not "
+            f"consistent; nothing registered:{lines}"
+        )
+    return sorted((signer, next(iter(mids))) for signer, mids in by_signer.items())
+
+
 # -- transactions ------------------------------------------------------------------------------
 
 
@@ -440,9 +591,6 @@ def _call_for(args: argparse.Namespace, c: Any, sender: str) -> tuple[str, Any]:
         return "transferOwnership", c.functions.transferOwnership(_address(args.new_owner))
     if cmd == "accept-ownership":
         return "acceptOwnership", c.functions.acceptOwnership()
-    if cmd == "register-signer":
-        signer = _address("0x" + args.attested_signer.hex())
-        return "registerSigner", c.functions.registerSigner(signer, args.attested_measurement)
     if cmd == "unregister-signer":
         return "unregisterSigner", c.functions.unregisterSigner(_address(args.signer))
     raise UsageError(f"unknown command {cmd} for {sender}")
@@ -482,74 +630,137 @@ async def _transact(args: argparse.Namespace, target: Target, acct: Any) -> int:
             owner = _address(args.owner) if args.owner else sender
             name = "deploy"
             fn = w3.eth.contract(abi=ABI, bytecode=BYTECODE).constructor(owner)
+        elif args.policy_command == "register-signer":
+            c = w3.eth.contract(address=w3.to_checksum_address(target.address), abi=ABI)
+            return await _register_signers(args, target, w3, c, acct=acct, chain_id=chain_id)
         else:
             c = w3.eth.contract(address=w3.to_checksum_address(target.address), abi=ABI)
             name, fn = _call_for(args, c, sender)
-            if args.policy_command == "register-signer":
-                mid = args.attested_measurement
-                if not await c.functions.isAllowed(mid).call():
-                    raise UsageError(
-                        f"measurement 0x{mid.hex()} is not allowed by {target.address}: "
-                        f"allow it first (`teeproxy policy allow 0x{mid.hex()}`); "
-                        "nothing registered"
-                    )
         try:
             gas = await fn.estimate_gas({"from": sender})
         except ContractLogicError as e:
             print(f"teeproxy policy: {name} would revert: {_revert_text(e)}", file=sys.stderr)
             return 1
-        latest = await w3.eth.get_block("latest")
-        base = int(latest.get("baseFeePerGas", 0) or 0)
-        tip = int(await w3.eth.max_priority_fee)
-        tx = await fn.build_transaction(
-            {
-                "from": sender,
-                "chainId": chain_id,
-                "nonce": await w3.eth.get_transaction_count(sender, "pending"),
-                "gas": gas * 6 // 5,  # 20 % headroom over the estimate
-                "maxPriorityFeePerGas": tip,
-                "maxFeePerGas": 2 * base + tip,
-            }
-        )
+        nonce = await w3.eth.get_transaction_count(sender, "pending")
+        tx = await _build(w3, fn, sender, chain_id=chain_id, gas=gas, nonce=nonce)
         if args.dry_run:
-            shown = {k: (v if isinstance(v, int | str) else str(v)) for k, v in tx.items()}
-            print(json.dumps({"function": name, "transaction": shown}, indent=2, sort_keys=True))
+            print(json.dumps(_shown(name, tx), indent=2, sort_keys=True))
             return 0
-        signed = acct.sign_transaction(tx)
-        tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
-        print(f"sent {name}: 0x{bytes(tx_hash).hex()}", flush=True)
-        receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=args.tx_timeout)
-        if receipt["status"] != 1:
-            # Reverted after a successful estimate (someone changed the state in between):
-            # replay the call at the block to get the custom error.
-            reason = "reverted"
-            try:
-                await w3.eth.call(
-                    {"from": sender, "to": tx.get("to"), "data": tx["data"]},
-                    receipt["blockNumber"] - 1,
-                )
-            except ContractLogicError as e:
-                reason = _revert_text(e)
-            print(f"teeproxy policy: {name} reverted on chain: {reason}", file=sys.stderr)
-            return 1
-        address = receipt.get("contractAddress") or target.address
-        c = w3.eth.contract(address=w3.to_checksum_address(address), abi=ABI)
-        version = await c.functions.version().call(block_identifier=receipt["blockNumber"])
-        print(f"transaction: 0x{bytes(tx_hash).hex()}")
-        print(f"block:       {receipt['blockNumber']}")
-        if args.policy_command == "deploy":
-            print(f"contract:    {address}")
-        if args.policy_command == "register-signer":
-            print(f"signer:      {_address('0x' + args.attested_signer.hex())}")
-            print(f"measurement: 0x{args.attested_measurement.hex()}")
-        print(f"version:     {version}")
-        return 0
+        return await _send(args, target, w3, acct=acct, name=name, tx=tx)
     except TimeoutError as e:
         raise UsageError(f"no receipt within {args.tx_timeout:g} s") from e
     except (Web3Exception, OSError, ValueError) as e:
         raise UsageError(f"{target.rpc}: {type(e).__name__}: {e}") from e
     finally:
         await w3.provider.disconnect()
+
+
+async def _build(w3: Any, fn: Any, sender: str, *, chain_id: int, gas: int, nonce: int) -> Any:
+    latest = await w3.eth.get_block("latest")
+    base = int(latest.get("baseFeePerGas", 0) or 0)
+    tip = int(await w3.eth.max_priority_fee)
+    return await fn.build_transaction(
+        {
+            "from": sender,
+            "chainId": chain_id,
+            "nonce": nonce,
+            "gas": gas * 6 // 5,  # 20 % headroom over the estimate
+            "maxPriorityFeePerGas": tip,
+            "maxFeePerGas": 2 * base + tip,
+        }
+    )
+
+
+def _shown(name: str, tx: Any) -> dict[str, Any]:
+    shown = {k: (v if isinstance(v, int | str) else str(v)) for k, v in tx.items()}
+    return {"function": name, "transaction": shown}
+
+
+async def _register_signers(
+    args: argparse.Namespace, target: Target, w3: Any, c: Any, *, acct: Any, chain_id: int
+) -> int:
+    """registerSigner for each attested (signer, measurement): all checked and estimated
+    before the first is sent (a refusal registers nothing); one already in place skipped."""
+    from web3.exceptions import ContractLogicError  # noqa: PLC0415 - web3: slow import
+
+    sender = acct.address
+    todo: list[tuple[str, bytes, Any, int]] = []
+    for raw_signer, mid in args.registrations:
+        signer = _address("0x" + raw_signer.hex())
+        if not await c.functions.isAllowed(mid).call():
+            raise UsageError(
+                f"measurement 0x{mid.hex()} is not allowed by {target.address}: "
+                f"allow it first (`teeproxy policy allow 0x{mid.hex()}`); nothing registered"
+            )
+        if bytes(await c.functions.signerMeasurement(signer).call()) == mid:
+            print(f"signer {signer}: already registered for 0x{mid.hex()}", file=sys.stderr)
+            continue
+        fn = c.functions.registerSigner(signer, mid)
+        try:
+            gas = await fn.estimate_gas({"from": sender})
+        except ContractLogicError as e:
+            print(
+                f"teeproxy policy: registerSigner({signer}) would revert: {_revert_text(e)}; "
+                "nothing registered",
+                file=sys.stderr,
+            )
+            return 1
+        todo.append((signer, mid, fn, gas))
+    nonce = await w3.eth.get_transaction_count(sender, "pending")
+    txs = [
+        (signer, mid, await _build(w3, fn, sender, chain_id=chain_id, gas=gas, nonce=nonce + i))
+        for i, (signer, mid, fn, gas) in enumerate(todo)
+    ]
+    if args.dry_run:
+        shown = [_shown("registerSigner", tx) for _, _, tx in txs]
+        print(json.dumps(shown[0] if len(shown) == 1 else shown, indent=2, sort_keys=True))
+        return 0
+    for signer, mid, tx in txs:
+        rc = await _send(args, target, w3, acct=acct, name="registerSigner", tx=tx)
+        print(f"signer:      {signer}")
+        print(f"measurement: 0x{mid.hex()}", flush=True)
+        if rc:
+            return rc
+    if not txs:
+        print("every attested signer is registered already: nothing sent")
+    return 0
+
+
+async def _send(
+    args: argparse.Namespace, target: Target, w3: Any, *, acct: Any, name: str, tx: Any
+) -> int:
+    """Sign, send, wait; print the hash, block and the contract's version (1: reverted)."""
+    from web3.exceptions import ContractLogicError  # noqa: PLC0415 - web3: slow import
+
+    from certmgr.policy.artifacts import ABI  # noqa: PLC0415 - eth stack: slow import
+
+    sender = acct.address
+    signed = acct.sign_transaction(tx)
+    tx_hash = await w3.eth.send_raw_transaction(signed.raw_transaction)
+    print(f"sent {name}: 0x{bytes(tx_hash).hex()}", flush=True)
+    receipt = await w3.eth.wait_for_transaction_receipt(tx_hash, timeout=args.tx_timeout)
+    if receipt["status"] != 1:
+        # Reverted after a successful estimate (someone changed the state in between):
+        # replay the call at the block to get the custom error.
+        reason = "reverted"
+        try:
+            await w3.eth.call(
+                {"from": sender, "to": tx.get("to"), "data": tx["data"]},
+                receipt["blockNumber"] - 1,
+            )
+        except ContractLogicError as e:
+            reason = _revert_text(e)
+        print(f"teeproxy policy: {name} reverted on chain: {reason}", file=sys.stderr)
+        return 1
+    address = receipt.get("contractAddress") or target.address
+    c = w3.eth.contract(address=w3.to_checksum_address(address), abi=ABI)
+    version = await c.functions.version().call(block_identifier=receipt["blockNumber"])
+    print(f"transaction: 0x{bytes(tx_hash).hex()}")
+    print(f"block:       {receipt['blockNumber']}")
+    if args.policy_command == "deploy":
+        print(f"contract:    {address}")
+    print(f"version:     {version}")
+    return 0
 
 
 def demo_banner(cfg: Any, measurement_id: bytes | None = None) -> str:

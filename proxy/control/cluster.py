@@ -11,6 +11,8 @@ prefix ``/teeproxy/<cluster.name>/``:
                         member that verified it (:class:`~certmgr.cluster.keyrelease.WrapRecord`)
     data/acme-account   sealed: the shared ACME account (directory, URI, key)
     data/cert           sealed: the fleet's certificate (chain, key, names)
+    data/receipt-signer sealed: the fleet's receipt signing key, with
+                        ``[cluster] shared_signing_key`` (:mod:`certmgr.cluster.signer`)
     receipts/<id>       sealed: a stored receipt, bound to a lease of the receipts TTL
     lock/renew          the renewer's member id, bound to its lease (the renew lock)
 
@@ -32,6 +34,12 @@ prefix ``/teeproxy/<cluster.name>/``:
   mod_revision: a renewer whose lease expired (or whose lock was taken over) cannot publish.
 - **Swap**: a watch on the prefix (plus a full re-read every ``resync_interval``) installs a
   new ``data/cert`` version into the local sealed ACME store and reloads the workers.
+- **Shared receipt signer** (``[cluster] shared_signing_key``): the first allowed member
+  holding the key generates ``data/receipt-signer`` (a put-if-absent guarded by the epoch's
+  mod_revision); each member installs it sealed in its state dir and hands it to the
+  supervisor (:attr:`ClusterMember.on_signer`: the RA-TLS certificate is made again with its
+  address and the workers reload). A revocation rotation *replaces* it in the same
+  transaction that re-seals the other values: the revoked build held the old one.
 
 Values from etcd are size-capped by the client, parsed strictly, authenticated, and their
 versions checked against what this replica has seen (persisted sealed in the state dir).
@@ -43,6 +51,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -81,6 +90,13 @@ from certmgr.cluster.keyrelease import (
     unwrap_keys,
     wrap_keys,
 )
+from certmgr.cluster.signer import (
+    SIGNER_VALUE,
+    SharedSigner,
+    open_signer,
+    replace_signer,
+    seal_signer,
+)
 from certmgr.errors import (
     CertmgrError,
     ClusterError,
@@ -94,12 +110,13 @@ from certmgr.errors import (
 )
 from certmgr.keys import atomic_write, spki_sha256
 from certmgr.policy.model import decide, parse_measurement_id
+from certmgr.receipts.signing import SigningKey, store_shared_signing_key
 from proxy import metrics
 from proxy.config import Config
 from proxy.control.attestation import collateral_source
 from proxy.control.governance import Governor
 from proxy.log import cluster_log as log
-from proxy.runtime import Runtime
+from proxy.runtime import Runtime, shares_signing_key
 from proxy.tasks import spawn
 
 __all__ = ["ClusterMember"]
@@ -146,6 +163,7 @@ class ClusterMember:
         self.keys: dict[int, bytes] = {}
         self.epoch = 0
         self._epoch_mod = 0
+        self._epoch_policy_version = 0
         self.lease = 0
         self._lock_rev = 0
         self.renewer: str | None = None
@@ -161,6 +179,12 @@ class ClusterMember:
         self._tasks: list[asyncio.Task[None]] = []
         self._receipt_lease: tuple[int, float] = (0, 0.0)
         self.reload: Callable[[], Coroutine[Any, Any, None]] | None = None
+        # The fleet's receipt signer (shared_signing_key) and who to tell when it changes.
+        self.shared_signer = shares_signing_key(cfg)
+        self.signer: SharedSigner | None = None
+        self.on_signer: Callable[[SigningKey], Coroutine[Any, Any, None]] | None = None
+        self._signer_problem = ""
+        self.url = ""
         self.acme_wakeup: asyncio.Event | None = None
         self._my_mid = runtime.measurement_id or b""
 
@@ -188,13 +212,16 @@ class ClusterMember:
             try:
                 await self._try_bootstrap()
                 await self._load_key()
+                if self.has_key and self.shared_signer:
+                    await self.sync_signer(apply=False)
             except (EtcdError, EnvelopeError, ValueError) as e:
                 log.warning("cluster: waiting for the key: %s", e)
-            if self.has_key:
+            if self.has_key and (self.signer is not None or not self.shared_signer):
                 break
             if time.monotonic() > deadline:
+                what = "the fleet's receipt signer" if self.has_key else "the cluster key"
                 raise ClusterError(
-                    f"no member released the cluster key within {self.c.key_wait:g} s "
+                    f"no member released {what} within {self.c.key_wait:g} s "
                     "(is this build's measurement allowed? see the members' logs)"
                 )
             await asyncio.sleep(0.2)
@@ -206,6 +233,8 @@ class ClusterMember:
             time.monotonic() - t0,
         )
         metrics.CLUSTER_KEY_WAIT.set(time.monotonic() - t0)
+        if not self.shared_signer and self.runtime.signing_address:
+            metrics.CLUSTER_SIGNER.labels(self.runtime.signing_address).set(1)
         await self.sync_cert(reload=False)
 
     def run(self) -> None:
@@ -239,11 +268,14 @@ class ClusterMember:
             raise ClusterError("cluster mode needs an attestation provider")
         sign_spki = spki_der(self._sign.public_key())
         nonce = join_nonce(self.name, self.me, self._hpke_spki, sign_spki)
+        # With a shared signer this replica has no receipt key of its own at this point:
+        # the join evidence names none (the fleet's address is attested by the RA-TLS
+        # certificate and the evidence endpoint once the key is installed).
         claims = encode_evidence_claims(
             nonce,
             _sha256(self._hpke_spki),
             int(time.time()),
-            signing_address=self.runtime.signing_address,
+            signing_address="" if self.shared_signer else self.runtime.signing_address,
         )
         try:
             quote = provider.get_quote(report_data_for_claims(claims))
@@ -259,6 +291,8 @@ class ClusterMember:
             "0x" + self._my_mid.hex(),
             int(time.time()),
             self.cfg.admin.listen,
+            self.url,
+            "shared" if self.shared_signer else ("own" if self.runtime.signing_key else ""),
         )
 
     async def _publish_membership(self) -> None:
@@ -266,6 +300,19 @@ class ClusterMember:
             raise ClusterError("no join record")
         self.lease = await self.client.grant(self.c.lease_ttl)
         await self.client.put(self.k("members", self.me), self._join.to_json(), lease=self.lease)
+
+    async def advertise(self, url: str) -> None:
+        """Publish where operators reach this replica (once its ports are resolved)."""
+        self.url = url
+        if self._join is None or self._join.url == url:
+            return
+        self._join = dataclasses.replace(self._join, url=url)
+        try:
+            await self.client.put(
+                self.k("members", self.me), self._join.to_json(), lease=self.lease
+            )
+        except EtcdError as e:  # the next re-join publishes it
+            log.warning("cluster: could not publish the advertised URL: %s", e)
 
     async def _keepalive(self) -> None:
         while True:
@@ -374,10 +421,29 @@ class ClusterMember:
 
     # -- the key --------------------------------------------------------------------------
 
+    def _policy_version(self) -> int:
+        snapshot = self.governor.snapshot
+        return snapshot.version if snapshot is not None else 0
+
     def _epoch_record(self, epoch: int) -> bytes:
+        # The policy version the epoch's creator judged the members by: a member whose
+        # snapshot is older admits nobody to this epoch until it catches up (else a member
+        # lagging behind a revocation would wrap the new key to the revoked replica).
         return json.dumps(
-            {"format": "teeproxy-cluster-epoch/1", "epoch": epoch, "by": self.me}
+            {
+                "format": "teeproxy-cluster-epoch/1",
+                "epoch": epoch,
+                "by": self.me,
+                "policy_version": self._policy_version(),
+            }
         ).encode()
+
+    @staticmethod
+    def _epoch_policy(kv: KeyValue) -> int:
+        """The epoch record's ``policy_version`` (0 when absent; the record was checked)."""
+        doc = json.loads(kv.value)
+        pv = doc.get("policy_version", 0) if isinstance(doc, dict) else 0
+        return pv if isinstance(pv, int) and not isinstance(pv, bool) and pv >= 0 else 0
 
     @staticmethod
     def _parse_epoch(kv: KeyValue) -> int:
@@ -426,6 +492,7 @@ class ClusterMember:
         if kv is None:
             return False
         epoch = self._parse_epoch(kv)
+        self._epoch_policy_version = self._epoch_policy(kv)
         try:
             self.watermarks.check("epoch", epoch)
         except ClusterError as e:
@@ -477,11 +544,19 @@ class ClusterMember:
             return
         records = await self._records()
         wraps = await self._wraps(self.epoch)
+        lagging = self._policy_version() < self._epoch_policy_version
         view: dict[str, dict[str, Any]] = {}
         for mid_, rec in records.items():
             if mid_ == self.me:
                 view[mid_] = {
                     "measurement_id": "0x" + self._my_mid.hex(),
+                    "signing_address": (
+                        self.signer.address_hex
+                        if self.signer is not None
+                        else (self.runtime.signing_address or None)
+                    ),
+                    "receipt_signer": rec.receipt_signer,
+                    "url": rec.url,
                     "verdict": "self",
                     "policy": self._policy(self._my_mid).reason,
                     "allowed": self._policy(self._my_mid).allowed,
@@ -500,6 +575,11 @@ class ClusterMember:
             )
             view[mid_] = {
                 "measurement_id": mid_hex,
+                "signing_address": (
+                    "0x" + verdict.signing_address.hex() if verdict.signing_address else None
+                ),
+                "receipt_signer": rec.receipt_signer,
+                "url": rec.url,
                 "verdict": "trusted" if verdict.trusted else "refused",
                 "reasons": [f.message for f in verdict.failures],
                 "allowed": verdict.trusted,
@@ -514,6 +594,16 @@ class ClusterMember:
                 continue
             self.refused.pop(mid_, None)
             if current and existing is not None and existing.by in records:
+                continue
+            if lagging:
+                log.info(
+                    "cluster: not releasing epoch %d to %s before this member's policy "
+                    "(version %d) reaches the epoch's (version %d)",
+                    self.epoch,
+                    mid_,
+                    self._policy_version(),
+                    self._epoch_policy_version,
+                )
                 continue
             wrap = WrapRecord(
                 self.epoch,
@@ -568,9 +658,17 @@ class ClusterMember:
         # Every shared value again, under the new key, its version raised.
         data, _ = await self.client.get_prefix(self.k("data") + b"/")
         new_key = ValueKey(keys[new], new, self.name)
+        replaced = ""
         for kv in data:
             name = kv.key[len(self.prefix) :].decode(errors="replace")
             opened = self._open(name, kv.value)
+            if name == SIGNER_VALUE:
+                # Not re-sealed but replaced: a revoked build held the old key.
+                old = open_signer(opened)
+                key, blob = replace_signer(new_key, old, int(time.time()))
+                ops.append(Put(kv.key, blob))
+                replaced = f"; receipt signer {old.address_hex} replaced by {key.address_hex}"
+                continue
             ops.append(Put(kv.key, new_key.seal(name, opened.version + 1, opened.plaintext)))
         got = await self.client.txn([Compare(self.k("epoch"), "MOD", self._epoch_mod)], ops)
         if not got.succeeded:
@@ -579,16 +677,18 @@ class ClusterMember:
         self.keys = {e: keys[e] for e in sorted(keys)[-MAX_EPOCHS:]}
         self.epoch = new
         self._epoch_mod = got.revision
+        self._epoch_policy_version = self._policy_version()
         self.rotations += 1
         await self._note("epoch", new)
         metrics.CLUSTER_KEY_EPOCH.set(new)
         metrics.CLUSTER_ROTATIONS.inc()
         log.warning(
-            "cluster: rotated the key to epoch %d (%s); wrapped to %s; %d value(s) re-sealed",
+            "cluster: rotated the key to epoch %d (%s); wrapped to %s; %d value(s) re-sealed%s",
             new,
             reason,
             ", ".join(sorted(to)),
             len(data),
+            replaced,
         )
 
     # -- sealed values --------------------------------------------------------------------
@@ -603,9 +703,9 @@ class ClusterMember:
     def _seal(self, name: str, version: int, plaintext: bytes) -> bytes:
         return ValueKey(self.keys[self.epoch], self.epoch, self.name).seal(name, version, plaintext)
 
-    async def read(self, name: str) -> tuple[int, bytes, int] | None:
-        """(version, plaintext, mod_revision) of ``data/<name>``, version checked; or None."""
-        full = f"data/{name}"
+    async def _read_opened(self, full: str) -> Any:
+        """The opened value (:class:`~certmgr.cluster.envelope.Opened`) of ``full``, its
+        version checked against what this replica saw; or None."""
         kv = await self.client.get(self.k(full))
         if kv is None:
             return None
@@ -615,7 +715,85 @@ class ClusterMember:
         except ClusterError:
             metrics.CLUSTER_ROLLBACKS.inc()
             raise
-        return opened.version, opened.plaintext, kv.mod_revision
+        return opened
+
+    async def read(self, name: str) -> tuple[int, bytes] | None:
+        """(version, plaintext) of ``data/<name>``, version checked; or None."""
+        opened = await self._read_opened(f"data/{name}")
+        if opened is None:
+            return None
+        return opened.version, opened.plaintext
+
+    # -- the fleet's receipt signer -------------------------------------------------------
+
+    async def sync_signer(self, *, apply: bool = True) -> bool:
+        """Install the fleet's receipt signer when etcd holds a newer one (generating the
+        first one when there is none and this build is allowed). True when installed;
+        ``apply``: tell :attr:`on_signer` (the supervisor) when its address changed."""
+        if not self.shared_signer or not self.has_key:
+            return False
+        try:
+            opened = await self._read_opened(SIGNER_VALUE)
+            if opened is None and self._policy(self._my_mid).allowed:
+                await self._create_signer()
+                opened = await self._read_opened(SIGNER_VALUE)
+        except EnvelopeError as e:
+            # Sealed under an epoch this replica does not hold (revoked, or not yet
+            # adopted): it keeps the signer it has.
+            if str(e) != self._signer_problem:
+                log.warning("cluster: the fleet's receipt signer is unusable here: %s", e)
+            self._signer_problem = str(e)
+            return False
+        if opened is None or (self.signer is not None and opened.version <= self.signer.version):
+            return False
+        signer = open_signer(opened)
+        self._signer_problem = ""
+        changed = self.signer is None or self.signer.address_hex != signer.address_hex
+        if changed:
+            sealer = self.runtime.sealer
+            await asyncio.to_thread(
+                store_shared_signing_key, self.cfg.state_dir, sealer, signer.key
+            )
+        old = self.signer
+        self.signer = signer
+        await self._note(SIGNER_VALUE, signer.version)
+        if old is not None and old.address_hex != signer.address_hex:
+            metrics.CLUSTER_SIGNER.labels(old.address_hex).set(0)
+        metrics.CLUSTER_SIGNER.labels(signer.address_hex).set(1)
+        metrics.CLUSTER_SIGNER_VERSION.set(signer.version)
+        if old is None:
+            log.info(
+                "cluster: receipts are signed with the fleet's key %s (version %d)",
+                signer.address_hex,
+                signer.version,
+            )
+        elif changed:
+            log.warning(
+                "cluster: the fleet's receipt signer changed from %s to %s (version %d): "
+                "register the new one (teeproxy policy register-signer --cluster-members) "
+                "and unregister the old one (teeproxy policy unregister-signer %s)",
+                old.address_hex,
+                signer.address_hex,
+                signer.version,
+                old.address_hex,
+            )
+        if changed and apply and self.on_signer is not None:
+            await self.on_signer(signer.key)
+        return changed
+
+    async def _create_signer(self) -> None:
+        key = SigningKey.generate()
+        value_key = ValueKey(self.keys[self.epoch], self.epoch, self.name)
+        blob = seal_signer(value_key, 1, key, int(time.time()))
+        got = await self.client.txn(
+            [
+                Compare(self.k(SIGNER_VALUE), "CREATE", 0),
+                Compare(self.k("epoch"), "MOD", self._epoch_mod),
+            ],
+            [Put(self.k(SIGNER_VALUE), blob)],
+        )
+        if got.succeeded:
+            log.info("cluster: generated the fleet's receipt signing key %s", key.address_hex)
 
     # -- the certificate ------------------------------------------------------------------
 
@@ -630,7 +808,7 @@ class ClusterMember:
             return False
         if got is None:
             return False
-        version, pt, _ = got
+        version, pt = got
         if version <= self.cert_version:
             return False
         installed = await asyncio.to_thread(self._install_cert, pt)
@@ -845,6 +1023,7 @@ class ClusterMember:
                 await self._load_key()
                 await self._admit()
                 await self.sync_cert()
+                await self.sync_signer()
                 lock = await self.client.get(self.k("lock", "renew"))
                 self.renewer = lock.value.decode(errors="replace")[:64] if lock else None
             except (ClusterError, EtcdError, ValueError) as e:
@@ -864,6 +1043,21 @@ class ClusterMember:
             "etcd_endpoint": self.client.current_endpoint,
             "members": self.members,
             "refused": dict(self.refused),
+            "receipt_signer": self._signer_status(),
+        }
+
+    def _signer_status(self) -> dict[str, Any]:
+        if not self.shared_signer:
+            address = self.runtime.signing_address
+            return {"mode": "per-replica" if address else "off", "address": address or None}
+        s = self.signer
+        return {
+            "mode": "shared",
+            "address": s.address_hex if s else None,
+            "version": s.version if s else 0,
+            "epoch": s.epoch if s else 0,
+            "created_at": s.created_at if s else 0,
+            "previous": (s.previous_hex or None) if s else None,
         }
 
 

@@ -30,6 +30,7 @@ from multiprocessing.process import BaseProcess
 from prometheus_client import multiprocess
 
 from certmgr.errors import ClusterError, EtcdError
+from certmgr.receipts.signing import SigningKey
 from proxy.config import Config, ListenAddress, load, reloadable
 from proxy.control.acme import AcmeManager, wait_reloaded
 from proxy.control.admin import AdminServer
@@ -43,7 +44,7 @@ from proxy.log import server_log as log
 from proxy.runtime import Runtime, build_runtime
 from proxy.tasks import spawn
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "advertised_url"]
 
 
 def _reserve(addr: ListenAddress) -> socket.socket:
@@ -60,6 +61,18 @@ def _reserve(addr: ListenAddress) -> socket.socket:
         sock.close()
         raise ConfigError("server.listen", f"cannot bind {addr}: {e.strerror}") from e
     return sock
+
+
+def advertised_url(cfg: Config) -> str:
+    """Where operators reach this replica over HTTPS: ``[cluster] advertise_url``, else the
+    first listen address once its port is resolved ("" for a wildcard address)."""
+    if cfg.cluster.advertise_url:
+        return cfg.cluster.advertise_url
+    addr = cfg.server.listen_addresses[0]
+    if addr.host in ("0.0.0.0", "::", ""):
+        return ""
+    host = f"[{addr.host}]" if ":" in addr.host else addr.host
+    return f"https://{host}:{addr.port}"
 
 
 class Supervisor:
@@ -131,9 +144,15 @@ class Supervisor:
                 await self.cluster.close()
                 await self.governor.close()
                 return 3
+            if self.cluster.signer is not None:  # the fleet's receipt key, before the RA-TLS cert
+                runtime = self.runtime = dataclasses.replace(
+                    runtime, signing_key=self.cluster.signer.key
+                )
         await asyncio.to_thread(prepare_certificates, self.cfg, runtime)
         await asyncio.to_thread(check_certificates, self.cfg, runtime.sealer)
         self.cfg = self._resolve_ports()
+        if self.cluster is not None:
+            await self.cluster.advertise(advertised_url(self.cfg))
         admin = AdminServer(self)
         await admin.start()
         # Signal handlers before the first worker exists: a SIGTERM or SIGHUP during start
@@ -164,7 +183,7 @@ class Supervisor:
             "uvloop" in type(asyncio.get_running_loop()).__module__,
         )
         self.ready = True
-        monitor = spawn(self._monitor(runtime), "supervisor-monitor")
+        monitor = spawn(self._monitor(), "supervisor-monitor")
         acme = None
         manager = None
         if self.cfg.acme.enabled:  # certificates from an ACME CA
@@ -179,6 +198,7 @@ class Supervisor:
             acme = spawn(manager.run(), "acme")
         if self.cluster is not None:
             self.cluster.reload = self.reload_workers
+            self.cluster.on_signer = self._install_signer
             self.cluster.acme_wakeup = manager.wakeup if manager is not None else None
             self.cluster.run()
         await stop.wait()
@@ -240,6 +260,25 @@ class Supervisor:
         self._signal_workers(signal.SIGHUP)
         log.info("SIGHUP: reload sent to %d workers", len(self._workers))
 
+    async def _install_signer(self, key: SigningKey) -> None:
+        """The fleet's receipt signer changed (cluster mode): a new RA-TLS certificate naming
+        it, then the workers reload (certificate store and key in one step, so a handshake
+        and the evidence after it name the same address; in-flight requests finish)."""
+        runtime = self.runtime
+        if runtime is None:
+            return
+        runtime = self.runtime = dataclasses.replace(runtime, signing_key=key)
+        try:
+            await asyncio.to_thread(prepare_certificates, self.cfg, runtime)
+        except ConfigError as e:
+            log.error(
+                "RA-TLS certificate naming the new receipt signer failed; the current one "
+                "names the old signer until its next renewal: %s",
+                e,
+            )
+        await self.reload_workers()
+        log.info("workers sign receipts with %s", key.address_hex)
+
     async def reload_workers(self) -> None:
         """SIGUSR1 every worker (a reload that is acknowledged over the worker's pipe) and
         wait until each reports its store rebuilt (or failed)."""
@@ -256,7 +295,7 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, sig)
 
-    async def _monitor(self, runtime: Runtime) -> None:
+    async def _monitor(self) -> None:
         """Restart dead workers; renew the development and RA-TLS certificates when due."""
         restarts: list[float] = []
         while True:
@@ -278,7 +317,8 @@ class Supervisor:
                 self._spawn_worker()
             try:
                 due = await asyncio.to_thread(next_renewal, self.cfg)
-                if due is not None and due.timestamp() <= time.time():
+                runtime = self.runtime
+                if runtime is not None and due is not None and due.timestamp() <= time.time():
                     await asyncio.to_thread(prepare_certificates, self.cfg, runtime)
                     self._signal_workers(signal.SIGHUP)
                     log.info("development certificate renewed; workers reloading")

@@ -10,7 +10,9 @@ listen ports, a pipe for "ready" / "reloaded" reports and signals:
 - SIGTERM / SIGINT: stop accepting, let in-flight requests and streams finish for up to
   ``server.drain_grace`` seconds, then close;
 - SIGHUP: re-read the config (only what a reload may change, :func:`proxy.config.reloadable`)
-  and the certificates, and swap them in; listeners and open connections are untouched;
+  and the certificates, and swap them in; listeners and open connections are untouched; in
+  cluster mode with a shared receipt signer, the signing key too (the supervisor replaces
+  it when the fleet's is; it goes in with the RA-TLS certificate that names it);
 - SIGUSR1: the same, acknowledged over the pipe (the supervisor's ACME loop waits for it).
 
 This module never imports the control plane or the CLI (an import-linter contract).
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from certmgr.receipts.signing import SigningKey
 from certmgr.store import CertStore, StoreHolder
 from proxy import metrics
 from proxy.config import Config, load, parse_listen, reloadable
@@ -44,7 +47,7 @@ from proxy.dataplane.receipts import ReceiptIssuer, worker_issuer
 from proxy.errors import ConfigError
 from proxy.log import server_log as log
 from proxy.log import setup_logging
-from proxy.runtime import build_runtime, install_uvloop
+from proxy.runtime import build_runtime, install_uvloop, reload_signing_key, shares_signing_key
 from proxy.tasks import spawn
 from proxy.tls import listener_context, set_acme_tls_hook
 
@@ -154,6 +157,14 @@ class Worker:
             addr = parse_listen(value, "server.http_redirect_listen")
             site = web.TCPSite(runner, addr.host, addr.port, reuse_port=self.reuse_port)
             await site.start()
+
+    def swap_signer(self, key: SigningKey) -> None:
+        """Sign later receipts with ``key`` and name it in later evidence (a receipt being
+        signed now keeps the key it started with: the receipt names its signer)."""
+        if self.receipts is not None:
+            self.receipts.key = key
+        if self.attestation is not None:
+            self.attestation.signing_address = key.address_hex
 
     def swap_store(self, store: CertStore) -> None:
         """Publish a new certificate store: later handshakes use it, open ones are untouched."""
@@ -273,11 +284,16 @@ async def _worker_main(
             # ports it resolved, drain_grace), [admin] and state_dir need a restart.
             new_cfg = reloadable(worker.cfg, new_cfg)
             new_store = await asyncio.to_thread(build_store, new_cfg, sealer)
+            key = None
+            if shares_signing_key(new_cfg) and worker.receipts is not None:
+                key = await asyncio.to_thread(reload_signing_key, new_cfg, sealer)
         except (ConfigError, OSError, ValueError) as e:
             log.error("reload failed, keeping the running config and certificates: %s", e)
             if ack:
                 conn.send(("reload-failed", os.getpid()))
             return
+        if key is not None:  # with the store that holds the RA-TLS certificate naming it
+            worker.swap_signer(key)
         await worker.reconfigure(new_cfg, new_store)
         log.info("worker %d reloaded (%d certificates)", os.getpid(), len(new_store.entries))
         if ack:  # SIGUSR1: the supervisor's ACME loop waits for this

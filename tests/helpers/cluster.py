@@ -63,6 +63,7 @@ def replica_toml(
     names: tuple[str, ...],
     mode: str = "enforce",
     key_wait: float = 60.0,
+    shared_signing_key: bool = False,
 ) -> str:
     return f"""
 state_dir = "{state}"
@@ -101,6 +102,7 @@ lease_ttl = 3
 resync_interval = 1.0
 key_wait = {key_wait}
 trust_dev_keys = ["{pub}"]
+shared_signing_key = {json.dumps(shared_signing_key)}
 [acme]
 enabled = true
 names = [{", ".join(json.dumps(n) for n in names)}]

@@ -14,6 +14,13 @@ on anvil, ordering from Pebble with DNS-01 through Knot. In one scenario:
 6. the renewer killed mid-renewal: another replica takes the lock after its lease expires,
    finishes the renewal, and no handshake in the whole run saw an expired certificate;
 7. etcd holds no plaintext key material (every value scanned).
+
+The fleet shares one receipt signing key (``[cluster] shared_signing_key``): receipts from
+two replicas name the same signer, the one their evidence attests; the revocation in 4.
+replaces it (later receipts name the new one, requests keep succeeding, the old receipts
+still verify off chain); ``policy register-signer --cluster-members`` refuses the set while
+the revoked replica is a member, then registers the new signer once, and ``policy signer``
+shows it. The scan in 7. covers both signing keys.
 """
 
 from __future__ import annotations
@@ -38,9 +45,20 @@ from aiohttp.pytest_plugin import AiohttpServer
 from cryptography.hazmat.primitives import serialization
 
 from certmgr.keys import InsecureDevSealer, load_sealed_key
+from certmgr.receipts.format import Receipt
+from certmgr.receipts.signing import SHARED_KEY_FILE, SHARED_SEALING_LABEL, signing_dir
+from certmgr.receipts.verify import verify_receipt
+from proxy.cli.main import main
 from tests.helpers.acme_harness import pebble_root
 from tests.helpers.acme_peers import Knot, PebbleFactory
-from tests.helpers.chain import AnvilFactory, anvil_account0, deploy_policy, owner_tx
+from tests.helpers.chain import (
+    AnvilFactory,
+    anvil_account0,
+    deploy_policy,
+    fund,
+    new_account,
+    owner_tx,
+)
 from tests.helpers.cluster import (
     admin_json,
     admin_text,
@@ -56,6 +74,7 @@ from tests.helpers.serve import REPO, Launch, Process
 pytestmark = pytest.mark.slow
 
 NAME = "fleet.example.test"
+PASSWORD = "operator-password"
 VALIDITY = 24  # seconds: Pebble's certificates renew about every 16 s
 
 
@@ -129,7 +148,8 @@ async def wait_until(what: str, check: object, within: float) -> None:
 
 
 async def load(replicas: list[Replica], stop: asyncio.Event, ctx: ssl.SSLContext) -> list[int]:
-    """Requests round robin to ``replicas`` until ``stop``: [ok, failed] (bounded count)."""
+    """Requests round robin to ``replicas`` until ``stop``, every fourth a signed (streamed)
+    chat completion: [ok, failed] (bounded count)."""
     counts = [0, 0]
     async with aiohttp.ClientSession() as s:
         for i in range(20000):
@@ -137,6 +157,10 @@ async def load(replicas: list[Replica], stop: asyncio.Event, ctx: ssl.SSLContext
                 break
             r = replicas[i % len(replicas)]
             try:
+                if i % 4 == 3:
+                    _, body, _ = await chat(s, r, ctx)
+                    counts[0 if body.endswith(b"data: [DONE]\n\n") else 1] += 1
+                    continue
                 async with s.get(
                     f"https://127.0.0.1:{r.port}/x",
                     ssl=ctx,
@@ -145,10 +169,73 @@ async def load(replicas: list[Replica], stop: asyncio.Event, ctx: ssl.SSLContext
                 ) as resp:
                     await resp.read()
                     counts[0 if resp.status == 200 else 1] += 1
-            except (aiohttp.ClientError, OSError, TimeoutError):
+            except (aiohttp.ClientError, OSError, TimeoutError, AssertionError):
                 counts[1] += 1
             await asyncio.sleep(0.02)
     return counts
+
+
+async def chat(
+    s: aiohttp.ClientSession, r: Replica, ctx: ssl.SSLContext
+) -> tuple[bytes, bytes, str]:
+    """A streamed chat completion through ``r``: (request body, response body, receipt id)."""
+    request = json.dumps({"model": "m", "stream": True, "messages": []}).encode()
+    async with s.post(
+        f"https://127.0.0.1:{r.port}/v1/chat/completions",
+        data=request,
+        headers={"Content-Type": "application/json"},
+        ssl=ctx,
+        server_hostname=NAME,
+        timeout=aiohttp.ClientTimeout(total=5),
+    ) as resp:
+        assert resp.status == 200
+        return request, await resp.read(), resp.headers["Teeproxy-Receipt-Id"]
+
+
+async def fetch_receipt(
+    s: aiohttp.ClientSession, r: Replica, rid: str, ctx: ssl.SSLContext
+) -> Receipt:
+    async with s.get(
+        f"https://127.0.0.1:{r.port}/v1/receipts/{rid}", ssl=ctx, server_hostname=NAME
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        return Receipt.from_json(await resp.read())
+
+
+class Operator:
+    """``teeproxy policy ...`` as the contract's owner (in process, encrypted keystore)."""
+
+    def __init__(self, rpc: str, contract: str, keystore: Path, capsys: pytest.CaptureFixture[str]):
+        self.argv = ["policy", "--rpc", rpc, "--address", contract]
+        self.keystore = keystore
+        self.capsys = capsys
+
+    async def __call__(self, *args: str, keystore: bool = True) -> tuple[int, str, str]:
+        argv = [*self.argv, *(["--keystore", str(self.keystore)] if keystore else []), *args]
+        self._pass_through()
+        rc = await asyncio.to_thread(main, argv)
+        out, err = self.capsys.readouterr()
+        with self.capsys.disabled():
+            print(f"$ teeproxy {' '.join(args)}: {rc}\n{out}{err}")
+        return rc, out, err
+
+    def _pass_through(self) -> None:
+        """What the test printed so far goes to the terminal, not into the next command's."""
+        out, err = self.capsys.readouterr()
+        with self.capsys.disabled():
+            sys.stdout.write(out)
+            sys.stderr.write(err)
+
+    async def attested_signer(self, r: Replica, pub: Path) -> str:
+        """The signing address ``teeproxy verify`` finds in ``r``'s attestation."""
+        argv = ["verify", f"https://127.0.0.1:{r.port}", "--sni", "attest.test"]
+        self._pass_through()
+        rc = await asyncio.to_thread(
+            main, [*argv, "--trust-dev-key", str(pub), "--any-measurement", "--json"]
+        )
+        out, err = self.capsys.readouterr()
+        assert rc == 0, err
+        return str(json.loads(out)["signing_address"])
 
 
 async def test_fleet_of_three(
@@ -160,6 +247,8 @@ async def test_fleet_of_three(
     etcd_cluster: EtcdCluster,
     launch: Launch,
     llm_backend: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     pebble = await asyncio.to_thread(pebble_factory, VALIDITY)
     node = await anvil()
@@ -189,6 +278,7 @@ async def test_fleet_of_three(
             etcd=etcd_cluster.endpoints,
             cluster=cluster,
             names=(NAME,),
+            shared_signing_key=True,
             **kw,  # type: ignore[arg-type]
         )
         cfg = tmp_path / f"{member}.toml"
@@ -219,9 +309,15 @@ async def test_fleet_of_three(
         orders = sum(r.proc.output.count("ACME: ordering a certificate") for r in fleet)
         assert orders == 1, [r.proc.output[-3000:] for r in fleet]
         print(f"fleet of three serving one certificate after {time.monotonic() - t0:.1f} s")
+        signers = set()
         for r in fleet:
             st = await asyncio.to_thread(r.status)
             assert st["has_key"] is True and st["key_epoch"] == 1, st
+            assert st["receipt_signer"]["mode"] == "shared", st  # type: ignore[index]
+            signers.add(st["receipt_signer"]["address"])  # type: ignore[index]
+        assert len(signers) == 1 and None not in signers, signers
+        (first,) = signers
+        assert isinstance(first, str)
         waits = [
             float(m.group(1))
             for r in (r2, r3)
@@ -236,26 +332,25 @@ async def test_fleet_of_three(
         assert any("refusing the key to r4" in r.proc.output for r in fleet)
         assert all(st["has_key"] for st in [await asyncio.to_thread(r.status) for r in fleet])
 
-        # 3. A streamed response's receipt, served by r1, fetched from r2.
+        # 3. A streamed response's receipt, served by r1, fetched from r2 (and the other way
+        #    round): both name the fleet's signer, the one r2's evidence attests.
         root = await asyncio.to_thread(pebble_root, pebble)
         ctx = ssl.create_default_context(cadata=root.decode())
+        operator = Operator(node.url, contract, tmp_path / "owner.json", capsys)
+        build_a = bytes.fromhex(mid[1][2:])
         async with aiohttp.ClientSession() as s:
-            async with s.post(
-                f"https://127.0.0.1:{r1.port}/v1/chat/completions",
-                json={"model": "m", "stream": True, "messages": []},
-                ssl=ctx,
-                server_hostname=NAME,
-            ) as resp:
-                assert resp.status == 200
-                body = await resp.read()
-                rid = resp.headers["Teeproxy-Receipt-Id"]
+            request, body, rid = await chat(s, r1, ctx)
             assert b"fleet" in body
-            async with s.get(
-                f"https://127.0.0.1:{r2.port}/v1/receipts/{rid}", ssl=ctx, server_hostname=NAME
-            ) as resp:
-                assert resp.status == 200, await resp.text()
-                receipt = await resp.json()
-        assert receipt["model"] == "m" and receipt["responseHash"].startswith("0x")
+            receipt = await fetch_receipt(s, r2, rid, ctx)
+            request2, body2, rid2 = await chat(s, r2, ctx)
+            receipt2 = await fetch_receipt(s, r1, rid2, ctx)
+        assert receipt.model == "m" and "0x" + receipt.signer.hex() == first
+        assert "0x" + receipt2.signer.hex() == first
+        assert await operator.attested_signer(r2, pub) == first
+        for rc_, rq, bd in ((receipt, request, body), (receipt2, request2, body2)):
+            verify_receipt(
+                rc_, rq, bd, expected_signer=bytes.fromhex(first[2:]), expected_measurement=build_a
+            )
 
         # 4. Revoking build C (r3) rotates the key to r1 and r2; requests to them all succeed.
         stop = asyncio.Event()
@@ -270,15 +365,45 @@ async def test_fleet_of_three(
             30,
         )
         rotated_after = time.monotonic() - t_revoke
+
+        def replaced() -> bool:
+            got = {r.status()["receipt_signer"]["address"] for r in (r1, r2)}  # type: ignore[index]
+            return len(got) == 1 and first not in got
+
+        await wait_until("the fleet's signer replaced on r1 and r2", replaced, 20)
+        swapped_after = time.monotonic() - t_revoke
         await asyncio.sleep(2.0)
         stop.set()
         ok, failed = await loader
         print(
-            f"rotation {rotated_after:.1f} s after the revocation; load: {ok} ok, {failed} failed"
+            f"rotation {rotated_after:.1f} s and signer swap {swapped_after:.1f} s after the "
+            f"revocation; load: {ok} ok, {failed} failed"
         )
         assert failed == 0 and ok > 50
+        signer = (await asyncio.to_thread(r1.status))["receipt_signer"]
+        assert isinstance(signer, dict)
+        new = str(signer["address"])
+        assert signer["previous"] == first and signer["epoch"] == 2, signer
+        async with aiohttp.ClientSession() as s:
+            for a, b in ((r1, r2), (r2, r1)):
+                rq, bd, rid = await chat(s, a, ctx)
+                later = await fetch_receipt(s, b, rid, ctx)
+                assert "0x" + later.signer.hex() == new
+                verify_receipt(
+                    later, rq, bd, expected_signer=later.signer, expected_measurement=build_a
+                )
+        assert await operator.attested_signer(r1, pub) == new
+        # A receipt signed by the replaced key still verifies off chain: it names its signer.
+        verify_receipt(
+            receipt,
+            request,
+            body,
+            expected_signer=bytes.fromhex(first[2:]),
+            expected_measurement=build_a,
+        )
         st3 = await asyncio.to_thread(r3.status)
         assert st3["key_epoch"] == 1, st3
+        assert st3["receipt_signer"]["address"] == first, st3  # type: ignore[index]
         assert any("rotated the key to epoch 2" in r.proc.output for r in (r1, r2))
         status = await asyncio.to_thread(
             subprocess.run,
@@ -302,8 +427,55 @@ async def test_fleet_of_three(
         assert "key epoch:    2" in status.stdout
         assert re.search(r"r3 +0x[0-9a-f]{64}  refused, no key", status.stdout), status.stdout
         assert re.search(r"r2 +0x[0-9a-f]{64}  trusted, has key", status.stdout), status.stdout
+        assert f"shared signer {new} (version 2" in status.stdout, status.stdout
+        assert f"replaced {first}" in status.stdout, status.stdout
         metrics = await asyncio.to_thread(admin_text, r1.admin, "/metrics")
         assert "teeproxy_cluster_key_epoch 2.0" in metrics
+        assert f'teeproxy_cluster_receipt_signer{{address="{new}"}} 1.0' in metrics
+        assert "teeproxy_cluster_receipt_signer_version 2.0" in metrics
+
+        # 4b. The operator registers the fleet's signer from the members' join records: all
+        #     or nothing (the revoked r3 is still a member), then once for the shared key.
+        owner_key = new_account()
+        keystore = tmp_path / "owner.json"
+        await asyncio.to_thread(  # scrypt: off the event loop
+            lambda: keystore.write_text(
+                json.dumps(owner_key.encrypt(PASSWORD, kdf="pbkdf2", iterations=1000))
+            )
+        )
+        monkeypatch.setenv("TEEPROXY_POLICY_PASSWORD", PASSWORD)
+        await fund(node.url, owner_key.address)
+        await owner_tx(node.url, contract, "transferOwnership", owner_key.address)
+        rc, _, err = await operator("accept-ownership")
+        assert rc == 0, err
+        argv = [
+            "register-signer",
+            "--cluster-members",
+            "--cluster",
+            cluster,
+            "--sni",
+            "attest.test",
+        ]
+        for endpoint in etcd_cluster.endpoints:
+            argv += ["--etcd", endpoint]
+        argv += ["--trust-dev-key", str(pub)]
+        rc, out, err = await operator(*argv)
+        assert rc == 1 and "nothing registered" in err and "  - r3: " in err, err
+        rc, out, _ = await operator("signer", new, keystore=False)
+        assert rc == 3 and "NOT REGISTERED" in out
+        await asyncio.to_thread(r3.proc.send, signal.SIGTERM)
+        assert await r3.proc.wait_exit(30) == 0
+        rc, out, err = await operator("--dry-run", *argv)
+        assert rc == 0, err
+        assert json.loads(out)["transaction"]["data"].endswith(new[2:] + mid[1][2:])
+        rc, out, err = await operator(*argv)
+        assert rc == 0, err
+        assert "2 replicas verified: 1 signer(s) to register (shared key)" in out
+        assert out.count("sent registerSigner") == 1
+        rc, out, _ = await operator("signer", new, keystore=False)
+        assert rc == 0 and f"registered for {mid[1]}" in out and "ALLOWED (build A)" in out
+        rc, out, err = await operator(*argv)  # again: nothing to send
+        assert rc == 0 and "nothing sent" in out, err
 
         # 5. One etcd member stopped: the fleet keeps serving and renews.
         before = set(watch.serials)
@@ -375,6 +547,11 @@ async def test_fleet_of_three(
             scalar = key.private_numbers().private_value.to_bytes(32, "big")
             secrets += [der, scalar, base64.b64encode(der), scalar.hex().encode()]
         assert len(secrets) >= 8  # the certificate key and the account key
+        for state in (survivor.state, r3.state):  # the fleet's signer now, and the replaced one
+            blob = await asyncio.to_thread((signing_dir(state) / SHARED_KEY_FILE).read_bytes)
+            scalar = sealer.unseal(blob, SHARED_SEALING_LABEL)
+            secrets += [scalar, scalar.hex().encode(), base64.b64encode(scalar)]
+        assert any(k.endswith(b"/data/receipt-signer") for k, _ in ours)
         for k, v in ours:
             assert b"PRIVATE KEY" not in v and b"-----BEGIN" not in v, k
             for secret in secrets:

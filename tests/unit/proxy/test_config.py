@@ -115,6 +115,11 @@ def test_cluster_section_is_valid_and_off_by_default() -> None:
     assert not loads("").cluster.enabled
     c = loads(_CLUSTER).cluster
     assert c.enabled and c.name == "fleet" and c.etcd_endpoints == ("http://127.0.0.1:2379",)
+    assert not c.shared_signing_key and c.advertise_url == ""  # opt-in; derived from listen
+    c = loads(
+        _CLUSTER + 'shared_signing_key = true\nadvertise_url = "https://[::1]:8443"\n'
+    ).cluster
+    assert c.shared_signing_key and c.advertise_url == "https://[::1]:8443"
 
 
 INVALID = [
@@ -272,6 +277,21 @@ INVALID = [
     pytest.param(_CLUSTER + "etcd_timeout = 6.0\n", "cluster.etcd_timeout", id="cl-timeout"),
     pytest.param(
         _CLUSTER.replace("mode = 'monitor'", "mode = 'off'"), "governance.mode", id="cl-gov"
+    ),
+    pytest.param(
+        _CLUSTER + "shared_signing_key = true\n[receipts]\nenabled = false\n",
+        "cluster.shared_signing_key",
+        id="cl-shared-no-receipts",
+    ),
+    pytest.param(
+        _CLUSTER + 'advertise_url = "http://10.0.0.1:8443"\n',
+        "cluster.advertise_url",
+        id="cl-url-http",
+    ),
+    pytest.param(
+        _CLUSTER + 'advertise_url = "https://10.0.0.1/x"\n',
+        "cluster.advertise_url",
+        id="cl-url-path",
     ),
     pytest.param(
         "[attestation]\nsimulated_mr_config_id = 'ab'",

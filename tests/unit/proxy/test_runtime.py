@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from certmgr.keys import InsecureDevSealer
+from certmgr.receipts.signing import SigningKey, prepare_signing_key, store_shared_signing_key
 from certmgr.sealing import make_sealer
 from proxy.config import loads
 from proxy.errors import ConfigError
-from proxy.runtime import sealer_for
+from proxy.runtime import reload_signing_key, sealer_for, shares_signing_key
 
 
 def test_config_selects_provider_and_fails_closed(tmp_path: Path) -> None:
@@ -28,3 +30,26 @@ def test_config_selects_provider_and_fails_closed(tmp_path: Path) -> None:
     assert e2.value.field == "sealing.provider"
     with pytest.raises(ValueError, match="unknown sealing provider"):
         make_sealer("tpm")
+
+
+def test_workers_load_the_fleets_key_in_shared_mode_and_their_own_otherwise(
+    tmp_path: Path,
+) -> None:
+    cluster = (
+        f'state_dir = "{tmp_path}"\n[attestation]\nprovider = "simulated"\n'
+        "[governance]\nmode = 'monitor'\nrpc_urls = [\"http://127.0.0.1:8545\"]\n"
+        'contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"\n'
+        '[cluster]\nenabled = true\nname = "f"\nmember_id = "r1"\n'
+        'etcd_endpoints = ["http://127.0.0.1:2379"]\n'
+    )
+    sealer = InsecureDevSealer()
+    own = prepare_signing_key(tmp_path, sealer)
+    fleet = SigningKey.generate()
+    shared_cfg = loads(cluster + "shared_signing_key = true\n")
+    assert shares_signing_key(shared_cfg) and not shares_signing_key(loads(cluster))
+    assert reload_signing_key(shared_cfg, sealer) is None  # not handed over yet: no receipts
+    store_shared_signing_key(tmp_path, sealer, fleet)
+    got = reload_signing_key(shared_cfg, sealer)
+    assert got is not None and got.address == fleet.address
+    mine = reload_signing_key(loads(cluster), sealer)
+    assert mine is not None and mine.address == own.address

@@ -97,3 +97,36 @@ def test_join_record_strict(doc: dict[str, object]) -> None:
 def test_join_record_size_cap() -> None:
     with pytest.raises(EnvelopeError, match="too large"):
         JoinRecord.parse(b" " * (MAX_JOIN_RECORD + 1))
+
+
+def _join_doc(**fields: object) -> bytes:
+    pub = ec.generate_private_key(ec.SECP256R1()).public_key()
+    rec = JoinRecord("r1", spki_der(pub), spki_der(pub), b"{}", "0x" + "ab" * 32, 1, "", **fields)  # type: ignore[arg-type]
+    return rec.to_json()
+
+
+def test_join_record_url_and_signer_mode_round_trip_and_default() -> None:
+    raw = _join_doc(url="https://10.0.0.21:8443", receipt_signer="shared")
+    back = JoinRecord.parse(raw)
+    assert (back.url, back.receipt_signer) == ("https://10.0.0.21:8443", "shared")
+    # A record written before these fields existed still parses (both empty).
+    doc = json.loads(raw)
+    del doc["url"], doc["receipt_signer"]
+    old = JoinRecord.parse(json.dumps(doc).encode())
+    assert (old.url, old.receipt_signer) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("url", "http://10.0.0.21:8443"),
+        ("url", "https://" + "a" * 200),
+        ("url", 7),
+        ("receipt_signer", "someone-else"),
+    ],
+)
+def test_join_record_bad_url_or_signer_mode_refused(field: str, value: object) -> None:
+    doc = json.loads(_join_doc())
+    doc[field] = value
+    with pytest.raises(EnvelopeError):
+        JoinRecord.parse(json.dumps(doc).encode())

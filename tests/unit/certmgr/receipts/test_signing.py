@@ -22,11 +22,16 @@ from certmgr.receipts.signing import (
     ADDRESS_FILE,
     KEY_FILE,
     SEALING_LABEL,
+    SHARED_ADDRESS_FILE,
+    SHARED_KEY_FILE,
+    SHARED_SEALING_LABEL,
     SigningKey,
+    load_shared_signing_key,
     load_signing_key,
     prepare_signing_key,
     sign_receipt,
     signing_dir,
+    store_shared_signing_key,
 )
 from certmgr.receipts.verify import recover_signer, verify_receipt
 from certmgr.sealing import GramineSealer
@@ -136,7 +141,15 @@ def test_no_key_material_in_repr_or_pickle() -> None:
     with pytest.raises(TypeError):
         pickle.dumps(key)
     public = {name for name in dir(key) if not name.startswith("_")}
-    assert public == {"address", "address_hex", "sign_digest", "generate", "from_private_bytes"}
+    # sealed_with hands the scalar to a sealing function only (the cluster key seals it).
+    assert public == {
+        "address",
+        "address_hex",
+        "sign_digest",
+        "generate",
+        "from_private_bytes",
+        "sealed_with",
+    }
 
 
 def _raw_scalar(state: Path) -> bytes:
@@ -257,3 +270,34 @@ def test_sign_receipt_rejects_a_key_of_the_wrong_type() -> None:
                 timestamp=0,
                 measurement_id=bytes(32),
             )
+
+
+def test_shared_key_is_stored_sealed_under_its_own_label(tmp_path: Path) -> None:
+    fleet = SigningKey.from_private_bytes(KEY)
+    own = prepare_signing_key(tmp_path, InsecureDevSealer())
+    store_shared_signing_key(tmp_path, InsecureDevSealer(), fleet)
+    path = signing_dir(tmp_path) / SHARED_KEY_FILE
+    blob = path.read_bytes()
+    assert KEY not in blob and KEY.hex().encode() not in blob
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert (signing_dir(tmp_path) / SHARED_ADDRESS_FILE).read_text() == fleet.address_hex + "\n"
+    assert load_shared_signing_key(tmp_path, InsecureDevSealer()).address == fleet.address
+    # The replica's own key is untouched, and neither file unseals as the other.
+    assert load_signing_key(tmp_path, InsecureDevSealer()).address == own.address
+    with pytest.raises(SealError):
+        InsecureDevSealer().unseal(blob, SEALING_LABEL)
+    own_blob = (signing_dir(tmp_path) / KEY_FILE).read_bytes()
+    with pytest.raises(SealError):
+        InsecureDevSealer().unseal(own_blob, SHARED_SEALING_LABEL)
+    # Replaced when the fleet's key is.
+    other = SigningKey.generate()
+    store_shared_signing_key(tmp_path, InsecureDevSealer(), other)
+    assert load_shared_signing_key(tmp_path, InsecureDevSealer()).address == other.address
+
+
+def test_shared_key_missing_or_sealed_elsewhere_fails_closed(tmp_path: Path) -> None:
+    with pytest.raises(SigningKeyError, match="no shared receipt signing key"):
+        load_shared_signing_key(tmp_path, InsecureDevSealer())
+    store_shared_signing_key(tmp_path, InsecureDevSealer(), SigningKey.generate())
+    with pytest.raises(SigningKeyError, match="does not unseal"):
+        load_shared_signing_key(tmp_path, gramine_sealer(tmp_path, b"k" * 16))

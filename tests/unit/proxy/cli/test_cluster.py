@@ -36,6 +36,23 @@ def test_format_status() -> None:
     assert "- measurement 0x33.. is not allowed" in out
 
 
+def test_format_status_names_the_shared_signer_and_the_one_it_replaced() -> None:
+    new, old = "0x" + "aa" * 20, "0x" + "bb" * 20
+    signer = {"mode": "shared", "address": new, "version": 2, "epoch": 2, "previous": old}
+    out = format_status({**DOC, "receipt_signer": signer})
+    assert f"receipts:     shared signer {new} (version 2, sealed under epoch 2)" in out
+    assert (
+        f"replaced {old}: unregister it on chain (teeproxy policy unregister-signer {old})" in out
+    )
+    own = {"mode": "per-replica", "address": new}
+    members = {
+        "r2": {"measurement_id": "0x" + "22" * 32, "verdict": "trusted", "signing_address": old}
+    }
+    out = format_status({**DOC, "receipt_signer": own, "members": members})
+    assert f"receipts:     per-replica, signer {new} (each member its own)" in out
+    assert f"receipt signer {old}" in out
+
+
 def test_format_status_tolerates_a_malformed_document() -> None:
     assert "members:" in format_status({"members": ["not", "a", "map"]})
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from proxy.config import loads
-from proxy.control.supervisor import Supervisor
+from proxy.control.supervisor import Supervisor, advertised_url
 from proxy.tasks import spawn
 
 
@@ -47,7 +47,7 @@ async def test_monitor_restarts_every_dead_worker_in_one_pass(
         sup._workers.append((FakeProc(100 + len(spawned), alive=True), FakeConn()))  # type: ignore[arg-type]
 
     monkeypatch.setattr(sup, "_spawn_worker", fake_spawn)
-    task = spawn(sup._monitor(None), "test-monitor")
+    task = spawn(sup._monitor(), "test-monitor")
     try:
         async with asyncio.timeout(5):
             while len(spawned) < 2 and not task.done():  # noqa: ASYNC110
@@ -60,3 +60,25 @@ async def test_monitor_restarts_every_dead_worker_in_one_pass(
     assert 2 not in pids and 3 not in pids
     assert pids[0] == 1 and len(pids) == 3
     assert dead1[1].closed and dead2[1].closed and not live[1].closed
+
+
+@pytest.mark.parametrize(
+    ("listen", "advertise", "expected"),
+    [
+        ("127.0.0.1:8443", "", "https://127.0.0.1:8443"),
+        ("[::1]:8443", "", "https://[::1]:8443"),
+        ("0.0.0.0:8443", "", ""),  # a wildcard says nothing about where to connect
+        ("0.0.0.0:8443", "https://r1.internal:8443", "https://r1.internal:8443"),
+    ],
+)
+def test_advertised_url(listen: str, advertise: str, expected: str) -> None:
+    cfg = loads(
+        f'[server]\nlisten = ["{listen}"]\n'
+        '[attestation]\nprovider = "simulated"\n'
+        "[governance]\nmode = 'monitor'\n"
+        'rpc_urls = ["http://127.0.0.1:8545"]\n'
+        'contract = "0x5FbDB2315678afecb367f032d93F642f64180aa3"\n'
+        '[cluster]\nenabled = true\nname = "f"\nmember_id = "r1"\n'
+        f'etcd_endpoints = ["http://127.0.0.1:2379"]\nadvertise_url = "{advertise}"\n'
+    )
+    assert advertised_url(cfg) == expected
