@@ -1,4 +1,8 @@
-"""Release inputs for the tests: an OCI image layout on disk and a compose file naming it.
+"""Release inputs for the tests: a git checkout of this tree, an OCI image layout on disk and
+a compose file naming it.
+
+:func:`checkout` copies what the image is built from into a new git repository with one
+commit dated :data:`SDE`, so that every build of it has the same commit and timestamp.
 
 :func:`write_layout` writes a valid OCI image layout (``oci-layout``, ``index.json``, the
 manifest, config and one layer blob) whose content is ``payload``: a different payload is a
@@ -11,10 +15,78 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
+import subprocess
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["compose_for", "write_layout"]
+from certmgr.release.image import ImageBuild
+
+__all__ = [
+    "SDE",
+    "SOURCE_PARTS",
+    "ReleaseBuild",
+    "checkout",
+    "compose_for",
+    "copy_source",
+    "write_layout",
+]
+
+REPO = Path(__file__).resolve().parents[2]
+SDE = 1_700_000_000  # SOURCE_DATE_EPOCH of every test build (the checkout's commit time)
+# What build_image reads from a source tree.
+SOURCE_PARTS = ("pyproject.toml", "README.md", "requirements.lock", "release", "proxy", "certmgr")
+
+
+@dataclass(frozen=True)
+class ReleaseBuild:
+    """A build of a checkout: ``source`` (a git repository, one commit: ``commit``),
+    ``build`` (its layout in ``build.output``), ``work`` (the builder's work directory, which
+    keeps the verified base root file system for builds that reuse it)."""
+
+    source: Path
+    commit: str
+    build: ImageBuild
+    work: Path
+
+
+def copy_source(dest: Path) -> Path:
+    """The parts of this tree the image is built from, copied to ``dest`` (no git)."""
+    dest.mkdir()
+    for part in SOURCE_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dest / part)
+    return dest
+
+
+def checkout(dest: Path) -> str:
+    """:func:`copy_source` as a git repository with one commit at :data:`SDE`; its hash."""
+    copy_source(dest)
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "GIT_AUTHOR_DATE": f"@{SDE} +0000",
+        "GIT_COMMITTER_DATE": f"@{SDE} +0000",
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(dest),
+    }
+    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
+        subprocess.run(["git", "-C", str(dest), *argv], check=True, env=env, timeout=60)
+    out = subprocess.run(
+        ["git", "-C", str(dest), "rev-parse", "HEAD"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return out.stdout.strip()
 
 
 def _blob(layout: Path, data: bytes) -> str:

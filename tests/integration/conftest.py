@@ -8,7 +8,10 @@
 - ``knot``, ``pebble_factory``, ``acme_backend``: the ACME peers and the backend behind the
   ACME-managed proxy (tests/helpers/acme_peers.py);
 - ``etcd_cluster``: one three-member etcd cluster for the whole run, started when a test
-  first asks for it (tests/helpers/etcd.py); each test uses its own key prefix.
+  first asks for it (tests/helpers/etcd.py); each test uses its own key prefix;
+- ``release_build``: one real, full ``build_image`` of a git checkout of this tree for the
+  whole run (a minute or more on 2 cores), shared by the image, verify-build and release
+  end-to-end tests, which copy its layout before they add to it (tests/helpers/release.py).
 
 Every server binds 127.0.0.1 and every process is stopped by its PID when the test ends.
 """
@@ -26,6 +29,7 @@ import trustme
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
+from certmgr.release.image import build_image
 from tests.helpers.acme_peers import TSIG_ENV, Knot, Pebble, PebbleFactory, start_knot, start_pebble
 from tests.helpers.backends import (
     RawBackend,
@@ -47,6 +51,7 @@ from tests.helpers.chain import (
     stop_anvil,
 )
 from tests.helpers.etcd import EtcdCluster, start_etcd_cluster
+from tests.helpers.release import ReleaseBuild, checkout
 from tests.helpers.serve import Launch, Process, TLSFiles
 
 # -- backends ------------------------------------------------------------------------------
@@ -240,3 +245,17 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClust
         yield cluster
     finally:
         cluster.stop()
+
+
+# -- the release image ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def release_build(tmp_path_factory: pytest.TempPathFactory) -> ReleaseBuild:
+    root = tmp_path_factory.mktemp("release")
+    source = root / "src"
+    commit = checkout(source)
+    work = root / "work"
+    # SOURCE_DATE_EPOCH from the checkout's commit time, as a release build takes it.
+    build = build_image(source, root / "image", work_dir=work)
+    return ReleaseBuild(source, commit, build, work)

@@ -1,14 +1,16 @@
 """``teeproxy build-image``: the release image rebuilds bit for bit, and it runs.
 
-Two full builds (mmdebstrap base included) of this source tree: one in process, one through
-the CLI in another directory with another umask, TMPDIR and working directory; every blob
+Two full builds (mmdebstrap base included) of one git checkout of this source tree: the
+run's shared ``release_build`` (in process), and one through the CLI from a copy of the
+checkout in another directory with another umask, TMPDIR and working directory; every blob
 must be byte-identical. Then, on the first build's base (already verified against the pin
 list), a changed source file and a changed lock must change only the app and only the deps
 layer. The layout is read by skopeo and umoci (independent OCI implementations), unpacked,
 and the image's own Python runs ``teeproxy --help`` as the image's user under chroot.
 
 Needs root (mmdebstrap --mode=root, chroot), mmdebstrap, skopeo, umoci (scripts/test.sh
-installs them) and deb.debian.org and PyPI. About 3 minutes on 2 cores.
+installs them) and deb.debian.org and PyPI. About 3 minutes on 2 cores (with the shared
+build, which tests/integration/test_verify_build.py and test_release_e2e.py reuse).
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ from certmgr.release.image import (
     build_base,
     build_image,
 )
+from tests.helpers.release import SDE, ReleaseBuild, copy_source
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SDE = 1_700_000_000  # a fixed epoch: the copies below are no git checkouts
-# What build_image reads from a source tree.
-SOURCE_PARTS = ("pyproject.toml", "README.md", "requirements.lock", "release", "proxy", "certmgr")
 
 
 @dataclass(frozen=True)
@@ -49,17 +49,6 @@ class Builds:
     first_work: Path
     second: Path
     second_json: dict[str, object]
-
-
-def _copy_source(dest: Path) -> Path:
-    dest.mkdir()
-    for part in SOURCE_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / part)
-    return dest
 
 
 def _blobs(layout: Path) -> dict[str, str]:
@@ -81,14 +70,12 @@ def _base_of(build: Builds) -> BaseRootfs:
 
 
 @pytest.fixture(scope="module")
-def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
-    src = _copy_source(tmp_path_factory.mktemp("a") / "src")
-    work = tmp_path_factory.mktemp("a-work")
-    first = build_image(src, src.parent / "image", source_date_epoch=SDE, work_dir=work)
-
-    # The second build: another copy, directory, umask, TMPDIR and cwd; through the CLI.
+def builds(release_build: ReleaseBuild, tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    # The second build: a copy of the same checkout (same commit) in another directory,
+    # with another umask, TMPDIR and cwd; through the CLI.
     root = tmp_path_factory.mktemp("b")
-    src2 = _copy_source(root / "elsewhere")
+    src2 = root / "elsewhere"
+    shutil.copytree(release_build.source, src2, symlinks=True)
     tmpdir = root / "tmp"
     tmpdir.mkdir()
     cwd = root / "cwd"
@@ -96,12 +83,12 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Builds:
     env = {**os.environ, "TMPDIR": str(tmpdir)}
     proc = subprocess.run(
         [sys.executable, "-m", "proxy.cli", "build-image", "--source", str(src2),
-         "--output", "out", "--source-date-epoch", str(SDE), "--json"],
+         "--output", "out", "--json"],
         check=False, cwd=cwd, env=env, umask=0o077, capture_output=True, text=True,
         timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    return Builds(first, work, cwd / "out", json.loads(proc.stdout))
+    return Builds(release_build.build, release_build.work, cwd / "out", json.loads(proc.stdout))
 
 
 def test_two_full_builds_are_byte_identical(builds: Builds) -> None:
@@ -118,6 +105,8 @@ def test_two_full_builds_are_byte_identical(builds: Builds) -> None:
     lock = hashlib.sha256((REPO / LOCK).read_bytes()).hexdigest()
     assert builds.first.lock_sha256 == builds.second_json["lock_sha256"] == lock
     assert builds.second_json["source_date_epoch"] == SDE
+    assert builds.second_json["commit"] == builds.first.commit  # the checkout's, both times
+    assert builds.second_json["dirty"] is False and builds.first.dirty is False
 
 
 def test_layout_validates_and_the_image_runs(builds: Builds, tmp_path: Path) -> None:
@@ -178,7 +167,7 @@ def test_layout_validates_and_the_image_runs(builds: Builds, tmp_path: Path) -> 
 
 
 def test_changed_source_changes_only_the_app_layer(builds: Builds, tmp_path: Path) -> None:
-    src = _copy_source(tmp_path / "src")
+    src = copy_source(tmp_path / "src")
     main = src / "proxy" / "cli" / "main.py"
     main.write_text(main.read_text() + "\n# changed\n")
     changed = build_image(src, tmp_path / "out", source_date_epoch=SDE,
@@ -192,7 +181,7 @@ def test_changed_source_changes_only_the_app_layer(builds: Builds, tmp_path: Pat
 
 
 def test_changed_lock_changes_only_the_deps_layer(builds: Builds, tmp_path: Path) -> None:
-    src = _copy_source(tmp_path / "src")
+    src = copy_source(tmp_path / "src")
     lock = src / LOCK
     # Drop one locked package (nvidia-ml-py: nothing imports it at start-up).
     lines, out, skipping = lock.read_text().splitlines(), [], False
@@ -218,7 +207,7 @@ def test_changed_lock_changes_only_the_deps_layer(builds: Builds, tmp_path: Path
 
 
 def test_a_pinned_version_gone_from_the_mirror_fails_clearly(tmp_path: Path) -> None:
-    src = _copy_source(tmp_path / "src")
+    src = copy_source(tmp_path / "src")
     pins = src / BASE_PINS
     text = pins.read_text()
     libc = next(ln for ln in text.splitlines() if ln.startswith("libc6="))

@@ -6,15 +6,18 @@ the simulated attestation provider (the fake for the TEE device) and governance 
 and the real CLI (``proxy.cli.main``) for ``measure predict``, ``release keygen|manifest``,
 ``policy allow --from-manifest`` and ``verify --manifest``.
 
-The image is an OCI layout written by tests/helpers/release.py, not one built by the
-reproducible image build: what is tested here starts at the image digest (the compose file
-pins it, so it enters the compose hash and MRCONFIGID, and so the measurement id).
+The release is the run's shared real build of a git checkout (``release_build``:
+``build_image``; its ``build-image --json`` record goes into the manifest). The other build,
+which must never serve, only needs another image digest: an OCI layout written by
+tests/helpers/release.py (the compose file pins the digest, so it enters the compose hash and
+MRCONFIGID, and so the measurement id).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,12 @@ from aiohttp.pytest_plugin import AiohttpServer
 from certmgr.attest.ratls_store import ratls_dir
 from proxy.cli.main import main
 from tests.helpers.chain import AnvilFactory, deploy_policy, fund
-from tests.helpers.release import compose_for, write_layout
+from tests.helpers.release import ReleaseBuild, compose_for, write_layout
 from tests.helpers.serve import Launch
 
 pytestmark = pytest.mark.slow
 
 NAME = "attestation.teeproxy.invalid"
-COMMIT = "89abcdef0123456789abcdef0123456789abcdef"
 
 
 def _config(tmp: Path, tag: str, *, backend: str, rpc: str, contract: str, config_id: str) -> Path:
@@ -57,10 +59,8 @@ async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str
 
 
 async def _predict(
-    capsys: pytest.CaptureFixture[str], tmp: Path, payload: bytes, tag: str
-) -> tuple[Path, dict[str, Any]]:
-    layout = tmp / f"image-{tag}"
-    digest = await asyncio.to_thread(write_layout, layout, payload)
+    capsys: pytest.CaptureFixture[str], tmp: Path, layout: Path, digest: str, tag: str
+) -> dict[str, Any]:
     compose = tmp / f"docker-compose-{tag}.yml"
     await asyncio.to_thread(compose.write_text, compose_for(digest))
     rc, out, err = await _cli(
@@ -76,10 +76,12 @@ async def _predict(
     )
     assert rc == 0, err
     await asyncio.to_thread((tmp / f"prediction-{tag}.json").write_text, out)
-    return layout, json.loads(out)["predictions"][0]
+    prediction: dict[str, Any] = json.loads(out)["predictions"][0]
+    return prediction
 
 
 async def test_allow_from_manifest_then_only_that_build_serves(  # noqa: PLR0917 - fixtures
+    release_build: ReleaseBuild,
     tmp_path: Path,
     launch: Launch,
     anvil: AnvilFactory,
@@ -103,18 +105,23 @@ async def test_allow_from_manifest_then_only_that_build_serves(  # noqa: PLR0917
     contract = await deploy_policy(node.url, owner)
     policy = ["policy", "--rpc", node.url, "--address", contract, "--keystore", str(keystore)]
 
-    # The release: prediction, release key, signed manifest next to the image.
-    layout, pred = await _predict(capsys, tmp_path, b"teeproxy build", "a")
+    # The release: the real build (a copy of its layout: the manifest goes next to it), its
+    # prediction, a release key, the signed manifest.
+    layout = tmp_path / "image-a"
+    await asyncio.to_thread(shutil.copytree, release_build.build.output, layout)
+    record = release_build.build.to_json()  # what `teeproxy build-image --json` prints
+    record["output"] = str(layout)
+    build_json = tmp_path / "build.json"
+    await asyncio.to_thread(build_json.write_text, json.dumps(record))
+    pred = await _predict(capsys, tmp_path, layout, release_build.build.digest, "a")
+    commit = release_build.commit
     key, pub = tmp_path / "release.key", tmp_path / "release.pub"
     rc, _, err = await _cli(capsys, "release", "keygen", str(key), "--public-out", str(pub))
     assert rc == 0, err
-    lock = tmp_path / "requirements.lock"
-    await asyncio.to_thread(lock.write_text, "aiohttp==3.14.5\n")
     rc, _, err = await _cli(
         capsys,
         *("release", "manifest", "--image", str(layout), "--sign-key", str(key)),
-        *("--prediction", str(tmp_path / "prediction-a.json"), "--lock", str(lock)),
-        *("--commit", COMMIT, "--source-date-epoch", "1700000000"),
+        *("--prediction", str(tmp_path / "prediction-a.json"), "--build-json", str(build_json)),
     )
     assert rc == 0, err
     manifest = layout / "teeproxy-manifest.dsse.json"
@@ -138,8 +145,9 @@ async def test_allow_from_manifest_then_only_that_build_serves(  # noqa: PLR0917
     assert rc == 0, err
     rc, out, _ = await _cli(capsys, "policy", "--rpc", node.url, "--address", contract, "list")
     digest = pred["inputs"]["image_digest"]
+    assert digest == release_build.build.digest
     assert pred["measurement_id"] in out
-    assert f"simulated-tdx img:{digest[7:19]} git:{COMMIT[:12]}" in out
+    assert f"simulated-tdx img:{digest[7:19]} git:{commit[:12]}" in out
     assert out.count("0x") == 2  # the contract address line and one id
 
     # The build the manifest predicts serves; its verifier names the build.
@@ -166,11 +174,13 @@ async def test_allow_from_manifest_then_only_that_build_serves(  # noqa: PLR0917
     report = json.loads(out)
     assert report["trusted"] and report["measurement_id"] == pred["measurement_id"]
     build = report["build"]
-    assert build["known"] and build["commit"] == COMMIT and build["image_digest"] == digest
+    assert build["known"] and build["commit"] == commit and build["image_digest"] == digest
     assert build["target"] == "simulated-tdx"
 
     # Another build (another image, so another compose hash and MRCONFIGID): never serves.
-    _, other = await _predict(capsys, tmp_path, b"teeproxy build, changed lock", "b")
+    other_layout = tmp_path / "image-b"
+    other_digest = await asyncio.to_thread(write_layout, other_layout, b"another build")
+    other = await _predict(capsys, tmp_path, other_layout, other_digest, "b")
     assert other["measurement_id"] != pred["measurement_id"]
     cfg_b = await asyncio.to_thread(
         _config,

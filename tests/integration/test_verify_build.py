@@ -1,65 +1,31 @@
 """``teeproxy verify-build``: a release manifest checked by rebuilding the image from source.
 
-The release side builds the real image (``teeproxy build-image``, reproducible: mmdebstrap
-base, hash-pinned wheels) from a git checkout of this tree, predicts the dstack and the
+The release side is the run's shared real build of a git checkout of this tree
+(``release_build``: ``build_image``, reproducible: mmdebstrap base, hash-pinned wheels; its
+``build-image --json`` record), predicts the dstack and the
 simulated measurement ids from a compose file pinning that image, and signs the manifest
 with ``--build-json``. The auditor side runs ``verify-build``, which rebuilds the image from
 the same checkout and re-derives every prediction: digest, lock, commit, SOURCE_DATE_EPOCH
-and both ids must agree. Two full image builds: about 2.5 minutes on 2 cores; needs what
-tests/integration/test_build_image.py needs (root, mmdebstrap, Debian and PyPI).
+and both ids must agree. One full image build here (the rebuild): about a minute on 2 cores;
+needs what tests/integration/test_build_image.py needs (root, mmdebstrap, Debian and PyPI).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from certmgr.attest.intel import parse_quote
 from proxy.cli.main import main
-from tests.helpers.release import compose_for
+from tests.helpers.release import SDE, ReleaseBuild, compose_for
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
-SOURCE_PARTS = ("pyproject.toml", "README.md", "requirements.lock", "release", "proxy", "certmgr")
-SDE = "1700000000"
-
-
-def _checkout(dest: Path) -> str:
-    """A git checkout holding the parts of this tree the image is built from; its commit."""
-    dest.mkdir()
-    for part in SOURCE_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, dest / part)
-    env = {
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@example.invalid",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@example.invalid",
-        "GIT_AUTHOR_DATE": f"@{SDE} +0000",
-        "GIT_COMMITTER_DATE": f"@{SDE} +0000",
-        "PATH": "/usr/bin:/bin",
-        "HOME": str(dest),
-    }
-    for argv in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "release"]):
-        subprocess.run(["git", "-C", str(dest), *argv], check=True, env=env, timeout=60)
-    out = subprocess.run(
-        ["git", "-C", str(dest), "rev-parse", "HEAD"],
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return out.stdout.strip()
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -69,18 +35,18 @@ def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 
 def test_verify_build_rebuilds_and_rederives(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    release_build: ReleaseBuild,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    source = tmp_path / "src"
-    commit = _checkout(source)
-    layout = tmp_path / "release-image"
-    rc, out, err = _cli(
-        capsys, "build-image", "--source", str(source), "--output", str(layout), "--json"
-    )
-    assert rc == 0, err
-    build = json.loads(out)
-    (tmp_path / "build.json").write_text(out)
-    assert build["commit"] == commit and build["source_date_epoch"] == int(SDE)
+    source, commit = release_build.source, release_build.commit
+    layout = tmp_path / "release-image"  # a copy: the manifest is written next to the image
+    shutil.copytree(release_build.build.output, layout)
+    build = release_build.build.to_json()  # what `teeproxy build-image --json` prints
+    build["output"] = str(layout)
+    (tmp_path / "build.json").write_text(json.dumps(build, indent=2, sort_keys=True))
+    assert build["commit"] == commit and build["source_date_epoch"] == SDE
 
     compose = tmp_path / "docker-compose.yml"
     compose.write_text(compose_for(build["image_digest"]))
