@@ -22,7 +22,6 @@ never read without the release public key the caller names.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import subprocess
@@ -52,6 +51,7 @@ from certmgr.release.manifest import (
 )
 from certmgr.release.predict import recompute
 from certmgr.release.snp_launch import DEFAULT_GUEST_FEATURES, SnpLaunch, launch_digest
+from proxy.cli.inputs import ask_password, read_capped
 from proxy.errors import UsageError
 
 __all__ = ["MANIFEST_NAME", "add_parsers", "load_manifests"]
@@ -62,38 +62,15 @@ _MAX_PREDICTION_FILE = 1024 * 1024
 _MAX_KEY = 16 * 1024
 
 
-def _read(path: str | Path, cap: int) -> bytes:
-    try:
-        with Path(path).open("rb") as f:
-            data = f.read(cap + 1)
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e}") from e
-    if len(data) > cap:
-        raise UsageError(f"{path} is larger than {cap} bytes")
-    return data
-
-
-def _password(env: str, *, confirm: bool = False) -> str:
-    value = os.environ.get(env)
-    if value is not None:
-        return value
-    if not sys.stdin.isatty():
-        raise UsageError(f"no password: set {env} or run in a terminal to be prompted")
-    first = getpass.getpass("release key password: ")
-    if confirm and getpass.getpass("again: ") != first:
-        raise UsageError("passwords differ")
-    return first
-
-
 def load_manifests(paths: Sequence[str], key_paths: Sequence[str]) -> list[BuildManifest]:
     """Each manifest verified under the trusted release keys (``ReleaseError`` otherwise)."""
     if not key_paths:
         raise UsageError("--release-key PEM is required: a manifest is never trusted unsigned")
-    keys = [load_public_key(_read(p, _MAX_KEY)) for p in key_paths]
+    keys = [load_public_key(read_capped(p, _MAX_KEY)) for p in key_paths]
     out = []
     for path in paths:
         try:
-            out.append(verify_manifest(_read(path, MAX_ENVELOPE), keys))
+            out.append(verify_manifest(read_capped(path, MAX_ENVELOPE), keys))
         except ReleaseError as e:
             raise ReleaseError(f"{path}: {e}") from e
     return out
@@ -107,7 +84,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     for p in (key_path, pub_path):
         if p.exists():
             raise UsageError(f"{p} exists: refusing to overwrite")
-    password = _password(args.password_env, confirm=True)
+    password = ask_password(args.password_env, "release key", confirm=True)
     if len(password) < MIN_PASSWORD:
         raise UsageError(f"use a password of at least {MIN_PASSWORD} characters")
     key = generate_release_key()
@@ -136,7 +113,7 @@ def _predictions(paths: Sequence[str]) -> list[dict[str, Any]]:
     preds: list[dict[str, Any]] = []
     for path in paths:
         try:
-            doc = json.loads(_read(path, _MAX_PREDICTION_FILE))
+            doc = json.loads(read_capped(path, _MAX_PREDICTION_FILE))
         except (UnicodeDecodeError, ValueError) as e:
             raise UsageError(f"{path}: not JSON: {e}") from e
         items = doc.get("predictions") if isinstance(doc, dict) else None
@@ -181,7 +158,9 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         source_date_epoch=sde,
         predictions=preds,
     )
-    key = decrypt_release_key(_read(args.sign_key, _MAX_KEY), _password(args.password_env))
+    key = decrypt_release_key(
+        read_capped(args.sign_key, _MAX_KEY), ask_password(args.password_env, "release key")
+    )
     out = Path(args.output) if args.output else image_dir / MANIFEST_NAME
     atomic_write(out, sign_envelope(body, key), 0o644)
     kid = key_id(key.public_key())
@@ -194,7 +173,7 @@ def _from_build_json(path: str, digest: str) -> tuple[str, str, int]:
     output for this very image; a build of a dirty tree or outside git is refused (its
     commit would not name the source)."""
     try:
-        doc = json.loads(_read(path, _MAX_PREDICTION_FILE))
+        doc = json.loads(read_capped(path, _MAX_PREDICTION_FILE))
     except (UnicodeDecodeError, ValueError) as e:
         raise UsageError(f"{path}: not JSON: {e}") from e
     if not isinstance(doc, dict) or doc.get("image_digest") != digest:

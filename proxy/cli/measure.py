@@ -38,6 +38,7 @@ from certmgr.release.predict import (
 )
 from certmgr.release.snp_launch import DEFAULT_GUEST_FEATURES, SnpLaunch, predict_launch
 from proxy.cli.attest import cmd_measure
+from proxy.cli.inputs import read_capped
 from proxy.errors import UsageError
 
 __all__ = ["add_parsers", "legacy_argv"]
@@ -52,17 +53,6 @@ def legacy_argv(argv: Sequence[str]) -> list[str]:
     if len(out) > 1 and out[0] == "measure" and out[1] not in _SUBCOMMANDS:
         out.insert(1, "quote")
     return out
-
-
-def _read(path: str, cap: int = _MAX_INPUT_FILE) -> bytes:
-    try:
-        with Path(path).open("rb") as f:
-            data = f.read(cap + 1)
-    except OSError as e:
-        raise UsageError(f"cannot read {path}: {e}") from e
-    if len(data) > cap:
-        raise UsageError(f"{path} is larger than {cap} bytes")
-    return data
 
 
 def _hex(text: str | None, what: str, size: int | None = None) -> bytes | None:
@@ -93,7 +83,7 @@ def _app_compose(args: argparse.Namespace) -> tuple[bytes, str | None]:
     if args.app_compose:
         if args.compose:
             raise UsageError("give --compose FILE or --app-compose FILE, not both")
-        data = _read(args.app_compose, MAX_APP_COMPOSE)
+        data = read_capped(args.app_compose, MAX_APP_COMPOSE)
         try:
             doc = json.loads(data)
         except (UnicodeDecodeError, ValueError) as e:
@@ -103,10 +93,14 @@ def _app_compose(args: argparse.Namespace) -> tuple[bytes, str | None]:
             raise UsageError(f"{args.app_compose}: no docker_compose_file")
     elif args.compose:
         try:
-            text = _read(args.compose, MAX_APP_COMPOSE).decode("utf-8")
+            text = read_capped(args.compose, MAX_APP_COMPOSE).decode("utf-8")
         except UnicodeDecodeError as e:
             raise UsageError(f"{args.compose}: not UTF-8") from e
-        pre = _read(args.pre_launch_script).decode("utf-8") if args.pre_launch_script else ""
+        pre = (
+            read_capped(args.pre_launch_script, _MAX_INPUT_FILE).decode("utf-8")
+            if args.pre_launch_script
+            else ""
+        )
         options = AppComposeOptions(
             name=args.name,
             kms_enabled=args.kms,
@@ -135,7 +129,7 @@ def _app_compose(args: argparse.Namespace) -> tuple[bytes, str | None]:
 def _os(args: argparse.Namespace) -> TdxOsMeasurement:
     if args.os_measurement:
         try:
-            doc = json.loads(_read(args.os_measurement))
+            doc = json.loads(read_capped(args.os_measurement, _MAX_INPUT_FILE))
         except (UnicodeDecodeError, ValueError) as e:
             raise UsageError(f"{args.os_measurement}: not JSON: {e}") from e
         return TdxOsMeasurement.from_json(doc)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import os
 import sys
@@ -63,6 +62,7 @@ from certmgr.eth import eth_import_guard
 from certmgr.keys import atomic_write
 from certmgr.policy.model import parse_measurement_id
 from proxy.cli.attest import add_attest_options, attest
+from proxy.cli.inputs import ask_password
 from proxy.cli.manifest import load_manifests
 from proxy.config import load
 from proxy.errors import ConfigError, UsageError
@@ -287,24 +287,12 @@ def _target(args: argparse.Namespace) -> Target:
 # -- keystore -----------------------------------------------------------------------------------
 
 
-def _password(env: str, *, confirm: bool = False) -> str:
-    value = os.environ.get(env)
-    if value is not None:
-        return value
-    if not sys.stdin.isatty():
-        raise UsageError(f"no password: set {env} or run in a terminal to be prompted")
-    first = getpass.getpass("keystore password: ")
-    if confirm and getpass.getpass("again: ") != first:
-        raise UsageError("passwords differ")
-    return first
-
-
 def _create_keystore(path: Path, env: str) -> int:
     from eth_account import Account  # noqa: PLC0415 - eth stack: slow import
 
     if path.exists():
         raise UsageError(f"{path} exists: refusing to overwrite a keystore")
-    password = _password(env, confirm=True)
+    password = ask_password(env, "keystore", confirm=True)
     if len(password) < 8:
         raise UsageError("use a password of at least 8 characters")
     acct = Account.create()
@@ -326,7 +314,7 @@ def _unlock(path: Path, env: str) -> Any:
         keyfile = json.loads(data)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot read keystore {path}: {e}") from e
-    password = _password(env)
+    password = ask_password(env, "keystore")
     try:
         key = Account.decrypt(keyfile, password)
     except ValueError as e:
