@@ -7,7 +7,8 @@ command's parser) with an encrypted keystore. It must verify the proxy's attesta
 and register exactly the signing address and measurement id the attestation names; it must
 refuse (and register nothing) when the attestation does not verify or the measurement is not
 allowed. Finally a receipt the proxy really issued verifies on chain, and stops verifying
-once the measurement is revoked.
+once the measurement is revoked. A second test registers two replicas with their own keys in
+one call (all or nothing; one transaction per address; nothing sent again).
 """
 
 from __future__ import annotations
@@ -250,3 +251,53 @@ async def test_register_signer_end_to_end(setup: Setup) -> None:
     assert rc == 3 and "NOT REGISTERED" in out
     rc, _, err = await s.policy("unregister-signer", "0x1234")
     assert rc == 1 and "not an address" in err
+
+
+async def test_register_signer_for_two_replicas_with_their_own_keys(
+    setup: Setup,
+    tmp_path: Path,
+    launch: Launch,
+    aiohttp_server: AiohttpServer,
+) -> None:
+    """Per-replica keys, several URLs in one call: each replica verified, one registerSigner
+    per distinct address, all or nothing, nothing sent again for what is in place."""
+    s = setup
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _completion)
+    backend = await aiohttp_server(app)
+    second = tmp_path / "second"
+    await asyncio.to_thread(second.mkdir)
+    cfg = await asyncio.to_thread(_write_config, second, f"http://127.0.0.1:{backend.port}")
+    proc = await launch(["serve", "-c", str(cfg)])
+    (m,) = await proc.wait_log(r"teeproxy serving on 127\.0\.0\.1:(\d+)")
+    other = Setup(
+        int(m.group(1)),
+        str(ratls_dir(second / "state") / "dev-attestation-key.pub.pem"),
+        s.rpc,
+        s.contract,
+        s.owner_keystore,
+        s.capsys,
+    )
+    mid, address = await s.attested()
+    mid2, address2 = await other.attested()
+    assert mid2 == mid and address2 != address  # one build, two replicas, two keys
+    rc, _, err = await s.policy("allow", mid, "--label", "simulated build")
+    assert rc == 0, err
+    trust = ("--trust-dev-key", s.dev_key, "--trust-dev-key", other.dev_key)
+
+    # One replica that cannot be verified: nothing is registered for the other either.
+    rc, _, err = await s.policy("register-signer", s.url, "https://127.0.0.1:9", *trust)
+    assert rc == 1 and "https://127.0.0.1:9" in err and "nothing registered" in err, err
+    assert await s.signer_of(address) == bytes(32)
+
+    # Both verified: one transaction each, each address for the attested measurement.
+    rc, out, err = await s.policy("register-signer", s.url, other.url, *trust)
+    assert rc == 0, err
+    assert "2 replicas verified: 2 signer(s) to register" in out
+    assert out.count("sent registerSigner") == 2, out
+    assert await s.signer_of(address) == bytes.fromhex(mid[2:])
+    assert await s.signer_of(address2) == bytes.fromhex(mid[2:])
+
+    # Again: both in place, nothing sent.
+    rc, out, err = await s.policy("register-signer", s.url, other.url, *trust)
+    assert rc == 0 and "nothing sent" in out and "sent registerSigner" not in out, (out, err)
