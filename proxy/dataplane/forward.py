@@ -602,6 +602,11 @@ class Forwarder:
                 _send(request, data + first)
             else:
                 _send(request, data + first)
+                # A stream may stay open for minutes: what only the head needed goes now
+                # (an idle stream's memory, bench (e)).
+                del data, first
+                head.headers.clear()
+                headers.clear()  # sent; a tap reads it only when it holds the response
                 await conn.wait()
                 if conn.broke():
                     if not ex.client_gone:
