@@ -43,6 +43,7 @@ __all__ = [
     "TARGETS",
     "Prediction",
     "TdxOsMeasurement",
+    "parse_hex",
     "predict_dstack",
     "predict_simulated",
     "predict_snp",
@@ -79,15 +80,7 @@ def _hex48(doc: Mapping[str, Any], *names: str) -> bytes:
         value = doc.get(name)
         if value is None:
             continue
-        if not isinstance(value, str):
-            raise ReleaseError(f"OS measurement {name}: expected hex text")
-        try:
-            raw = bytes.fromhex(value.removeprefix("0x"))
-        except ValueError as e:
-            raise ReleaseError(f"OS measurement {name}: not hex") from e
-        if len(raw) != 48:
-            raise ReleaseError(f"OS measurement {name}: {len(raw)} bytes, expected 48")
-        return raw
+        return parse_hex(value, f"OS measurement {name}", 48)
     raise ReleaseError(f"OS measurement: {names[0]} is missing")
 
 
@@ -187,7 +180,9 @@ def predict_snp(
     return Prediction("sev-snp", m, dict(inputs or {}))
 
 
-def _hex(value: Any, what: str, size: int | None = None) -> bytes:
+def parse_hex(value: Any, what: str, size: int | None = None) -> bytes:
+    """Hex text (``0x`` optional) as bytes, of ``size`` bytes when given; ``what`` names it
+    in the :class:`ReleaseError`."""
     if not isinstance(value, str):
         raise ReleaseError(f"{what}: expected hex text")
     try:
@@ -220,7 +215,7 @@ def recompute(target: str, inputs: Mapping[str, Any], image_digest: str) -> Pred
             raise ReleaseError(f"{target}: app_compose has no docker_compose_file")
         check_image_references(doc["docker_compose_file"], image_digest)
         compose = compose_hash(text.encode("utf-8"))
-        if _hex(inputs.get("compose_hash"), "compose_hash", 32) != compose:
+        if parse_hex(inputs.get("compose_hash"), "compose_hash", 32) != compose:
             raise ReleaseError(f"{target}: the recorded compose hash is not the app_compose's")
         if target == "simulated-tdx":
             return predict_simulated(compose, inputs=_keep(inputs))
@@ -231,7 +226,7 @@ def recompute(target: str, inputs: Mapping[str, Any], image_digest: str) -> Pred
         for event in events:
             if not isinstance(event, dict) or not isinstance(event.get("event"), str):
                 raise ReleaseError("dstack-tdx: malformed runtime event")
-            named.setdefault(event["event"], _hex(event.get("payload"), event["event"]))
+            named.setdefault(event["event"], parse_hex(event.get("payload"), event["event"]))
         if named.get("compose-hash") != compose:
             raise ReleaseError("dstack-tdx: the compose-hash event is not the app_compose's hash")
         runtime = _runtime_from_events(events)
@@ -244,8 +239,8 @@ def recompute(target: str, inputs: Mapping[str, Any], image_digest: str) -> Pred
             inputs=_keep(inputs),
         )
     if target == "sev-snp":
-        digest = _hex(inputs.get("launch_digest"), "launch_digest", 48)
-        host = _hex(inputs.get("host_data", "00" * 32), "host_data", 32)
+        digest = parse_hex(inputs.get("launch_digest"), "launch_digest", 48)
+        host = parse_hex(inputs.get("host_data", "00" * 32), "host_data", 32)
         return predict_snp(digest, host_data=host, inputs=dict(inputs))
     raise ReleaseError(f"unknown target {target!r}")
 
@@ -264,7 +259,7 @@ def _runtime_from_events(events: list[dict[str, Any]]) -> DstackRuntime:
     app_events: list[tuple[str, bytes]] = []
     ready = False
     for e in events:
-        name, payload = e["event"], _hex(e.get("payload"), e["event"])
+        name, payload = e["event"], parse_hex(e.get("payload"), e["event"])
         if ready:
             app_events.append((name, payload))
         elif name == "system-ready":

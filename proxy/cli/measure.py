@@ -33,6 +33,7 @@ from certmgr.release.layout import image_digest
 from certmgr.release.predict import (
     Prediction,
     TdxOsMeasurement,
+    parse_hex,
     predict_dstack,
     predict_simulated,
 )
@@ -56,15 +57,7 @@ def legacy_argv(argv: Sequence[str]) -> list[str]:
 
 
 def _hex(text: str | None, what: str, size: int | None = None) -> bytes | None:
-    if text is None:
-        return None
-    try:
-        raw = bytes.fromhex(text.removeprefix("0x"))
-    except ValueError as e:
-        raise UsageError(f"{what}: not hex") from e
-    if size is not None and len(raw) != size:
-        raise UsageError(f"{what}: {len(raw)} bytes, expected {size}")
-    return raw
+    return None if text is None else parse_hex(text, what, size)
 
 
 def _digest(args: argparse.Namespace) -> str | None:
