@@ -208,8 +208,7 @@ class _Handler(RequestHandler):
             return
         metrics.CONNECTIONS_REJECTED.labels("header_read_timeout").inc()
         log.debug("closing connection: request headers incomplete after deadline")
-        self.force_close()
-        self.transport.close()
+        self.force_close()  # closes the transport (and forgets it)
 
 
 class ProxyHTTPServer(web.Server):
