@@ -7,6 +7,14 @@ delay and time to first byte (p50/p99; "added" = the proxy's minus direct's at t
 and failures. Then N is scaled up (--llm-scale) to find the streams each proxy sustains
 with its added p99 delay within --llm-bound ms.
 
+Where a proxy's CPU goes is split in two by one more run per proxy at --llm-streams with
+one event per stream (connect, TLS handshake, request, response head, one event, close):
+its CPU per stream is the per-connection cost; (CPU of the E-event run - CPU of the
+one-event run) / (N x (E - 1)) is the marginal CPU of relaying one more event. Both are
+reported as user and system time (/proc utime, stime), so that the kernel's share (socket
+reads and writes, on loopback including the peer's TCP receive) is told apart from the
+proxy's own code.
+
 The load comes from bench/llm_client.py in its own process (its CPU is not the proxy's);
 the proxy's CPU is read from /proc for its whole process tree. Entry: run().
 """
@@ -23,7 +31,15 @@ from functools import partial
 from pathlib import Path
 
 import procs
-from harness import BENCH_DIR, Results, Target, ensure_alive, guarded, log, proxy_cpu
+from harness import (
+    BENCH_DIR,
+    Results,
+    Target,
+    ensure_alive,
+    guarded,
+    log,
+    proxy_cpu_split,
+)
 
 LLM_TARGETS = ("direct", "nginx", "teeproxy-off", "teeproxy-on")
 
@@ -41,14 +57,25 @@ class LlmResult:
     wall_s: float
     cpu_s: float  # the proxy's process tree (0 for direct)
     top_cpu_s: float = 0.0  # of that, the top process alone (nginx master, teeproxy supervisor)
+    user_s: float = 0.0  # cpu_s = user_s + sys_s
+    sys_s: float = 0.0
+    events_per_stream: int = 0
 
     @property
     def cpu_us_per_event(self) -> float:
         return self.cpu_s / self.events * 1e6 if self.events else float("nan")
 
 
-def measure(target: Target, streams: int, args: argparse.Namespace, ca_file: Path) -> LlmResult:
-    """One load run of ``streams`` streams against target; raises if the client failed."""
+def measure(
+    target: Target,
+    streams: int,
+    args: argparse.Namespace,
+    ca_file: Path,
+    events: int | None = None,
+) -> LlmResult:
+    """One load run of ``streams`` streams (``events`` each, default --llm-events) against
+    target; raises if the client failed."""
+    events = args.llm_events if events is None else events
     ensure_alive(target)
     cmd = [
         sys.executable,
@@ -60,18 +87,19 @@ def measure(target: Target, streams: int, args: argparse.Namespace, ca_file: Pat
         "--rate",
         str(args.llm_rate),
         "--events",
-        str(args.llm_events),
+        str(events),
         "--spread",
         str(args.llm_spread),
     ]
     if target.ctx is not None:
         cmd += ["--ca", str(ca_file)]
-    cpu0 = proxy_cpu(target)
+    user0, sys0 = proxy_cpu_split(target)
     top = target.proc.pid if target.proc is not None else None
     top0 = procs.own_process_cpu_seconds(top) if top is not None else 0.0
-    timeout = args.llm_spread + args.llm_events / args.llm_rate + 120
+    timeout = args.llm_spread + events / args.llm_rate + 120
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    cpu = proxy_cpu(target) - cpu0
+    user1, sys1 = proxy_cpu_split(target)
+    cpu = (user1 - user0) + (sys1 - sys0)
     top_cpu = procs.own_process_cpu_seconds(top) - top0 if top is not None else 0.0
     if done.returncode != 0:
         raise RuntimeError(f"llm_client exited {done.returncode}: {done.stderr[-2000:]}")
@@ -89,6 +117,9 @@ def measure(target: Target, streams: int, args: argparse.Namespace, ca_file: Pat
         wall_s=float(doc["wall_s"]),
         cpu_s=cpu,
         top_cpu_s=top_cpu,
+        user_s=user1 - user0,
+        sys_s=sys1 - sys0,
+        events_per_stream=events,
     )
 
 
@@ -127,6 +158,59 @@ def run(targets: dict[str, Target], args: argparse.Namespace, results: Results, 
             a = added(results, n, t.name, "delay_ms", "p99")
             if t.name != "direct" and a is not None and a > args.llm_bound:
                 over.add(t.name)
+
+
+def split_runs(
+    targets: dict[str, Target], args: argparse.Namespace, results: Results, ca: Path
+) -> None:
+    """One run per proxy at --llm-streams with one event per stream, into results.llm_one
+    (the per-connection cost; see the module docstring)."""
+    if args.llm_events < 2:
+        return  # no marginal event to tell apart
+    for name in LLM_TARGETS:
+        t = targets.get(name)
+        if t is None or t.proc is None:
+            continue
+        what = f"(g) one-event run, {args.llm_streams} streams"
+        r = guarded(results, t.name, what, partial(measure, t, args.llm_streams, args, ca, 1))
+        if r is not None:
+            results.llm_one[t.name] = r
+            log(f"(g) {t.name} one event x{args.llm_streams}: {r.cpu_s:.2f} s CPU")
+        time.sleep(0.5)
+
+
+@dataclass
+class CpuSplit:
+    """Per stream (one-event run) and per marginal event, user and system CPU."""
+
+    stream_user_ms: float
+    stream_sys_ms: float
+    event_user_us: float
+    event_sys_us: float
+
+    @property
+    def stream_ms(self) -> float:
+        return self.stream_user_ms + self.stream_sys_ms
+
+    @property
+    def event_us(self) -> float:
+        return self.event_user_us + self.event_sys_us
+
+
+def cpu_split(results: Results, target: str, streams: int) -> CpuSplit | None:
+    """The split for target from its one-event run and its run at ``streams``."""
+    one, full = results.llm_one.get(target), results.llm.get((streams, target))
+    if one is None or full is None or not one.streams or full.events_per_stream < 2:
+        return None
+    n = one.streams
+    more = streams * (full.events_per_stream - 1)  # events beyond the first of each stream
+    # The one-event run has the same stream count (split_runs runs it at --llm-streams).
+    return CpuSplit(
+        stream_user_ms=one.user_s / n * 1e3,
+        stream_sys_ms=one.sys_s / n * 1e3,
+        event_user_us=(full.user_s - one.user_s * streams / n) / more * 1e6,
+        event_sys_us=(full.sys_s - one.sys_s * streams / n) / more * 1e6,
+    )
 
 
 def sustained(results: Results, target: str, bound: float) -> int | None:

@@ -95,6 +95,7 @@ class Results:
     rx_round_p50: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     rx_sign_ms: float | None = None  # (f) one signature + header encoding, in this process
     llm: dict[tuple[int, str], Any] = field(default_factory=dict)  # (g) (streams, target)
+    llm_one: dict[str, Any] = field(default_factory=dict)  # (g) one-event run per target
     errors: dict[str, list[str]] = field(default_factory=dict)  # target -> messages
     notes: list[str] = field(default_factory=list)
     profile_file: Path | None = None
@@ -361,6 +362,11 @@ def stop_all(running: list[procs.Proc], tmp: Path, results: Results, *, keep_tmp
 
 def proxy_cpu(target: Target) -> float:
     return procs.cpu_seconds(target.proc.pid) if target.proc is not None else 0.0
+
+
+def proxy_cpu_split(target: Target) -> tuple[float, float]:
+    """(user, system) CPU seconds of the proxy's process tree so far."""
+    return procs.cpu_split_seconds(target.proc.pid) if target.proc is not None else (0.0, 0.0)
 
 
 def ensure_alive(target: Target) -> None:

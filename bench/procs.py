@@ -138,6 +138,20 @@ def _cpu_ticks(pid: int) -> int:
     return 0
 
 
+def _cpu_split_ticks(pid: int) -> tuple[int, int]:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return int(fields[11]), int(fields[12])
+    return 0, 0
+
+
+def cpu_split_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds consumed so far by pid and its live descendants."""
+    ticks = [_cpu_split_ticks(p) for p in tree(pid)]
+    return sum(u for u, _ in ticks) / CLK_TCK, sum(k for _, k in ticks) / CLK_TCK
+
+
 def cpu_seconds(pid: int) -> float:
     """User+system CPU time consumed so far by pid and its live descendants."""
     return sum(_cpu_ticks(p) for p in tree(pid)) / CLK_TCK

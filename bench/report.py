@@ -233,6 +233,21 @@ def _llm_summary_rows(results: Results, args: argparse.Namespace) -> list[str]:
             f"{_fmt(tee, 1)} | {_fmt(eff, 2)} | >= 0.8 | "
             f"{_status(None if eff is None else eff >= 0.8)} |"
         )
+    ngx_split = bench_llm.cpu_split(results, "nginx", n)
+    for target, tag in (("teeproxy-off", "receipts off"), ("teeproxy-on", "receipts on")):
+        tee_split = bench_llm.cpu_split(results, target, n)
+        if ngx_split is None or tee_split is None:
+            continue
+        rows.append(
+            f"| {label} | of that: CPU ms per stream (connection, handshake, request), {tag} "
+            f"(ratio) | {_fmt(ngx_split.stream_ms, 3)} | {_fmt(tee_split.stream_ms, 3)} | "
+            f"{_fmt(_ratio(ngx_split.stream_ms, tee_split.stream_ms), 2)} | reported | |"
+        )
+        rows.append(
+            f"| {label} | of that: CPU us per further event, {tag} (ratio) | "
+            f"{_fmt(ngx_split.event_us, 1)} | {_fmt(tee_split.event_us, 1)} | "
+            f"{_fmt(_ratio(ngx_split.event_us, tee_split.event_us), 2)} | reported | |"
+        )
     for metric, what, bound_off, bound_on in (
         ("delay_ms", "added p99 delay ms", args.llm_bound, args.llm_bound + 1.0),
         ("ttfb_ms", "added p99 time to first byte ms", 10.0, 10.0),
@@ -286,7 +301,42 @@ def _llm_section(results: Results, args: argparse.Namespace) -> list[str]:
         )
         if r.first_failures:
             out.append(f"|  | failures: {'; '.join(r.first_failures[:3])} | | | | | | | | | | |")
+    out += _llm_split_section(results, args)
     return out
+
+
+def _llm_split_section(results: Results, args: argparse.Namespace) -> list[str]:
+    """Per stream and per further event, user and system CPU (bench_llm.cpu_split)."""
+    n = args.llm_streams
+    rows = []
+    for target in bench_llm.LLM_TARGETS:
+        sp = bench_llm.cpu_split(results, target, n)
+        one = results.llm_one.get(target)
+        if sp is None or one is None:
+            continue
+        rows.append(
+            f"| {target} | {one.events:,}/{one.events_expected:,} | "
+            f"{_fmt(sp.stream_user_ms, 3)} | {_fmt(sp.stream_sys_ms, 3)} | "
+            f"{_fmt(sp.stream_ms, 3)} | {_fmt(sp.event_user_us, 1)} | "
+            f"{_fmt(sp.event_sys_us, 1)} | {_fmt(sp.event_us, 1)} |"
+        )
+    if not rows:
+        return []
+    return [
+        "",
+        f"Where the CPU goes at {n} streams: one more run per proxy with one event per stream "
+        "(connect, TLS handshake, request, response head, one event, close) gives the CPU per "
+        f"stream; (CPU of the {args.llm_events}-event run - that) / "
+        f"({n} x {args.llm_events - 1}) is the CPU of each further event relayed. User = "
+        "the proxy's own code (and OpenSSL), system = the kernel (socket reads and writes; "
+        "on loopback a write also runs the peer's TCP receive).",
+        "",
+        "| target | one-event run events | per stream user ms | per stream system ms | "
+        "per stream ms | per further event user us | per further event system us | "
+        "per further event us |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+    ]
 
 
 def render(results: Results, args: argparse.Namespace, env: list[tuple[str, str]]) -> str:

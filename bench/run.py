@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             bench_receipts.run(rx, args, results, tmp)
         if "g" in args.tests:
             bench_llm.run(targets, args, results, certs.ca_file)
+            bench_llm.split_runs(targets, args, results, certs.ca_file)
         if args.profile and "teeproxy" in targets:
             if pyspy is None:
                 results.notes.append("--profile skipped: py-spy not installed")
