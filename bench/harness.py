@@ -240,7 +240,10 @@ def start_teeproxy(
     )
     cmd = [*teeproxy_command(args), "serve", "--config", str(toml)]
     try:
-        tee = procs.Proc(name, cmd, tmp / "logs" / f"{name}.log", cwd=REPO)
+        # Not the repository as working directory: `python -m` puts the working directory
+        # first on sys.path, so a --teeproxy-cmd naming another checkout (PYTHONPATH=...)
+        # would silently run this checkout's code instead.
+        tee = procs.Proc(name, cmd, tmp / "logs" / f"{name}.log", cwd=tmp)
     except OSError as exc:
         results.error(name, f"cannot start {shlex.join(cmd)}: {exc}")
         return None
