@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import multiprocessing.connection
 import os
 import signal
@@ -36,6 +35,7 @@ from certmgr.receipts.signing import SigningKey
 from certmgr.store import CertStore, StoreHolder
 from proxy import metrics
 from proxy.config import Config, load, parse_listen, reloadable
+from proxy.dataplane import collector
 from proxy.dataplane.acme import AcmeEvidenceEndpoint, Http01Responder
 from proxy.dataplane.attestation import AttestationEndpoint, make_endpoint
 from proxy.dataplane.certstore import build_store
@@ -223,20 +223,6 @@ def host_without_port(host: str) -> str:
     return host.partition(":")[0]
 
 
-def _settle_gc() -> None:
-    """Keep the cyclic garbage collector out of the relay's way.
-
-    Measured under 512 relayed streams: with everything loaded at start-up (the TLS, ACME,
-    attestation and receipt modules and their objects) in the oldest generation, a full
-    collection walked all of it and stopped the loop for 40-85 ms, the largest single part
-    of the p99 event delay. Those objects live as long as the process, so once the worker
-    is up they are moved out of the collector's sight (``gc.freeze()``, as pre-forking
-    servers do); garbage made afterwards is collected as before.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
     await asyncio.sleep(delay)
     await session.close()
@@ -273,7 +259,8 @@ async def _worker_main(
     worker.receipts = await worker_issuer(cfg, runtime, receipt_store)
     worker.gate = WorkerGate.for_config(cfg)  # enforce: serve only while the policy allows
     await worker.start()
-    _settle_gc()
+    collector.settle()
+    spawn(collector.full_collections(), "full-gc")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
