@@ -36,8 +36,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack  # type: ignore[import-untyped]  # no type information shipped
-
 from certmgr.attest.der import expect, single
 from certmgr.errors import RaTlsError
 
@@ -251,6 +249,9 @@ def _list(v: Any, what: str) -> list[Any]:
 
 
 def _decode_msgpack(data: bytes) -> DstackAttestation:
+    # Only a dstack v1 certificate needs it: a worker reading its own RA-TLS certificate never.
+    import msgpack  # type: ignore[import-untyped]  # noqa: PLC0415 - dstack v1 only
+
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
