@@ -16,6 +16,10 @@ sealed; any failure stops start-up with the field to look at). A worker builds i
 ``prepare=False`` (it loads what the supervisor prepared; a part that fails is logged and
 left out, so that attestation fails closed without taking the other certificates down).
 Building is blocking (devices, sockets, files): call it in a thread.
+
+The receipt signing stack (:mod:`certmgr.receipts.signing`: libsecp256k1, keccak, cffi) is
+imported only when a key is loaded (:func:`_load_signing_key`): a worker without receipts
+never has it in memory.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from certmgr.attest.measurement import measurement_id
 from certmgr.attest.providers.base import QuoteProvider, self_measurement
@@ -33,16 +38,13 @@ from certmgr.attest.providers.nvml import NvmlGpuSource, load_nvml
 from certmgr.attest.ratls_store import ratls_dir
 from certmgr.errors import QuoteProviderError, SealingUnavailable, SigningKeyError
 from certmgr.keys import InsecureDevSealer, Sealer
-from certmgr.receipts.signing import (
-    SigningKey,
-    load_shared_signing_key,
-    load_signing_key,
-    prepare_signing_key,
-)
 from certmgr.sealing import make_sealer
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.log import attest_log, server_log, tls_log
+
+if TYPE_CHECKING:
+    from certmgr.receipts.signing import SigningKey
 
 __all__ = [
     "Runtime",
@@ -200,9 +202,7 @@ def _signing_key(cfg: Config, sealer: Sealer, *, prepare: bool) -> SigningKey | 
             return None  # the cluster hands the fleet's key over (proxy.control.cluster)
         return reload_signing_key(cfg, sealer)
     try:
-        if prepare:
-            return prepare_signing_key(cfg.state_dir, sealer)
-        return load_signing_key(cfg.state_dir, sealer)
+        return _load_signing_key(cfg, sealer, prepare=prepare)
     except (SigningKeyError, OSError) as e:
         if prepare:
             raise ConfigError("receipts.enabled", f"receipt signing key: {e}") from e
@@ -222,9 +222,20 @@ def reload_signing_key(cfg: Config, sealer: Sealer) -> SigningKey | None:
     if not cfg.receipts.enabled:
         return None
     try:
-        if shares_signing_key(cfg):
-            return load_shared_signing_key(cfg.state_dir, sealer)
-        return load_signing_key(cfg.state_dir, sealer)
+        return _load_signing_key(cfg, sealer, prepare=False)
     except (SigningKeyError, OSError) as e:
         server_log.error("receipts and the evidence's signing address are off: %s", e)
         return None
+
+
+def _load_signing_key(cfg: Config, sealer: Sealer, *, prepare: bool) -> SigningKey:
+    """The sealed key (blocking): the supervisor prepares this replica's own (generated when
+    missing), a worker loads it, or the fleet's in cluster mode with a shared signer."""
+    # The one import of the signing stack: only where receipts are on and a key is loaded.
+    from certmgr.receipts import signing  # noqa: PLC0415 - coincurve, keccak: only with receipts
+
+    if shares_signing_key(cfg):
+        return signing.load_shared_signing_key(cfg.state_dir, sealer)
+    if prepare:
+        return signing.prepare_signing_key(cfg.state_dir, sealer)
+    return signing.load_signing_key(cfg.state_dir, sealer)

@@ -21,6 +21,7 @@ from typing import Any
 import dcap_qvl  # type: ignore[import-untyped]  # ships .pyi but no py.typed
 from cryptography import x509
 
+from certmgr.attest.endorsements import IntelCollateral
 from certmgr.attest.measurement import ParsedQuote
 from certmgr.errors import VerifyError
 from certmgr.keys import atomic_write
@@ -30,6 +31,7 @@ __all__ = [
     "MAX_COLLATERAL_SIZE",
     "CollateralCache",
     "collateral_next_update",
+    "dcap_collateral",
     "load_collateral",
 ]
 
@@ -44,6 +46,22 @@ def load_collateral(text: str) -> Any:
         return dcap_qvl.QuoteCollateralV3.from_json(text)
     except ValueError as e:
         raise VerifyError(f"collateral: {e}") from e
+
+
+def dcap_collateral(intel: IntelCollateral) -> Any:
+    """The dcap-qvl object :func:`dcap_qvl.verify` takes, for collateral carried in an
+    RA-TLS certificate's endorsements extension (:mod:`certmgr.attest.endorsements`)."""
+    return dcap_qvl.QuoteCollateralV3(
+        intel.pck_crl_issuer_chain,
+        intel.root_ca_crl,
+        intel.pck_crl,
+        intel.tcb_info_issuer_chain,
+        intel.tcb_info,
+        intel.tcb_info_signature,
+        intel.qe_identity_issuer_chain,
+        intel.qe_identity,
+        intel.qe_identity_signature,
+    )
 
 
 def _iso(s: str) -> float:

@@ -23,13 +23,12 @@ tests/data/ratls/dstack/README.txt):
 
 Everything malformed raises :class:`certmgr.errors.RaTlsError`. :func:`check` makes the
 checks dstack's verifier makes besides the quote's own verification (which stays
-:mod:`certmgr.attest.verify`'s job).
+:mod:`certmgr.attest.verify`'s job). DIP-1 report_data (a key named in a GetQuote answer)
+is :mod:`certmgr.attest.dip1`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -37,25 +36,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import coincurve
-import msgpack  # type: ignore[import-untyped]  # no type information shipped
-from Crypto.Hash import keccak
-
 from certmgr.attest.der import expect, single
 from certmgr.errors import RaTlsError
 
 __all__ = [
     "APP_ID_OID",
     "ATTESTATION_OID",
-    "DIP1_ED25519",
-    "DIP1_SECP256K1",
     "EVENT_LOG_OID",
     "MAX_GET_QUOTE_RESPONSE",
     "OID_ARC",
     "RUNTIME_EVENT_TYPE",
     "TDX_QUOTE_OID",
     "USAGE_OID",
-    "Dip1Key",
     "DstackAttestation",
     "DstackCheck",
     "DstackEvent",
@@ -67,7 +59,6 @@ __all__ = [
     "looks_like_get_quote",
     "looks_like_scale_attestation",
     "nitro_image_hash",
-    "parse_dip1",
     "parse_get_quote_response",
     "ratls_report_data",
     "replay_rtmr",
@@ -92,8 +83,6 @@ _APP_INFO = frozenset({"app-id", "compose-hash", "instance-id", "key-provider"})
 _PLATFORMS = frozenset({"tdx", "gcp-tdx"})  # the ones carrying a TDX quote + event log
 _SCALE_TDX, _SCALE_NITRO = 0, 2
 MAX_GET_QUOTE_RESPONSE = 1024 * 1024
-DIP1_SECP256K1 = b"dip1::secp256k1c-pk:"
-DIP1_ED25519 = b"dip1::ed25519-pk:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +249,9 @@ def _list(v: Any, what: str) -> list[Any]:
 
 
 def _decode_msgpack(data: bytes) -> DstackAttestation:
+    # Only a dstack v1 certificate needs it: a worker reading its own RA-TLS certificate never.
+    import msgpack  # type: ignore[import-untyped]  # noqa: PLC0415 - dstack v1 only
+
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except (ValueError, TypeError, msgpack.UnpackException) as e:
@@ -493,7 +485,7 @@ def check_nitro(
     return DstackCheck(tuple(fails), details)
 
 
-# -- GetQuote answers and dip1 report_data ----------------------------------------------------
+# -- GetQuote answers ------------------------------------------------------------------------
 
 
 def looks_like_get_quote(raw: bytes) -> bool:
@@ -552,56 +544,3 @@ def parse_get_quote_response(body: bytes) -> DstackAttestation:
         report_data,
         _str(vm_config, "vm_config"),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Dip1Key:
-    """A key named by dip1 report_data: ``algorithm`` "secp256k1" (SEC1 compressed, 33
-    bytes) or "ed25519" (raw, 32 bytes)."""
-
-    algorithm: str
-    public_key: bytes
-
-    def eth_address(self) -> bytes:
-        """The Ethereum address of a secp256k1 key: Keccak-256 of the uncompressed point
-        (without its 0x04 prefix), last 20 bytes."""
-        if self.algorithm != "secp256k1":
-            raise RaTlsError("only a secp256k1 key has an Ethereum address")
-        point = coincurve.PublicKey(self.public_key).format(compressed=False)[1:]
-        return keccak.new(data=point, digest_bits=256).digest()[-20:]
-
-
-_DIP1 = ((DIP1_SECP256K1, "secp256k1", 33), (DIP1_ED25519, "ed25519", 32))
-
-
-def parse_dip1(report_data: bytes) -> Dip1Key | None:
-    """The key of dstack's DIP-1 report_data, None when it is not DIP-1 (no ``dip1::``).
-
-    Format (dstack ``guest-agent/src/rpc_service.rs``, ``GetAttestationForAppKey``): the
-    ASCII ``dip1::secp256k1c-pk:`` + base64url without padding of the 33-byte SEC1
-    compressed key (exactly 64 bytes), or ``dip1::ed25519-pk:`` + that of the 32-byte key,
-    then zero bytes to 64. Strict: 64 bytes, only zeros after the text, the canonical
-    base64url of a key of the right size, and for secp256k1 a point on the curve.
-    """
-    if len(report_data) != 64 or not report_data.startswith(b"dip1::"):
-        return None
-    text, _, padding = report_data.partition(b"\x00")
-    if any(padding):
-        raise RaTlsError("dip1 report_data: non-zero bytes after the text")
-    for prefix, algorithm, size in _DIP1:
-        if not text.startswith(prefix):
-            continue
-        encoded = text[len(prefix) :]
-        try:
-            key = base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
-        except (binascii.Error, ValueError) as e:
-            raise RaTlsError(f"dip1 report_data: key is not base64url: {e}") from e
-        if len(key) != size or base64.urlsafe_b64encode(key).rstrip(b"=") != encoded:
-            raise RaTlsError(f"dip1 report_data: not the canonical base64url of a {size}-byte key")
-        if algorithm == "secp256k1":
-            try:
-                coincurve.PublicKey(key)
-            except ValueError as e:
-                raise RaTlsError(f"dip1 report_data: not a secp256k1 point: {e}") from e
-        return Dip1Key(algorithm, key)
-    raise RaTlsError("dip1 report_data: unknown key type")

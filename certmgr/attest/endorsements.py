@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import cbor2
-import dcap_qvl  # type: ignore[import-untyped]  # ships .pyi but no py.typed
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -99,7 +98,11 @@ _WS = re.compile(r"[ \t\n\r]*")
 @dataclass(frozen=True, slots=True)
 class IntelCollateral:
     """dcap-qvl's ``QuoteCollateralV3``, as plain values: chains PEM text, CRLs DER,
-    ``tcb_info``/``qe_identity`` the exact signed JSON text, signatures raw (64 bytes)."""
+    ``tcb_info``/``qe_identity`` the exact signed JSON text, signatures raw (64 bytes).
+
+    dcap-qvl itself is not imported here (a data-plane worker writes this extension and
+    never verifies a quote): :func:`certmgr.attest.collateral.dcap_collateral` makes the
+    object its verifier takes."""
 
     pck_crl_issuer_chain: str
     root_ca_crl: bytes
@@ -146,20 +149,6 @@ class IntelCollateral:
                 "qe_identity": self.qe_identity,
                 "qe_identity_signature": self.qe_identity_signature.hex(),
             }
-        )
-
-    def to_dcap(self) -> Any:
-        """The dcap-qvl object :func:`dcap_qvl.verify` takes."""
-        return dcap_qvl.QuoteCollateralV3(
-            self.pck_crl_issuer_chain,
-            self.root_ca_crl,
-            self.pck_crl,
-            self.tcb_info_issuer_chain,
-            self.tcb_info,
-            self.tcb_info_signature,
-            self.qe_identity_issuer_chain,
-            self.qe_identity,
-            self.qe_identity_signature,
         )
 
     def next_update(self) -> dt.datetime:

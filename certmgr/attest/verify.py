@@ -81,6 +81,8 @@ from certmgr.attest import dstack as dstack_format
 from certmgr.attest.claims import Claims
 from certmgr.attest.cmw import CMW_OID
 from certmgr.attest.cmw import decode_extension as decode_cmw
+from certmgr.attest.collateral import dcap_collateral
+from certmgr.attest.dip1 import parse_dip1
 from certmgr.attest.endorsements import ENDORSEMENTS_OID, decode_endorsements
 from certmgr.attest.evidence import parse_evidence_json
 from certmgr.attest.measurement import Measurement, ParsedQuote, TeeType, measurement_id
@@ -834,7 +836,7 @@ def certificate_collateral(cert: RaTlsCert) -> CarriedCollateral:
         details["created"] = endo.created
     try:
         details["next_update"] = endo.intel.next_update().isoformat()
-        return CarriedCollateral(endo.intel.to_dcap(), (), details)
+        return CarriedCollateral(dcap_collateral(endo.intel), (), details)
     except (ValueError, TypeError) as err:  # VerifyError, EndorsementsError, dcap-qvl's
         return fail(f"endorsements unusable: {err}")
 
@@ -846,7 +848,7 @@ def report_data_key(
     and failures: malformed DIP-1 text, or a key other than ``expected_key`` (also when the
     report_data names none). Returns (None, []) for other report_data and no expectation."""
     try:
-        key = dstack_format.parse_dip1(report_data)
+        key = parse_dip1(report_data)
     except RaTlsError as e:
         return None, [Failure(Reason.REPORT_DATA, str(e))]
     fails: list[Failure] = []

@@ -24,7 +24,10 @@ import multiprocessing.connection
 import os
 import signal
 import socket
+import sys
 import time
+import types
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 
 from prometheus_client import multiprocess
@@ -61,6 +64,28 @@ def _reserve(addr: ListenAddress) -> socket.socket:
         sock.close()
         raise ConfigError("server.listen", f"cannot bind {addr}: {e.strerror}") from e
     return sock
+
+
+@contextlib.contextmanager
+def _bare_main() -> Iterator[None]:
+    """While a worker is spawned, hide this process's ``__main__`` from multiprocessing.
+
+    A 'spawn' child first runs the parent's main module again (as ``__mp_main__``): for
+    ``teeproxy serve`` that is the console script, which imports :mod:`proxy.cli.main` and
+    with it every command (the quote verifier, the Ethereum stack, ...): about 70 MB per
+    worker instead of what :mod:`proxy.dataplane.worker` needs. The worker's entry point is
+    imported by name, so the child needs nothing from ``__main__``: a bare module without
+    ``__file__`` or ``__spec__`` makes multiprocessing leave it alone. Synchronous, around
+    ``Process.start()`` only (nothing else reads ``__main__`` meanwhile).
+    """
+    main = sys.modules["__main__"]
+    bare = types.ModuleType("__main__")
+    bare.__spec__ = None
+    sys.modules["__main__"] = bare
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def advertised_url(cfg: Config) -> str:
@@ -109,7 +134,8 @@ class Supervisor:
             name="teeproxy-worker",
             daemon=False,
         )
-        proc.start()
+        with _bare_main():  # the worker loads only what it uses (see _bare_main)
+            proc.start()
         child.close()
         self._workers.append((proc, parent))
 

@@ -15,7 +15,9 @@ listen ports, a pipe for "ready" / "reloaded" reports and signals:
   it when the fleet's is; it goes in with the RA-TLS certificate that names it);
 - SIGUSR1: the same, acknowledged over the pipe (the supervisor's ACME loop waits for it).
 
-This module never imports the control plane or the CLI (an import-linter contract).
+This module never imports the control plane or the CLI (an import-linter contract). Nor,
+unless receipts are on and the runtime holds a signing key, the receipt issuer and its
+signing stack (:func:`_receipt_issuer`): memory in a TEE is scarce.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import os
 import signal
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
-from certmgr.receipts.signing import SigningKey
 from certmgr.store import CertStore, StoreHolder
 from proxy import metrics
 from proxy.config import Config, load, parse_listen, reloadable
@@ -43,13 +45,22 @@ from proxy.dataplane.endpoints import Handler, LocalEndpoints
 from proxy.dataplane.forward import Forwarder, make_session
 from proxy.dataplane.gate import WorkerGate
 from proxy.dataplane.protocol import ProxyHTTPServer, make_request
-from proxy.dataplane.receipts import ReceiptIssuer, worker_issuer
 from proxy.errors import ConfigError
 from proxy.log import server_log as log
 from proxy.log import setup_logging
-from proxy.runtime import build_runtime, install_uvloop, reload_signing_key, shares_signing_key
+from proxy.runtime import (
+    Runtime,
+    build_runtime,
+    install_uvloop,
+    reload_signing_key,
+    shares_signing_key,
+)
 from proxy.tasks import spawn
 from proxy.tls import listener_context, set_acme_tls_hook
+
+if TYPE_CHECKING:
+    from certmgr.receipts.signing import SigningKey
+    from proxy.dataplane.receipts import ReceiptIssuer
 
 __all__ = ["Worker", "host_without_port", "run_worker_process"]
 
@@ -228,6 +239,20 @@ async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
     await session.close()
 
 
+async def _receipt_issuer(
+    cfg: Config, runtime: Runtime, receipt_store: str
+) -> ReceiptIssuer | None:
+    """The receipt issuer, imported only when there is a key to sign with (runtime.py loads
+    one only with ``[receipts] enabled``)."""
+    if runtime.signing_key is None:
+        if cfg.receipts.enabled:
+            log.warning("receipts are off: no attestation provider or signing key in this worker")
+        return None
+    from proxy.dataplane.receipts import worker_issuer  # noqa: PLC0415 - only with receipts
+
+    return await worker_issuer(cfg, runtime, receipt_store)
+
+
 def run_worker_process(
     cfg: Config,
     config_path: str | None,
@@ -256,7 +281,7 @@ async def _worker_main(
     store = await asyncio.to_thread(build_store, cfg, sealer)
     worker = Worker(cfg, store)
     worker.attestation = make_endpoint(cfg, worker.holder, runtime)
-    worker.receipts = await worker_issuer(cfg, runtime, receipt_store)
+    worker.receipts = await _receipt_issuer(cfg, runtime, receipt_store)
     worker.gate = WorkerGate.for_config(cfg)  # enforce: serve only while the policy allows
     await worker.start()
     collector.settle()

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_CONFIGFS_TSM",
     "DEFAULT_DSTACK_SOCKET",
     "DEFAULT_GRAMINE_DIR",
+    "DEFAULT_NSM_DEVICE",
     "EvidenceProvider",
     "QuoteProvider",
     "TeeEvidence",
@@ -33,6 +34,7 @@ __all__ = [
 DEFAULT_CONFIGFS_TSM = "/sys/kernel/config/tsm/report"
 DEFAULT_GRAMINE_DIR = "/dev/attestation"
 DEFAULT_DSTACK_SOCKET = "/var/run/dstack.sock"
+DEFAULT_NSM_DEVICE = "/dev/nsm"
 
 
 class QuoteProvider(Protocol):

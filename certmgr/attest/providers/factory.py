@@ -4,6 +4,9 @@ Auto-detection order (first present wins): Linux configfs-tsm (TDX, SEV-SNP), Gr
 (``/dev/attestation``), the dstack guest agent socket, the Nitro Secure Module
 (``/dev/nsm``). ``auto`` never selects the simulated
 provider: it must be named explicitly. Blocking (it looks at the file system).
+
+The Nitro provider (the only one with a dependency of its own: :mod:`ctypes`, for its
+ioctl) is imported when it is built, not with this module.
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from certmgr.attest.providers.base import (
     DEFAULT_CONFIGFS_TSM,
     DEFAULT_DSTACK_SOCKET,
     DEFAULT_GRAMINE_DIR,
+    DEFAULT_NSM_DEVICE,
     QuoteProvider,
     self_measurement,
 )
 from certmgr.attest.providers.configfs import ConfigfsTsmProvider
 from certmgr.attest.providers.dstack import DstackProvider
 from certmgr.attest.providers.gramine import GramineProvider
-from certmgr.attest.providers.nitro import DEFAULT_NSM_DEVICE, NitroProvider
 from certmgr.attest.providers.simulated import SimulatedProvider
 from certmgr.errors import QuoteProviderError
 from certmgr.keys import Sealer
@@ -88,6 +91,8 @@ def make_provider(kind: str, settings: ProviderSettings | None = None) -> QuoteP
     if kind == "dstack":
         return DstackProvider(s.dstack_socket, timeout=s.timeout)
     if kind == "nitro":
+        from certmgr.attest.providers.nitro import NitroProvider  # noqa: PLC0415 - ctypes
+
         return NitroProvider(s.nsm_device)
     if kind == "simulated":
         if not s.simulated_key_file or s.simulated_sealer is None:

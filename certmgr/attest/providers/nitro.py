@@ -36,6 +36,7 @@ import cbor2
 
 from certmgr.attest.measurement import check_report_data
 from certmgr.attest.nitro import MAX_DOCUMENT_SIZE, looks_like_cose_sign1
+from certmgr.attest.providers.base import DEFAULT_NSM_DEVICE
 from certmgr.errors import QuoteProviderError
 
 __all__ = [
@@ -49,7 +50,6 @@ __all__ = [
     "attestation_request",
 ]
 
-DEFAULT_NSM_DEVICE = "/dev/nsm"
 NSM_REQUEST_MAX_SIZE = 0x1000
 NSM_RESPONSE_MAX_SIZE = 0x3000
 _NSM_IOCTL_MAGIC = 0x0A

@@ -7,7 +7,6 @@ v1 one); the expected values are the README's.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certmgr.attest import dstack
+from certmgr.attest import dip1, dstack
 from certmgr.attest.intel import parse_quote
 from certmgr.errors import RaTlsError
 from tests.helpers.attest import ratls_artifact
@@ -287,7 +286,7 @@ def test_check_nitro() -> None:
 def test_get_quote_answer_replays_rtmr3_and_names_a_dip1_key() -> None:
     att = dstack.parse_get_quote_response(_get_quote())
     assert att.encoding == "get-quote" and len(att.quote) == 5006
-    key = dstack.parse_dip1(att.report_data or b"")
+    key = dip1.parse_dip1(att.report_data or b"")
     assert key is not None and key.algorithm == "secp256k1"
     assert (
         key.public_key.hex() == "039e695a6b5e24824e8fcfe923bfa9cde0f1cb51b6ab5f060eff3c1cd45d057910"
@@ -341,38 +340,6 @@ def test_get_quote_answer_rules() -> None:
         dstack.parse_get_quote_response(b"{")
     assert dstack.looks_like_get_quote(b"  {") and not dstack.looks_like_get_quote(b"\x04\x00")
     assert dstack.looks_like_scale_attestation(_nitro_scale("nsm-qvl-nitro-attestation.scale.bin"))
-
-
-def test_dip1_rules() -> None:
-    key = bytes.fromhex("039e695a6b5e24824e8fcfe923bfa9cde0f1cb51b6ab5f060eff3c1cd45d057910")
-    good = b"dip1::secp256k1c-pk:" + base64.urlsafe_b64encode(key).rstrip(b"=")
-    assert len(good) == 64 and dstack.parse_dip1(good) == dstack.Dip1Key("secp256k1", key)
-    ed = b"dip1::ed25519-pk:" + base64.urlsafe_b64encode(bytes(range(32))).rstrip(b"=")
-    assert dstack.parse_dip1(ed.ljust(64, b"\x00")) == dstack.Dip1Key("ed25519", bytes(range(32)))
-    assert dstack.parse_dip1(bytes(64)) is None and dstack.parse_dip1(b"dip1::") is None
-    with pytest.raises(RaTlsError, match="after the text"):
-        dstack.parse_dip1(ed.ljust(63, b"\x00") + b"\x01")
-    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-    spare = alphabet[alphabet.index(ed[-1:]) | 1 : alphabet.index(ed[-1:]) + 2][:1]  # low bit set
-    with pytest.raises(RaTlsError, match="canonical"):  # a spare bit of the last character set
-        dstack.parse_dip1((ed[:-1] + spare).ljust(64, b"\x00"))
-    with pytest.raises(RaTlsError, match="secp256k1 point"):
-        dstack.parse_dip1(
-            b"dip1::secp256k1c-pk:" + base64.urlsafe_b64encode(b"\x05" + bytes(32)).rstrip(b"=")
-        )
-    with pytest.raises(RaTlsError, match="unknown key type"):
-        dstack.parse_dip1(b"dip1::rsa-pk:AAAA".ljust(64, b"\x00"))
-    with pytest.raises(RaTlsError, match="Ethereum"):
-        dstack.Dip1Key("ed25519", bytes(32)).eth_address()
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(min_size=0, max_size=44))
-def test_fuzz_dip1_raises_only_ratls_error(tail: bytes) -> None:
-    for prefix in (dstack.DIP1_SECP256K1, dstack.DIP1_ED25519, b"dip1::"):
-        data = (prefix + tail)[:64].ljust(64, b"\x00")
-        with contextlib.suppress(RaTlsError):
-            dstack.parse_dip1(data)
 
 
 @settings(max_examples=200, deadline=None)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from certmgr.attest.collateral import collateral_next_update, load_collateral
+from certmgr.attest.collateral import collateral_next_update, dcap_collateral, load_collateral
 from certmgr.attest.endorsements import (
     INTEL_QUOTE_TAG,
     MAX_ENDORSEMENTS_SIZE,
@@ -63,12 +63,12 @@ def test_round_trip_gives_dcap_qvl_the_same_verdict(name: str) -> None:
     assert decoded.intel == _collateral(name)
     quote, now = vector(name), PINNED[name]
     want = dcap_qvl.verify(quote, original, now)
-    for coll in (decoded.intel.to_dcap(), load_collateral(decoded.intel.to_json())):
+    for coll in (dcap_collateral(decoded.intel), load_collateral(decoded.intel.to_json())):
         got = dcap_qvl.verify(quote, coll, now)
         assert (got.status, list(got.advisory_ids)) == (want.status, list(want.advisory_ids))
     # A second later than the collateral's validity, both refuse alike.
     late = int(collateral_next_update(collateral_text(name))) + 1
-    for coll in (original, decoded.intel.to_dcap()):
+    for coll in (original, dcap_collateral(decoded.intel)):
         with pytest.raises(ValueError, match=r"(?i)expired"):
             dcap_qvl.verify(quote, coll, late)
 

@@ -1,12 +1,18 @@
-"""proxy.control.supervisor: the worker monitor, without processes (fake workers)."""
+"""proxy.control.supervisor: the worker monitor, without processes (fake workers); a
+spawned worker does not import the CLI again."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+import proxy
 from proxy.config import loads
 from proxy.control.supervisor import Supervisor, advertised_url
 from proxy.tasks import spawn
@@ -82,3 +88,39 @@ def test_advertised_url(listen: str, advertise: str, expected: str) -> None:
         f'etcd_endpoints = ["http://127.0.0.1:2379"]\nadvertise_url = "{advertise}"\n'
     )
     assert advertised_url(cfg) == expected
+
+
+def test_a_spawned_worker_does_not_run_the_cli_again(tmp_path: Path) -> None:
+    """The console script imports proxy.cli.main (every command); a spawned worker must not
+    import it again (multiprocessing reruns the parent's __main__ unless it is hidden)."""
+    script = tmp_path / "teeproxy"
+    script.write_text(
+        "import contextlib, multiprocessing, sys\n"
+        "from proxy.cli.main import main  # as the console script does\n"
+        "from proxy.control.supervisor import _bare_main\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = multiprocessing.get_context('spawn')\n"
+        "    names = {'proxy.cli.main', 'dcap_qvl'}\n"
+        "    code = f'import sys; print(sorted({names!r} & set(sys.modules)))'\n"
+        "    for hidden in (False, True):\n"
+        "        p = ctx.Process(target=exec, args=(code,))\n"
+        "        with _bare_main() if hidden else contextlib.nullcontext():\n"
+        "            p.start()\n"
+        "        p.join()\n"
+        "    print(sys.modules['__main__'].__file__ == __file__)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(proxy.__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    shown, hidden, restored = out.stdout.splitlines()
+    assert shown == "['dcap_qvl', 'proxy.cli.main']"  # what every worker loaded before
+    assert hidden == "[]"
+    assert restored == "True"
