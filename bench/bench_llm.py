@@ -200,16 +200,14 @@ class CpuSplit:
 def cpu_split(results: Results, target: str, streams: int) -> CpuSplit | None:
     """The split for target from its one-event run and its run at ``streams``."""
     one, full = results.llm_one.get(target), results.llm.get((streams, target))
-    if one is None or full is None or not one.streams or full.events_per_stream < 2:
-        return None
-    n = one.streams
+    if one is None or full is None or one.streams != streams or full.events_per_stream < 2:
+        return None  # (split_runs makes the one-event run at --llm-streams)
     more = streams * (full.events_per_stream - 1)  # events beyond the first of each stream
-    # The one-event run has the same stream count (split_runs runs it at --llm-streams).
     return CpuSplit(
-        stream_user_ms=one.user_s / n * 1e3,
-        stream_sys_ms=one.sys_s / n * 1e3,
-        event_user_us=(full.user_s - one.user_s * streams / n) / more * 1e6,
-        event_sys_us=(full.sys_s - one.sys_s * streams / n) / more * 1e6,
+        stream_user_ms=one.user_s / streams * 1e3,
+        stream_sys_ms=one.sys_s / streams * 1e3,
+        event_user_us=(full.user_s - one.user_s) / more * 1e6,
+        event_sys_us=(full.sys_s - one.sys_s) / more * 1e6,
     )
 
 

@@ -130,20 +130,16 @@ def per_process_memory(pid: int) -> list[ProcessMemory]:
     ]
 
 
-def _cpu_ticks(pid: int) -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return 0
-
-
 def _cpu_split_ticks(pid: int) -> tuple[int, int]:
     with contextlib.suppress(OSError, ValueError, IndexError):
         stat = Path(f"/proc/{pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2 :].split()
-        return int(fields[11]), int(fields[12])
+        return int(fields[11]), int(fields[12])  # utime, stime (fields 14, 15)
     return 0, 0
+
+
+def _cpu_ticks(pid: int) -> int:
+    return sum(_cpu_split_ticks(pid))
 
 
 def cpu_split_seconds(pid: int) -> tuple[float, float]:

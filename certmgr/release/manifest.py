@@ -29,7 +29,7 @@ import hmac
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -370,14 +370,4 @@ def verify_manifest(envelope: bytes, keys: Sequence[PublicKey]) -> BuildManifest
         doc = json.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise ReleaseError(f"build manifest: malformed JSON: {e}") from e
-    m = _parse_statement(doc)
-    return BuildManifest(
-        image_name=m.image_name,
-        image_digest=m.image_digest,
-        lock_sha256=m.lock_sha256,
-        commit=m.commit,
-        source_date_epoch=m.source_date_epoch,
-        predictions=m.predictions,
-        key_id=kid,
-        statement=m.statement,
-    )
+    return replace(_parse_statement(doc), key_id=kid)

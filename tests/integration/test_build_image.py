@@ -166,14 +166,23 @@ def test_layout_validates_and_the_image_runs(builds: Builds, tmp_path: Path) -> 
     assert run.stdout.strip() == "/opt/teeproxy (3, 11)"
 
 
-def test_changed_source_changes_only_the_app_layer(builds: Builds, tmp_path: Path) -> None:
-    src = copy_source(tmp_path / "src")
-    main = src / "proxy" / "cli" / "main.py"
-    main.write_text(main.read_text() + "\n# changed\n")
+def _rebuild(
+    builds: Builds, src: Path, tmp_path: Path
+) -> tuple[ImageBuild, dict[str, str], dict[str, str]]:
+    """Build ``src`` on the shared build's base: the build and the layer digests by name,
+    of the shared build and of this one."""
     changed = build_image(src, tmp_path / "out", source_date_epoch=SDE,
                           work_dir=tmp_path / "work", base=_base_of(builds))  # fmt: skip
     before = {x.name: x.digest for x in builds.first.layers}
     after = {x.name: x.digest for x in changed.layers}
+    return changed, before, after
+
+
+def test_changed_source_changes_only_the_app_layer(builds: Builds, tmp_path: Path) -> None:
+    src = copy_source(tmp_path / "src")
+    main = src / "proxy" / "cli" / "main.py"
+    main.write_text(main.read_text() + "\n# changed\n")
+    changed, before, after = _rebuild(builds, src, tmp_path)
     assert after["base"] == before["base"]
     assert after["python-deps"] == before["python-deps"]
     assert after["app"] != before["app"]
@@ -194,10 +203,7 @@ def test_changed_lock_changes_only_the_deps_layer(builds: Builds, tmp_path: Path
             out.append(line)
     assert len(out) < len(lines)
     lock.write_text("\n".join(out) + "\n")
-    changed = build_image(src, tmp_path / "out", source_date_epoch=SDE,
-                          work_dir=tmp_path / "work", base=_base_of(builds))  # fmt: skip
-    before = {x.name: x.digest for x in builds.first.layers}
-    after = {x.name: x.digest for x in changed.layers}
+    changed, before, after = _rebuild(builds, src, tmp_path)
     assert after["base"] == before["base"]
     assert after["app"] == before["app"]
     assert after["python-deps"] != before["python-deps"]

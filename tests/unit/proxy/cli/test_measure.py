@@ -33,6 +33,15 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]
         return rc, out, err
 
 
+def _image_and_compose(tmp_path: Path) -> tuple[Path, str, Path]:
+    """An image layout and a docker-compose.yml pinning it by digest."""
+    layout = tmp_path / "image"
+    digest = write_layout(layout, b"build one")
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text(compose_for(digest))
+    return layout, digest, compose
+
+
 def test_predict_dstack_reproduces_a_real_deployment(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -68,10 +77,7 @@ def test_predict_dstack_reproduces_a_real_deployment(
 def test_predict_refuses_unpredictable_or_unpinned_inputs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    layout = tmp_path / "image"
-    digest = write_layout(layout, b"build one")
-    compose = tmp_path / "docker-compose.yml"
-    compose.write_text(compose_for(digest))
+    layout, digest, compose = _image_and_compose(tmp_path)
     base = ["measure", "predict", "dstack", "--compose", str(compose), "--image", str(layout)]
     base += ["--key-provider", "none"] + [
         f"--{r}={'00' * 48}" for r in ("mrtd", "rtmr0", "rtmr1", "rtmr2")
@@ -89,10 +95,7 @@ def test_predict_refuses_unpredictable_or_unpinned_inputs(
 def test_predict_simulated_is_what_the_simulated_provider_reports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    layout = tmp_path / "image"
-    digest = write_layout(layout, b"build one")
-    compose = tmp_path / "docker-compose.yml"
-    compose.write_text(compose_for(digest))
+    layout, _, compose = _image_and_compose(tmp_path)
     argv = ["measure", "predict", "simulated", "--compose", str(compose), "--image", str(layout)]
     rc, doc, err = _run(capsys, *argv, "--json")
     assert rc == 0, err
