@@ -233,9 +233,12 @@ class ProxyHTTPServer(web.Server):
             **kwargs,
         )
 
-    @staticmethod
-    def _handler_kwargs(limits: LimitsConfig) -> dict[str, Any]:
+    def _handler_kwargs(self, limits: LimitsConfig) -> dict[str, Any]:
         return {
+            # TLS listeners (proxy.dataplane.tlsserver) set SO_KEEPALIVE once on the
+            # listening socket, which accepted sockets inherit; aiohttp would set it again
+            # on each connection through a socket object made for the call.
+            "tcp_keepalive": not self.tls,
             "keepalive_timeout": limits.keepalive_timeout,
             "max_line_size": limits.max_request_line,
             "max_field_size": limits.max_header_size,

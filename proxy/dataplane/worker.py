@@ -45,6 +45,7 @@ from proxy.dataplane.endpoints import Handler, LocalEndpoints
 from proxy.dataplane.forward import Forwarder, make_session
 from proxy.dataplane.gate import WorkerGate
 from proxy.dataplane.protocol import ProxyHTTPServer, make_request
+from proxy.dataplane.tlsserver import TLSServer, create_tls_server
 from proxy.errors import ConfigError
 from proxy.log import server_log as log
 from proxy.log import setup_logging
@@ -78,7 +79,7 @@ class Worker:
     reuse_port: bool = True
     holder: StoreHolder = field(init=False)
     ports: list[int] = field(default_factory=list)
-    _servers: list[asyncio.base_events.Server] = field(default_factory=list)
+    _servers: list[TLSServer] = field(default_factory=list)
     _redirect_runner: web.ServerRunner | None = None
     _tls_ctx: ssl.SSLContext | None = None
     gate: WorkerGate | None = None  # [governance] enforce mode: serve only while allowed
@@ -122,16 +123,15 @@ class Worker:
 
     async def listen(self) -> None:
         """Open the TLS listeners (again after stop_listening(): on the same ports)."""
-        if self.http is None:
+        if self.http is None or self._tls_ctx is None:
             raise RuntimeError("listen() before start()")
-        loop = asyncio.get_running_loop()
         for i, addr in enumerate(self.cfg.server.listen_addresses):
-            srv = await loop.create_server(
+            srv = await create_tls_server(
                 self.http,
                 addr.host,
                 self.ports[i] if i < len(self.ports) else addr.port,
-                ssl=self._tls_ctx,
-                ssl_handshake_timeout=self.cfg.tls.handshake_timeout,
+                ssl_context=self._tls_ctx,
+                handshake_timeout=self.cfg.tls.handshake_timeout,
                 reuse_port=self.reuse_port,
                 backlog=2048,
             )

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 from aiohttp.web_protocol import RequestHandler
 
+from proxy.dataplane.tlsserver import TLSTransport
 from tests.helpers.proxies import ProxyFactory
 
 
@@ -74,14 +75,14 @@ async def test_small_body_goes_out_with_the_headers_in_one_write(
     # Every write the proxy makes to a TLS client, whoever makes it (aiohttp's writer or
     # the relay): the TLS transport's write, on the server side.
     proxy_writes: list[bytes] = []
-    real_write = asyncio.sslproto._SSLProtocolTransport.write
+    real_write = TLSTransport.write
 
-    def counting_write(self: asyncio.sslproto._SSLProtocolTransport, data: Any) -> None:
+    def counting_write(self: TLSTransport, data: Any) -> None:
         if isinstance(self.get_protocol(), RequestHandler):
             proxy_writes.append(bytes(data))
         real_write(self, data)
 
-    monkeypatch.setattr(asyncio.sslproto._SSLProtocolTransport, "write", counting_write)
+    monkeypatch.setattr(TLSTransport, "write", counting_write)
     async with (
         aiohttp.ClientSession() as s,
         s.get(f"{proxy.url}/small", ssl=client_ssl) as resp,
