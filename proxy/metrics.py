@@ -59,6 +59,8 @@ __all__ = [
     "CLUSTER_SIGNER_VERSION",
     "CONNECTIONS_OPEN",
     "CONNECTIONS_REJECTED",
+    "HELLO_MATCHED",
+    "HELLO_UNRECOGNIZED",
     "OPEN_STREAMS",
     "POLICY_ALLOWED",
     "POLICY_BLOCK",
@@ -215,5 +217,7 @@ def status_counter(status: int) -> Counter:
     return child
 
 
+HELLO_MATCHED = TLS_HELLOS.labels("matched")  # one of the two per ClientHello: cached
+HELLO_UNRECOGNIZED = TLS_HELLOS.labels("unrecognized_name")
 BYTES_IN = BYTES.labels("request")
 BYTES_OUT = BYTES.labels("response")

@@ -77,21 +77,20 @@ class TLSTransport(asyncio.Transport):
             "ssl_object": sock,
             "sslcontext": sock.context,
         }
-        try:
-            self._extra["peername"] = sock.getpeername()
-        except OSError:
-            self._extra["peername"] = None
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
         if server is not None:
             server.attach(self)
 
     # -- start -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Tell the protocol and start reading (bytes may already wait in OpenSSL)."""
+    def start(self, *, reader_registered: bool = False) -> None:
+        """Tell the protocol and start reading (bytes may already wait in OpenSSL).
+
+        ``reader_registered``: the handshake left a reader on the descriptor; it is replaced
+        (or removed when the protocol closed the connection at once).
+        """
+        if reader_registered:
+            self._loop.add_reader(self._fd, self._read_ready)
+            self._reading = True
         self._protocol.connection_made(self)
         if self._sock is None or self._closing:
             return
@@ -107,6 +106,13 @@ class TLSTransport(asyncio.Transport):
         sock = self._sock
         if sock is None:
             return default
+        if name in ("peername", "sockname"):  # asked for by few requests: looked up then
+            try:
+                value = sock.getpeername() if name == "peername" else sock.getsockname()
+            except OSError:
+                value = None
+            self._extra[name] = value
+            return value
         if name == "peercert":
             return sock.getpeercert()
         if name == "cipher":
@@ -374,8 +380,11 @@ class _Handshake:
             log.debug("TLS handshake failed: %s", e)
             self.end(close=True)
             return
-        self.end(close=False)
-        self.server.established(sock)
+        # The reader stays registered: the transport takes it over (the loop swaps the
+        # callback instead of tearing its poll handle down and making a new one).
+        reading = self.want == 1
+        self.end(close=False, keep_reader=reading)
+        self.server.established(sock, reading=reading)
 
     def expire(self) -> None:
         log.debug("TLS handshake not done within the timeout: closing")
@@ -401,8 +410,9 @@ class _Handshake:
             loop.remove_writer(self.fd)
         self.want = 0
 
-    def end(self, *, close: bool) -> None:
-        self._unregister()
+    def end(self, *, close: bool, keep_reader: bool = False) -> None:
+        if not keep_reader:
+            self._unregister()
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -509,8 +519,10 @@ class TLSServer:
         self.handshakes.add(hs)
         hs.step()
 
-    def established(self, sock: ssl.SSLSocket) -> None:
-        TLSTransport(self.loop, sock, self.protocol_factory(), self).start()
+    def established(self, sock: ssl.SSLSocket, *, reading: bool = False) -> None:
+        """``reading``: a reader for ``sock`` is registered (the transport replaces it)."""
+        transport = TLSTransport(self.loop, sock, self.protocol_factory(), self)
+        transport.start(reader_registered=reading)
 
 
 async def create_tls_server(

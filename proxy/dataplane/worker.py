@@ -67,7 +67,7 @@ __all__ = ["Worker", "host_without_port", "run_worker_process"]
 
 
 def _on_hello(matched: bool) -> None:
-    metrics.TLS_HELLOS.labels("matched" if matched else "unrecognized_name").inc()
+    (metrics.HELLO_MATCHED if matched else metrics.HELLO_UNRECOGNIZED).inc()
 
 
 @dataclass
