@@ -82,20 +82,16 @@ class TLSTransport(asyncio.Transport):
 
     # -- start -------------------------------------------------------------------------
 
-    def start(self, *, reader_registered: bool = False) -> None:
-        """Tell the protocol and start reading (bytes may already wait in OpenSSL).
+    def start(self) -> None:
+        """Start reading and tell the protocol (bytes may already wait in OpenSSL).
 
-        ``reader_registered``: the handshake left a reader on the descriptor; it is replaced
-        (or removed when the protocol closed the connection at once).
+        A reader the handshake left on the descriptor is replaced, not removed and made
+        again; the protocol's ``close()`` in ``connection_made`` removes it.
         """
-        if reader_registered:
-            self._loop.add_reader(self._fd, self._read_ready)
-            self._reading = True
+        self._loop.add_reader(self._fd, self._read_ready)
+        self._reading = True
         self._protocol.connection_made(self)
-        if self._sock is None or self._closing:
-            return
-        self._add_reader()
-        if self._sock.pending():
+        if self._sock is not None and not self._closing and self._sock.pending():
             self._loop.call_soon(self._read_ready)
 
     # -- asyncio.BaseTransport -----------------------------------------------------------
@@ -223,14 +219,12 @@ class TLSTransport(asyncio.Transport):
         if self._write_wants_read:
             self._write_wants_read = False
             self._write_ready()
-            if self._sock is None:
-                return
+        sock = self._sock
+        if sock is None:
+            return
         if self._closing or self._read_paused:
             if not self._write_wants_read:
                 self._remove_reader()
-            return
-        sock = self._sock
-        if sock is None:
             return
         protocol = self._protocol
         while True:
@@ -382,9 +376,8 @@ class _Handshake:
             return
         # The reader stays registered: the transport takes it over (the loop swaps the
         # callback instead of tearing its poll handle down and making a new one).
-        reading = self.want == 1
-        self.end(close=False, keep_reader=reading)
-        self.server.established(sock, reading=reading)
+        self.end(close=False, keep_reader=self.want == 1)
+        self.server.established(sock)
 
     def expire(self) -> None:
         log.debug("TLS handshake not done within the timeout: closing")
@@ -519,10 +512,8 @@ class TLSServer:
         self.handshakes.add(hs)
         hs.step()
 
-    def established(self, sock: ssl.SSLSocket, *, reading: bool = False) -> None:
-        """``reading``: a reader for ``sock`` is registered (the transport replaces it)."""
-        transport = TLSTransport(self.loop, sock, self.protocol_factory(), self)
-        transport.start(reader_registered=reading)
+    def established(self, sock: ssl.SSLSocket) -> None:
+        TLSTransport(self.loop, sock, self.protocol_factory(), self).start()
 
 
 async def create_tls_server(

@@ -279,14 +279,7 @@ async def test_a_slow_reader_pauses_the_protocol_and_gets_every_byte(
 async def test_close_flushes_what_is_queued_then_ends(
     served: Served, client_ssl: ssl.SSLContext
 ) -> None:
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", served.port, ssl=client_ssl, server_hostname="localhost"
-    )
-    writer.write(b"echo:x\n")
-    await reader.readline()
-    proto = served.made[0]
-    t = proto.transport
-    assert t is not None
+    reader, writer, proto, t = await _connected(served, client_ssl)
     size = 4 * 2**20
     t.write(_pattern(size))  # more than the socket takes at once: most of it queues
     assert t.get_write_buffer_size() > 0
@@ -302,14 +295,7 @@ async def test_close_flushes_what_is_queued_then_ends(
 async def test_abort_drops_the_queue_and_closes_at_once(
     served: Served, client_ssl: ssl.SSLContext
 ) -> None:
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", served.port, ssl=client_ssl, server_hostname="localhost"
-    )
-    writer.write(b"echo:x\n")
-    await reader.readline()
-    proto = served.made[0]
-    t = proto.transport
-    assert t is not None
+    reader, writer, proto, t = await _connected(served, client_ssl)
     t.write(_pattern(4 * 2**20))
     t.abort()
     assert t.get_write_buffer_size() == 0
@@ -328,14 +314,7 @@ async def test_abort_drops_the_queue_and_closes_at_once(
 async def test_paused_reading_holds_data_until_resumed(
     served: Served, client_ssl: ssl.SSLContext
 ) -> None:
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", served.port, ssl=client_ssl, server_hostname="localhost"
-    )
-    writer.write(b"echo:a\n")
-    assert await reader.readline() == b"echo:a\n"
-    proto = served.made[0]
-    t = proto.transport
-    assert t is not None
+    reader, writer, proto, t = await _connected(served, client_ssl)
     t.pause_reading()
     assert not t.is_reading()
     writer.write(b"echo:b\n" * 3000)  # several records: some decrypted ahead in OpenSSL
@@ -454,6 +433,20 @@ async def test_out_of_descriptors_pauses_accepting_then_resumes(
         writer.close()
     finally:
         server.close()
+
+
+async def _connected(
+    served: Served, client_ssl: ssl.SSLContext
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Recorder, TLSTransport]:
+    """A client connection that has made one round trip, and the server's side of it."""
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", served.port, ssl=client_ssl, server_hostname="localhost"
+    )
+    writer.write(b"echo:x\n")
+    assert await reader.readline() == b"echo:x\n"
+    proto = served.made[0]
+    assert proto.transport is not None
+    return reader, writer, proto, proto.transport
 
 
 async def _first(served: Served) -> Recorder:
