@@ -231,24 +231,25 @@ class Forwarder:
         started = time.monotonic()
         cfg = self.cfg
         ex = _Exchange(client_ip=_client_ip(request))
-        metrics.OPEN_STREAMS.inc()
+        tally = metrics.TALLY
+        tally.add(metrics.OPEN_STREAMS)
         resp: web.StreamResponse | None = None
         try:
             resp = await self._handle(request, cfg, ex)
             return resp
         finally:
             elapsed = time.monotonic() - started
-            metrics.OPEN_STREAMS.dec()
+            tally.add(metrics.OPEN_STREAMS, -1)
             if ex.local:
                 _count_local(request, resp, ex)
             else:  # relayed bytes are counted once per exchange, not per chunk
                 if ex.body_in:
-                    metrics.BYTES_IN.inc(ex.body_in)
+                    tally.add(metrics.BYTES_IN, ex.body_in)
                 if ex.body_out:
-                    metrics.BYTES_OUT.inc(ex.body_out)
+                    tally.add(metrics.BYTES_OUT, ex.body_out)
             if ex.status:
-                metrics.status_counter(ex.status).inc()
-                metrics.REQUEST_DURATION.observe(elapsed)
+                tally.add(metrics.status_counter(ex.status))
+                tally.observe(elapsed)
             if cfg.logging.access_log and access_log.isEnabledFor(logging.INFO):
                 access_log.info(
                     '%s "%s %s" %s %d %d %.3f',

@@ -105,7 +105,7 @@ class _Handler(RequestHandler):
             raise TypeError("_Handler needs a ProxyHTTPServer")
         super().connection_made(transport)
         if manager.tls:
-            metrics.TLS_HANDSHAKES.inc()
+            metrics.TALLY.add(metrics.TLS_HANDSHAKES)
         if manager.open_connections >= manager.limits.max_connections:
             metrics.CONNECTIONS_REJECTED.labels("max_connections").inc()
             self.force_close()
@@ -113,7 +113,7 @@ class _Handler(RequestHandler):
             return
         manager.open_connections += 1
         self._counted = True
-        metrics.CONNECTIONS_OPEN.inc()
+        metrics.TALLY.add(metrics.CONNECTIONS_OPEN)
         lim = manager.limits
         self._guard = RequestChunkGuard(
             max_line=lim.max_chunk_line,
@@ -190,7 +190,7 @@ class _Handler(RequestHandler):
         self.disarm()
         if self._counted and isinstance(manager, ProxyHTTPServer):
             manager.open_connections -= 1
-            metrics.CONNECTIONS_OPEN.dec()
+            metrics.TALLY.add(metrics.CONNECTIONS_OPEN, -1)
             self._counted = False
         super().connection_lost(exc)
 

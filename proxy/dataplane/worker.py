@@ -67,7 +67,7 @@ __all__ = ["Worker", "host_without_port", "run_worker_process"]
 
 
 def _on_hello(matched: bool) -> None:
-    (metrics.HELLO_MATCHED if matched else metrics.HELLO_UNRECOGNIZED).inc()
+    metrics.TALLY.add(metrics.HELLO_MATCHED if matched else metrics.HELLO_UNRECOGNIZED)
 
 
 @dataclass
@@ -221,6 +221,7 @@ class Worker:
             await self.session.close()
         if self.receipts is not None:
             await self.receipts.store.close()
+        metrics.TALLY.flush()  # what the last requests counted
 
 
 def host_without_port(host: str) -> str:

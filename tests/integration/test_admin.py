@@ -39,6 +39,25 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[key]
 
 
+async def scrape_until(
+    s: aiohttp.ClientSession, url: str, name: str, expected: float, **labels: str
+) -> Samples:
+    """/metrics once ``name`` shows ``expected``: workers write their data-plane values
+    out within proxy.metrics.FLUSH_INTERVAL (0.25 s), so a scrape right after a request
+    may not show it yet. Fails with the last value after 5 s."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        async with s.get(url) as resp:
+            assert resp.status == 200
+            samples = parse_metrics(await resp.text())
+        if samples.get((name, frozenset(labels.items()))) == expected:
+            return samples
+        if asyncio.get_running_loop().time() > deadline:
+            assert value(samples, name, **labels) == expected  # names what it was instead
+            return samples
+        await asyncio.sleep(0.05)
+
+
 async def _hello(_request: web.Request) -> web.Response:
     return web.Response(text="hello")
 
@@ -123,13 +142,12 @@ async def test_health_ready_and_metrics_aggregated_over_two_workers(
             c.get(f"{served.url}/slow?hold=1.5") as stream,
         ):
             assert await stream.content.readline() == b"first\n"
-            async with s.get(f"{admin}/metrics") as resp:
-                during = parse_metrics(await resp.text())
-            assert value(during, "teeproxy_open_streams") == 1.0
+            await scrape_until(s, f"{admin}/metrics", "teeproxy_open_streams", 1.0)
             assert await stream.content.read() == b"last\n"
 
-        async with s.get(f"{admin}/metrics") as resp:
-            after = parse_metrics(await resp.text())
+        after = await scrape_until(
+            s, f"{admin}/metrics", "teeproxy_http_requests_total", n + 1, code="200"
+        )
         assert value(after, "teeproxy_open_streams") == 0.0
         assert value(after, "teeproxy_http_requests_total", code="200") == n + 1
         assert value(after, "teeproxy_tls_handshakes_completed_total") == n + 1

@@ -266,6 +266,7 @@ def strict_store(sni_leaves: dict[str, trustme.LeafCert]) -> CertStore:
 
 def _hellos(result: str) -> float:
     """ClientHellos counted by the in-process proxy with this result."""
+    metrics.TALLY.flush()  # the data plane's counts wait there up to FLUSH_INTERVAL
     for metric in metrics.TLS_HELLOS.collect():
         for sample in metric.samples:
             if sample.name.endswith("_total") and sample.labels.get("result") == result:
