@@ -25,6 +25,7 @@ duplicate framing headers) and enforces line, field and count limits. Added here
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -94,7 +95,8 @@ class _Handler(RequestHandler):
     """RequestHandler with a header-read deadline, a connection cap, a bound on chunk-size
     lines and write notifications for the forwarder."""
 
-    _deadline: asyncio.TimerHandle | None = None
+    _deadline: asyncio.TimerHandle | None = None  # fires at _deadline_at or earlier
+    _deadline_at = math.inf  # the header-read deadline (loop time), inf: none
     _counted = False
     _guard: RequestChunkGuard | None = None
     listener: WriteListener | None = None
@@ -122,7 +124,7 @@ class _Handler(RequestHandler):
         self._arm(lim.header_read_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and not self._request_in_progress and not self._upgraded:
+        if self._deadline_at == math.inf and not self._request_in_progress and not self._upgraded:
             manager = self._manager
             if isinstance(manager, ProxyHTTPServer):
                 self._arm(manager.limits.header_read_timeout)
@@ -187,7 +189,10 @@ class _Handler(RequestHandler):
         if listener is not None:
             listener.client_lost()
         manager = self._manager
-        self.disarm()
+        self._deadline_at = math.inf
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
         if self._counted and isinstance(manager, ProxyHTTPServer):
             manager.open_connections -= 1
             metrics.TALLY.add(metrics.CONNECTIONS_OPEN, -1)
@@ -195,15 +200,30 @@ class _Handler(RequestHandler):
         super().connection_lost(exc)
 
     def _arm(self, seconds: float) -> None:
-        self._deadline = self._loop.call_later(seconds, self._headers_overdue)
+        # One timer per connection at a time, as proxy.deadline.Deadline does: arming for
+        # the next kept-alive request moves a float; the timer, when it fires early (the
+        # request it was set for came in time), re-arms itself for the deadline now set.
+        when = self._deadline_at = self._loop.time() + seconds
+        handle = self._deadline
+        if handle is not None and when < handle.when():  # new limits: a shorter deadline
+            handle.cancel()
+            handle = None
+        if handle is None:
+            self._deadline = self._loop.call_at(when, self._headers_overdue)
 
     def disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        """The headers came: no deadline until the next request's first byte."""
+        self._deadline_at = math.inf
 
     def _headers_overdue(self) -> None:
         self._deadline = None
+        when = self._deadline_at
+        if when == math.inf:
+            return
+        if self._loop.time() < when:
+            self._deadline = self._loop.call_at(when, self._headers_overdue)
+            return
+        self._deadline_at = math.inf
         if self._request_in_progress or self.transport is None:
             return
         metrics.CONNECTIONS_REJECTED.labels("header_read_timeout").inc()

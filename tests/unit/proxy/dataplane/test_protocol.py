@@ -84,6 +84,25 @@ async def test_the_deadline_rearms_for_each_kept_alive_request(listen: Listen) -
     writer.close()
 
 
+async def test_a_deadline_set_for_an_earlier_request_does_not_cut_a_later_one(
+    listen: Listen,
+) -> None:
+    # One timer per connection: armed at the connection's start for 0.6 s, it fires while
+    # the second request (begun at 0.4 s) is still within its own 0.6 s, and must move on.
+    _, port = await listen(LimitsConfig(header_read_timeout=0.6, keepalive_timeout=30))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    await reader.readexactly(2)
+    await asyncio.sleep(0.4)
+    writer.write(b"GET / HTTP/1.1\r\n")  # stalls; its deadline is 0.6 s from now
+    await writer.drain()
+    waited = await _closed_within(reader, 5)
+    assert 0.45 < waited < 3
+    writer.close()
+
+
 async def test_connections_over_the_cap_are_closed_at_once(listen: Listen) -> None:
     http, port = await listen(LimitsConfig(max_connections=1, header_read_timeout=30))
     _r1, w1 = await asyncio.open_connection("127.0.0.1", port)
