@@ -462,6 +462,10 @@ class RequestChunkGuard:
                 pos += 1
             if pos == len(data):
                 return pos
+            end = data.find(b"\r\n\r\n", pos)
+            if end >= 0:  # the usual case: the whole head in this read, nothing to keep
+                self._start_body(data[pos : end + 4].lower())
+                return end + 4
         before = len(head)
         head += data[pos:] if pos else data
         end = head.find(b"\r\n\r\n", max(0, before - 3))

@@ -118,6 +118,9 @@ def _quote_if_needed(value: str) -> str:
     return f'"{escaped}"'
 
 
+_REQUEST_DROP = HOP_BY_HOP | _PROVENANCE | _CONSUMED
+
+
 def request_headers_for_backend(
     headers: Sequence[Header], *, client_ip: str, proto: str, host: str, websocket: bool = False
 ) -> list[Header]:
@@ -127,7 +130,8 @@ def request_headers_for_backend(
     so the client's Sec-WebSocket-Key/-Version/-Extensions are dropped here; the subprotocol
     list is kept so the backend can choose.
     """
-    drop = HOP_BY_HOP | _PROVENANCE | _CONSUMED | _connection_tokens(headers)
+    tokens = _connection_tokens(headers)
+    drop = _REQUEST_DROP | tokens if tokens else _REQUEST_DROP
     if websocket:
         drop = drop | {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions"}
     out = [(n, v) for n, v in headers if n.lower() not in drop]
@@ -146,5 +150,6 @@ def response_headers_for_client(headers: Sequence[Header]) -> list[Header]:
     Content-Length is kept (the body is relayed byte for byte); Content-Encoding is kept
     (bodies are never recoded).
     """
-    drop = HOP_BY_HOP | _connection_tokens(headers)
+    tokens = _connection_tokens(headers)
+    drop = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
     return [(n, v) for n, v in headers if n.lower() not in drop]
