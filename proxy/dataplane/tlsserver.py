@@ -11,7 +11,9 @@ socket is readable. The transport is the selector transport asyncio had before 3
 small:
 
 - the handshake must finish within ``handshake_timeout`` s (then the socket is closed);
-  failed handshakes are logged at debug level and never reach the protocol;
+  failed handshakes are logged at debug level and never reach the protocol; an ``admit``
+  callback, asked with the number of handshakes under way, may refuse one more (the
+  accepted socket is closed before any TLS: the worker's connection cap);
 - reads: one ``SSL_read`` of up to a record per readiness, then what OpenSSL already
   decrypted (``pending()``); the peer's close_notify or a TCP FIN is ``eof_received()``,
   after which the connection closes (TLS has no half-close);
@@ -428,8 +430,14 @@ class TLSServer:
         context: ssl.SSLContext,
         protocol_factory: Callable[[], asyncio.Protocol],
         handshake_timeout: float,
+        *,
+        admit: Callable[[int], bool] | None = None,
     ) -> None:
         self.loop = loop
+        # Asked with the number of handshakes under way before one more starts; False:
+        # the accepted connection is closed at once (a flood of silent handshakes is
+        # bounded by the connection cap, not only by the handshake deadline).
+        self.admit = admit
         self._listeners = listeners
         self.context = context
         self.protocol_factory = protocol_factory
@@ -499,6 +507,9 @@ class TLSServer:
             self.loop.add_reader(listener.fileno(), self._accept, listener)
 
     def _start(self, conn: socket.socket) -> None:
+        if self.admit is not None and not self.admit(len(self.handshakes)):
+            conn.close()
+            return
         # TCP_NODELAY and SO_KEEPALIVE come from the listening socket (Linux copies them
         # to each accepted one), so no option is set here.
         try:
@@ -525,6 +536,7 @@ async def create_tls_server(
     handshake_timeout: float,
     reuse_port: bool = False,
     backlog: int = 2048,
+    admit: Callable[[int], bool] | None = None,
 ) -> TLSServer:
     """Listen on every address ``host`` resolves to, at ``port`` (``reuse_port``:
     SO_REUSEPORT), and serve TLS there, as ``loop.create_server(ssl=...)`` would.
@@ -559,4 +571,4 @@ async def create_tls_server(
         for sock in listeners:
             sock.close()
         raise
-    return TLSServer(loop, listeners, ssl_context, protocol_factory, handshake_timeout)
+    return TLSServer(loop, listeners, ssl_context, protocol_factory, handshake_timeout, admit=admit)

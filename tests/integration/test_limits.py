@@ -12,6 +12,7 @@ import socket
 import ssl
 import time
 
+import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpServer
 
@@ -152,11 +153,9 @@ async def test_max_connections(
         assert (await read_response(reader)).status == 200  # counted by the server now
         held.append((reader, writer))
 
-    # A third connection is closed as soon as it is accepted.
-    reader3, writer3 = await tls_connect(proxy.port, client_ssl)
-    writer3.write(b"GET /third HTTP/1.1\r\n" + H + b"\r\n")
-    assert await wait_closed(reader3, 5) == b""
-    close_writer(writer3)
+    # A third connection is closed as soon as it is accepted, before its handshake.
+    with pytest.raises(OSError):  # ssl.SSLError or a reset: no TLS session at all
+        await tls_connect(proxy.port, client_ssl)
 
     # The two held connections are unaffected.
     for i, (reader, writer) in enumerate(held):
@@ -171,6 +170,29 @@ async def test_max_connections(
     targets = [s.target for s in recording_backend.seen]
     assert "/third" not in targets
     assert targets[-1] == "/fourth"
+
+
+async def test_max_connections_counts_handshakes_under_way(
+    recording_backend: Recorder, proxy_factory: ProxyFactory, client_ssl: ssl.SSLContext
+) -> None:
+    # Two clients connect and never send a ClientHello: they hold the worker's two slots
+    # until the handshake deadline, so a third connection is refused at once.
+    proxy = await proxy_factory(recording_backend.url, "[limits]\nmax_connections = 2")
+    silent = [await asyncio.open_connection("127.0.0.1", proxy.port) for _ in range(2)]
+    servers = proxy.worker._servers
+    async with asyncio.timeout(5):
+        while sum(len(srv.handshakes) for srv in servers) != 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    with pytest.raises(OSError):
+        await tls_connect(proxy.port, client_ssl)
+    # One gives up: its slot is free again.
+    close_writer(silent[0][1])
+    async with asyncio.timeout(5):
+        while sum(len(srv.handshakes) for srv in servers) != 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    assert await _get(proxy.port, client_ssl, "/after") == 200
+    close_writer(silent[1][1])
+    assert [s.target for s in recording_backend.seen] == ["/after"]
 
 
 # -- deadlines ---------------------------------------------------------------------------------

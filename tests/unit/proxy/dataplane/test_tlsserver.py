@@ -461,3 +461,26 @@ async def _until(cond: Callable[[], bool], within: float = 5.0) -> None:
         if loop.time() > end:
             raise AssertionError("condition not reached")
         await asyncio.sleep(0.01)
+
+
+async def test_admit_is_asked_with_the_handshakes_under_way(server_ctx: ssl.SSLContext) -> None:
+    asked: list[int] = []
+
+    def admit(handshakes: int) -> bool:
+        asked.append(handshakes)
+        return handshakes < 1
+
+    server = await create_tls_server(
+        Recorder, "127.0.0.1", 0, ssl_context=server_ctx, handshake_timeout=5, admit=admit
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _r1, w1 = await asyncio.open_connection("127.0.0.1", port)  # silent: a handshake
+        r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+        assert await asyncio.wait_for(r2.read(), 5) == b""  # refused: closed, no alert
+        assert asked == [0, 1]
+        assert len(server.handshakes) == 1
+        w1.close()
+        w2.close()
+    finally:
+        server.close()
