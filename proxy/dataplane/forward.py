@@ -900,7 +900,7 @@ def _http_date() -> str:
 
 def _request_head(method: str, target: str, headers: list[tuple[str, str]]) -> bytes:
     """The request head sent upstream (the target as the client sent its bytes)."""
-    fields = "".join(f"{n}: {v}\r\n" for n, v in headers)
+    fields = "".join([f"{n}: {v}\r\n" for n, v in headers])
     return (
         method.encode("ascii")
         + b" "

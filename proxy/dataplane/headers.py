@@ -16,6 +16,7 @@ References:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 from proxy.errors import ClientRequestError
@@ -55,7 +56,7 @@ _PROVENANCE = frozenset(
 # Handled by this proxy itself (100-continue is answered here, not by the backend).
 _CONSUMED = frozenset({"expect"})
 
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 5.6.2 token (ASCII only)
 
 
 # Never removed because a Connection header names them: a client must not be able to make
@@ -112,7 +113,7 @@ def forwarded_element(client_ip: str, proto: str, host: str) -> str:
 
 
 def _quote_if_needed(value: str) -> str:
-    if value and all(c in _TOKEN_CHARS for c in value.lower()):
+    if _TOKEN.fullmatch(value):
         return value
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'

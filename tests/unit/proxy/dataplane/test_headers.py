@@ -178,6 +178,9 @@ def test_forwarded_ipv6_node_is_bracketed_and_quoted() -> None:
         ("api.example:8443", 'host="api.example:8443"'),
         ("[::1]:8443", 'host="[::1]:8443"'),
         ('we"ird\\', 'host="we\\"ird\\\\"'),
+        # Not ASCII: not a token, though its lower case (a KELVIN SIGN's is "k") is one.
+        ("\u212a.example", 'host="\u212a.example"'),
+        ("", 'host=""'),
     ],
 )
 def test_forwarded_host_quoted_when_not_a_token(host: str, rendered: str) -> None:
