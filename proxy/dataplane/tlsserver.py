@@ -16,7 +16,8 @@ small:
   accepted socket is closed before any TLS: the worker's connection cap);
 - reads: one ``SSL_read`` of up to a record per readiness, then what OpenSSL already
   decrypted (``pending()``); the peer's close_notify or a TCP FIN is ``eof_received()``,
-  after which the connection closes (TLS has no half-close);
+  after which the connection closes (TLS has no half-close); a ``data_received`` that
+  raises aborts the connection before the error reaches the loop's exception handler;
 - writes: straight to ``SSL_write`` while nothing is queued; otherwise bytes queue in one
   buffer that is retried as OpenSSL requires (the same bytes first, more may follow:
   CPython sets ``SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER``), with ``pause_writing()`` and
@@ -244,7 +245,14 @@ class TLSTransport(asyncio.Transport):
             if not data:
                 self._eof()
                 return
-            protocol.data_received(data)
+            try:
+                protocol.data_received(data)
+            except BaseException:
+                # A protocol that failed on its input left the connection in an unknown
+                # state: it is cut (as asyncio's own transports do); the loop's exception
+                # handler reports the error.
+                self.abort()
+                raise
             if self._closing or self._read_paused or self._sock is None:
                 return
             if not sock.pending():

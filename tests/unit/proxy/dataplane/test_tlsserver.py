@@ -51,6 +51,8 @@ class Recorder(asyncio.Protocol):
             elif line == b"bye":
                 self.transport.write(b"bye\n")
                 self.transport.close()
+            elif line == b"boom":
+                raise RuntimeError("the protocol failed on its input")
 
     def eof_received(self) -> bool | None:
         self.events.append("eof")
@@ -349,6 +351,24 @@ async def test_a_peer_reset_is_reported_to_the_protocol(
     exc = await asyncio.wait_for(proto.lost, 5)
     assert exc is None or isinstance(exc, OSError)  # a reset, or an EOF when it raced
     assert "lost" in proto.events
+
+
+async def test_a_protocol_failing_on_its_input_cuts_the_connection(
+    served: Served, client_ssl: ssl.SSLContext
+) -> None:
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        reader, writer, proto, _transport = await _connected(served, client_ssl)
+        writer.write(b"boom\n")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # cut, not left half-alive
+        assert await asyncio.wait_for(proto.lost, 5) is None
+        await _until(lambda: bool(errors))
+        assert isinstance(errors[0].get("exception"), RuntimeError)  # still reported
+        writer.close()
+    finally:
+        loop.set_exception_handler(None)
 
 
 async def test_close_stops_accepting_and_ends_handshakes_but_keeps_connections(
