@@ -256,7 +256,7 @@ class Tally:
     observations).
     """
 
-    __slots__ = ("_adds", "_bounds", "_counts", "_histogram", "_observed", "_scheduled", "_sum")
+    __slots__ = ("_adds", "_bounds", "_counts", "_histogram", "_loop", "_observed", "_sum")
 
     def __init__(self, histogram: Histogram) -> None:
         self._histogram = histogram
@@ -265,13 +265,14 @@ class Tally:
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
         self._observed = False
-        self._scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # whose timer will flush
 
     def add(self, metric: Counter | Gauge, amount: float = 1.0) -> None:
         """``metric.inc(amount)`` (a gauge's amount may be negative), written out later."""
         adds = self._adds
         adds[metric] = adds.get(metric, 0.0) + amount
-        if not self._scheduled:
+        loop = self._loop
+        if loop is None or loop.is_closed():
             self._schedule()
 
     def observe(self, seconds: float) -> None:
@@ -279,21 +280,23 @@ class Tally:
         self._counts[bisect_left(self._bounds, seconds)] += 1
         self._sum += seconds
         self._observed = True
-        if not self._scheduled:
+        loop = self._loop
+        if loop is None or loop.is_closed():
             self._schedule()
 
     def _schedule(self) -> None:
+        # No timer pending (or its loop closed before it ran: in-process tests).
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no loop to wait on: write now
             self.flush()
             return
-        self._scheduled = True
+        self._loop = loop
         loop.call_later(FLUSH_INTERVAL, self.flush)
 
     def flush(self) -> None:
         """Write every update tallied since the last flush."""
-        self._scheduled = False
+        self._loop = None
         adds, self._adds = self._adds, {}
         for metric, amount in adds.items():
             if amount:
@@ -314,7 +317,7 @@ class Tally:
         self._counts = [0] * len(self._bounds)
         self._sum = 0.0
         self._observed = False
-        self._scheduled = False
+        self._loop = None
 
 
 TALLY: Final = Tally(REQUEST_DURATION)

@@ -7,8 +7,8 @@ duplicate framing headers) and enforces line, field and count limits. Added here
   later request on a keep-alive connection, complete headers must arrive within
   ``limits.header_read_timeout`` or the connection is closed (slowloris);
 - a connection cap per worker (``limits.max_connections``): connections beyond it are closed
-  as soon as they are accepted (the worker's TLS listener counts handshakes under way
-  against the same cap, :meth:`proxy.dataplane.worker.Worker`'s ``_admit``);
+  as soon as they are accepted (on the TLS listener, handshakes under way count against
+  the same cap: ``proxy.dataplane.worker.Worker._admit``);
 - request bodies are never decompressed (``auto_decompress=False``);
 - handler cancellation on disconnect, so a client that goes away cancels its backend call;
 - the chunk-size line of a chunked request body (size plus extensions) is bounded by

@@ -135,3 +135,19 @@ async def test_tally_reset_forgets_a_parents_updates() -> None:
     tally.reset()
     tally.flush()
     assert _text(tallied) == _text(direct)
+
+
+def test_tally_armed_on_a_loop_that_closed_arms_again_on_the_next() -> None:
+    tallied, _direct, tally, ((c, _g, _h), _) = _twins()
+
+    async def add_and_leave() -> None:
+        tally.add(c)  # its timer never runs: the loop ends first
+
+    async def add_and_wait() -> None:
+        tally.add(c)
+        await asyncio.sleep(FLUSH_INTERVAL + 0.2)
+
+    asyncio.run(add_and_leave())
+    assert 'c_total{k="x"} 0.0' in generate_latest(tallied).decode()
+    asyncio.run(add_and_wait())
+    assert 'c_total{k="x"} 2.0' in generate_latest(tallied).decode()
