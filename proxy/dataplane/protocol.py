@@ -270,7 +270,8 @@ class ProxyHTTPServer(web.Server):
         }
 
     def update_limits(self, limits: LimitsConfig) -> None:
-        """New connections use the new limits; open ones keep theirs."""
+        """New connections use the new limits; open ones keep aiohttp's (line and field
+        sizes, keep-alive) and take the new header-read deadline from their next request."""
         self.limits = limits
         self._kwargs.update(self._handler_kwargs(limits))
 

@@ -103,6 +103,24 @@ async def test_a_deadline_set_for_an_earlier_request_does_not_cut_a_later_one(
     writer.close()
 
 
+async def test_a_shorter_deadline_after_a_reload_holds_on_a_kept_alive_connection(
+    listen: Listen,
+) -> None:
+    # The timer armed for 30 s must not outlive a reload that shortened the limit to 0.3 s.
+    http, port = await listen(LimitsConfig(header_read_timeout=30, keepalive_timeout=30))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    await reader.readexactly(2)
+    http.update_limits(LimitsConfig(header_read_timeout=0.3, keepalive_timeout=30))
+    writer.write(b"GET / HTTP/1.1\r\n")
+    await writer.drain()
+    waited = await _closed_within(reader, 5)
+    assert waited < 3
+    writer.close()
+
+
 async def test_connections_over_the_cap_are_closed_at_once(listen: Listen) -> None:
     http, port = await listen(LimitsConfig(max_connections=1, header_read_timeout=30))
     _r1, w1 = await asyncio.open_connection("127.0.0.1", port)
