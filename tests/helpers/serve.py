@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -78,7 +80,11 @@ class Process:
     """A ``python -m proxy.cli ...`` child with its merged output collected line by line."""
 
     def __init__(self, args: list[str]) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Its own TMPDIR (the supervisor's metrics and receipt-store directories go there),
+        # removed at stop(): a test that kills the supervisor outright (SIGKILL runs no
+        # clean-up) leaves nothing behind in the machine's /tmp.
+        self.tmp = tempfile.mkdtemp(prefix="teeproxy-test-")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TMPDIR=self.tmp)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy.cli", *args],
             cwd=REPO,
@@ -155,6 +161,7 @@ class Process:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         self._reader.join(5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 Launch = Callable[[list[str]], Awaitable[Process]]
