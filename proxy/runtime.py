@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +41,7 @@ from certmgr.sealing import make_sealer
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.log import attest_log, server_log, tls_log
+from proxy.tmpdirs import private_tempdir
 
 if TYPE_CHECKING:
     from certmgr.receipts.signing import SigningKey
@@ -65,9 +65,10 @@ def with_metrics_dir() -> Path:
     """Create a private directory for multiprocess metrics and point the env at it.
 
     Before anything imports prometheus_client (:mod:`proxy.metrics`): it picks its storage
-    when first imported. Workers inherit the variable; the caller removes the directory.
+    when first imported. Workers inherit the variable; the caller removes the directory
+    (:func:`proxy.tmpdirs.remove_private_tempdir`).
     """
-    path = Path(tempfile.mkdtemp(prefix="teeproxy-metrics-"))
+    path = private_tempdir("teeproxy-metrics-")  # and those of killed supervisors go
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
     return path
 

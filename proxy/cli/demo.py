@@ -25,6 +25,7 @@ from proxy.errors import ConfigError
 from proxy.log import setup_logging
 from proxy.runtime import install_uvloop, with_metrics_dir
 from proxy.tasks import spawn
+from proxy.tmpdirs import remove_private_tempdir
 
 __all__ = ["add_parser", "cmd_demo", "demo_governance_text", "runnable", "teeproxy_command"]
 
@@ -75,7 +76,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"teeproxy demo: {e}", file=sys.stderr)
         return 2
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        remove_private_tempdir(metrics_dir)
 
 
 async def _demo(cfg: Config, sock: Path, rate: float) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from proxy.config import Config, default_toml, load, loads
 from proxy.errors import ConfigError
 from proxy.log import setup_logging
 from proxy.runtime import install_uvloop, with_metrics_dir
+from proxy.tmpdirs import remove_private_tempdir
 
 __all__ = ["build_parser", "main", "serve_config"]
 
@@ -52,7 +52,7 @@ def serve_config(cfg: Config, config_path: str | None) -> int:
         print(f"teeproxy: config error: {e}", file=sys.stderr)
         return 2
     finally:
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        remove_private_tempdir(metrics_dir)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

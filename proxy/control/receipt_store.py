@@ -10,8 +10,7 @@ are bounded (ids by pattern, bodies by the receipt size cap).
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
+from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
@@ -20,6 +19,7 @@ from certmgr.errors import CertmgrError
 from proxy.config import ReceiptsConfig
 from proxy.dataplane.receipt_store import MAX_STORED, RECEIPT_ID, ReceiptStore
 from proxy.log import receipts_log as log
+from proxy.tmpdirs import private_tempdir, remove_private_tempdir
 
 __all__ = ["Backing", "SharedStore", "StoreServer"]
 
@@ -103,7 +103,8 @@ class SharedStore:
 
     @classmethod
     async def start(cls, cfg: ReceiptsConfig, backing: Backing | None = None) -> SharedStore:
-        directory = await asyncio.to_thread(tempfile.mkdtemp, prefix="teeproxy-receipts-")
+        # Removed at close(); a killed supervisor's is removed by the next one's start.
+        directory = str(await asyncio.to_thread(private_tempdir, "teeproxy-receipts-"))
         server = StoreServer(
             ReceiptStore(cfg.ttl, cfg.max_entries), directory + "/store.sock", backing
         )
@@ -112,4 +113,4 @@ class SharedStore:
 
     async def close(self) -> None:
         await self.server.close()
-        await asyncio.to_thread(shutil.rmtree, self.directory, True)
+        await asyncio.to_thread(remove_private_tempdir, Path(self.directory))
