@@ -68,20 +68,30 @@ async def test_incomplete_headers_are_cut_at_the_deadline(listen: Listen) -> Non
     assert errors == []  # the deadline's callback closed the connection without raising
 
 
-async def test_the_deadline_rearms_for_each_kept_alive_request(listen: Listen) -> None:
-    _, port = await listen(LimitsConfig(header_read_timeout=0.3, keepalive_timeout=30))
+async def _kept_alive(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that has had one request answered (200 "ok") and stays open."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200")
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
     await reader.readexactly(2)  # "ok"
-    await asyncio.sleep(0.5)  # idle between requests is keep-alive time, not header time
-    writer.write(b"GET / HTTP/1.1\r\n")  # the second request starts, then stalls
+    return reader, writer
+
+
+async def _stall_next(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    """Start the next request and never finish its headers: seconds until it was cut."""
+    writer.write(b"GET / HTTP/1.1\r\n")
     await writer.drain()
     waited = await _closed_within(reader, 5)
-    assert waited < 3
     writer.close()
+    return waited
+
+
+async def test_the_deadline_rearms_for_each_kept_alive_request(listen: Listen) -> None:
+    _, port = await listen(LimitsConfig(header_read_timeout=0.3, keepalive_timeout=30))
+    reader, writer = await _kept_alive(port)
+    await asyncio.sleep(0.5)  # idle between requests is keep-alive time, not header time
+    assert await _stall_next(reader, writer) < 3
 
 
 async def test_a_deadline_set_for_an_earlier_request_does_not_cut_a_later_one(
@@ -90,17 +100,9 @@ async def test_a_deadline_set_for_an_earlier_request_does_not_cut_a_later_one(
     # One timer per connection: armed at the connection's start for 0.6 s, it fires while
     # the second request (begun at 0.4 s) is still within its own 0.6 s, and must move on.
     _, port = await listen(LimitsConfig(header_read_timeout=0.6, keepalive_timeout=30))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-    await reader.readexactly(2)
+    reader, writer = await _kept_alive(port)
     await asyncio.sleep(0.4)
-    writer.write(b"GET / HTTP/1.1\r\n")  # stalls; its deadline is 0.6 s from now
-    await writer.drain()
-    waited = await _closed_within(reader, 5)
-    assert 0.45 < waited < 3
-    writer.close()
+    assert 0.45 < await _stall_next(reader, writer) < 3
 
 
 async def test_a_shorter_deadline_after_a_reload_holds_on_a_kept_alive_connection(
@@ -108,17 +110,9 @@ async def test_a_shorter_deadline_after_a_reload_holds_on_a_kept_alive_connectio
 ) -> None:
     # The timer armed for 30 s must not outlive a reload that shortened the limit to 0.3 s.
     http, port = await listen(LimitsConfig(header_read_timeout=30, keepalive_timeout=30))
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
-    await reader.readexactly(2)
+    reader, writer = await _kept_alive(port)
     http.update_limits(LimitsConfig(header_read_timeout=0.3, keepalive_timeout=30))
-    writer.write(b"GET / HTTP/1.1\r\n")
-    await writer.drain()
-    waited = await _closed_within(reader, 5)
-    assert waited < 3
-    writer.close()
+    assert await _stall_next(reader, writer) < 3
 
 
 async def test_connections_over_the_cap_are_closed_at_once(listen: Listen) -> None:
