@@ -257,15 +257,16 @@ class Tally:
     """
 
     __slots__ = ("_adds", "_bounds", "_counts", "_histogram", "_loop", "_observed", "_sum")
+    _adds: dict[Counter | Gauge, float]
+    _counts: list[int]  # per bucket
+    _sum: float
+    _observed: bool
+    _loop: asyncio.AbstractEventLoop | None  # whose timer will flush
 
     def __init__(self, histogram: Histogram) -> None:
         self._histogram = histogram
         self._bounds: list[float] = list(histogram._upper_bounds)
-        self._adds: dict[Counter | Gauge, float] = {}
-        self._counts = [0] * len(self._bounds)
-        self._sum = 0.0
-        self._observed = False
-        self._loop: asyncio.AbstractEventLoop | None = None  # whose timer will flush
+        self.reset()
 
     def add(self, metric: Counter | Gauge, amount: float = 1.0) -> None:
         """``metric.inc(amount)`` (a gauge's amount may be negative), written out later."""

@@ -8,7 +8,7 @@ duplicate framing headers) and enforces line, field and count limits. Added here
   ``limits.header_read_timeout`` or the connection is closed (slowloris);
 - a connection cap per worker (``limits.max_connections``): connections beyond it are closed
   as soon as they are accepted (on the TLS listener, handshakes under way count against
-  the same cap: ``proxy.dataplane.worker.Worker._admit``);
+  the same cap: :meth:`ProxyHTTPServer.admit`);
 - request bodies are never decompressed (``auto_decompress=False``);
 - handler cancellation on disconnect, so a client that goes away cancels its backend call;
 - the chunk-size line of a chunked request body (size plus extensions) is bounded by
@@ -268,6 +268,15 @@ class ProxyHTTPServer(web.Server):
             "access_log": None,
             "lingering_time": 2.0,
         }
+
+    def admit(self, handshakes: int) -> bool:
+        """One more TLS handshake (the listener's ``admit``)? ``limits.max_connections``
+        bounds handshakes under way and open connections together, as nginx's
+        worker_connections does."""
+        if handshakes + self.open_connections < self.limits.max_connections:
+            return True
+        metrics.CONNECTIONS_REJECTED.labels("max_connections").inc()
+        return False
 
     def update_limits(self, limits: LimitsConfig) -> None:
         """New connections use the new limits; open ones keep aiohttp's (line and field

@@ -134,20 +134,11 @@ class Worker:
                 handshake_timeout=self.cfg.tls.handshake_timeout,
                 reuse_port=self.reuse_port,
                 backlog=2048,
-                admit=self._admit,
+                admit=self.http.admit,
             )
             self._servers.append(srv)
             if i >= len(self.ports):
                 self.ports.append(srv.sockets[0].getsockname()[1])
-
-    def _admit(self, handshakes: int) -> bool:
-        """One more TLS handshake? ``limits.max_connections`` bounds handshakes under way
-        and established connections together, as nginx's worker_connections does."""
-        http = self.http
-        if http is None or handshakes + http.open_connections < http.limits.max_connections:
-            return True
-        metrics.CONNECTIONS_REJECTED.labels("max_connections").inc()
-        return False
 
     def stop_listening(self) -> None:
         """Close the TLS listeners (no new connections); open connections are untouched."""
