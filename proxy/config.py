@@ -177,6 +177,7 @@ class LimitsConfig:
     send_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     websocket_max_message: int = 16 * 1024 * 1024
+    retain_free_memory: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +522,8 @@ def _validate(cfg: Config) -> None:
         _positive(getattr(lim, name), f"limits.{name}")
     if lim.websocket_max_message < 1:
         raise ConfigError("limits.websocket_max_message", "must be >= 1")
+    if not 0 <= lim.retain_free_memory <= 2**31 - 1:
+        raise ConfigError("limits.retain_free_memory", "must be 0 to 2147483647 bytes")
 
     addr = cfg.admin.address
     if addr is not None and not addr.is_unix:

@@ -41,6 +41,7 @@ from proxy.control.certificates import check_certificates, next_renewal, prepare
 from proxy.control.cluster import ClusterMember
 from proxy.control.governance import Governor, start_governor
 from proxy.control.receipt_store import SharedStore
+from proxy.dataplane import allocator
 from proxy.dataplane.worker import run_worker_process
 from proxy.errors import ConfigError, GovernanceError
 from proxy.log import server_log as log
@@ -134,7 +135,10 @@ class Supervisor:
             name="teeproxy-worker",
             daemon=False,
         )
-        with _bare_main():  # the worker loads only what it uses (see _bare_main)
+        malloc = allocator.worker_environment(self.cfg.limits.retain_free_memory)
+        # The worker loads only what it uses (see _bare_main); its allocator keeps freed
+        # body buffers for reuse (proxy.dataplane.allocator).
+        with _bare_main(), allocator.in_environment(malloc):
             proc.start()
         child.close()
         self._workers.append((proc, parent))

@@ -182,6 +182,16 @@ async def test_serve_with_unservable_certificate_exits_2_before_starting_workers
     assert "Traceback" not in p.output
 
 
+_RETAIN_DEFAULT = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "67108864"}
+
+
+def _malloc_env(pid: int) -> dict[str, str]:
+    """The glibc allocator variables process ``pid`` was started with."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    pairs = (e.decode().partition("=") for e in entries if e.startswith(b"MALLOC_"))
+    return {name: value for name, _, value in pairs}
+
+
 async def test_two_workers_serve_and_a_killed_worker_is_restarted(
     *,
     launch: Launch,
@@ -201,6 +211,12 @@ async def test_two_workers_serve_and_a_killed_worker_is_restarted(
     assert await asyncio.to_thread(listening_pids, workers, served.port) == workers
     for _ in range(10):
         assert await get_text(f"{served.url}/x", client_ssl) == "hello"
+    # Each worker's glibc keeps freed body buffers for reuse (limits.retain_free_memory);
+    # the supervisor's environment is left as it was.
+    assert (
+        await asyncio.to_thread(lambda: [_malloc_env(w) for w in workers]) == [_RETAIN_DEFAULT] * 2
+    )
+    assert await asyncio.to_thread(_malloc_env, p.pid) == {}
 
     victim = workers[0]
     os.kill(victim, signal.SIGKILL)  # a worker: ours (child of our child), by PID
@@ -209,7 +225,11 @@ async def test_two_workers_serve_and_a_killed_worker_is_restarted(
     for _ in range(10):
         assert await get_text(f"{served.url}/x", client_ssl) == "hello"
 
-    await wait_workers(p, served.port, 2, victim)
+    restarted = await wait_workers(p, served.port, 2, victim)
+    assert (
+        await asyncio.to_thread(lambda: [_malloc_env(w) for w in restarted])
+        == [_RETAIN_DEFAULT] * 2
+    )
     async with (
         aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(admin))) as s,
         s.get("http://admin/health") as resp,

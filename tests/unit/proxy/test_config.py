@@ -185,6 +185,12 @@ INVALID = [
     pytest.param(
         "[limits]\nwebsocket_max_message = 0", "limits.websocket_max_message", id="zero-ws-message"
     ),
+    pytest.param(
+        "[limits]\nretain_free_memory = -1", "limits.retain_free_memory", id="negative-retain"
+    ),
+    pytest.param(
+        "[limits]\nretain_free_memory = 2147483648", "limits.retain_free_memory", id="retain-int"
+    ),
     pytest.param("[server]\nlisten = []", "server.listen", id="no-listener"),
     pytest.param('[server]\nlisten = ["8443"]', "server.listen[0]", id="listen-no-host"),
     pytest.param('[server]\nlisten = [":8443"]', "server.listen[0]", id="listen-empty-host"),
