@@ -343,7 +343,9 @@ class Forwarder:
         elif content_length == 0 or method in _BODY_METHODS:
             up_headers.append(("Content-Length", "0"))
         head = _request_head(method, target, up_headers)
-        deadline = ex.deadline = Deadline(cfg.backend.total_timeout or None)
+        # The handler runs in the connection's task (aiohttp's request.task): the one the
+        # deadline cancels.
+        deadline = ex.deadline = Deadline(cfg.backend.total_timeout or None, task=request.task)
         ex.idle_timeout = cfg.backend.idle_timeout
         ex.send_timeout = cfg.limits.send_timeout
         try:

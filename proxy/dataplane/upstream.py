@@ -31,6 +31,7 @@ Errors never raise out of the protocol callbacks: they are recorded in
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -161,7 +162,8 @@ class BackendConnection(asyncio.Protocol):
         self._lost_exc: BaseException | None = None
         self.uses = 0  # exchanges started on this connection
         self._state = _IDLE
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None  # fires at _idle_at or earlier
+        self._idle_at = math.inf  # loop time this connection closes unless taken; inf: in use
         self._loop = asyncio.get_running_loop()
         # per exchange
         self.head: ResponseHead | None = None
@@ -390,18 +392,38 @@ class BackendConnection(asyncio.Protocol):
             self.transport.abort()
 
     def idle(self, timeout: float) -> None:
-        """In the pool: closed after ``timeout`` unless taken again."""
+        """In the pool: closed after ``timeout`` unless taken again.
+
+        One timer per connection, as the client side's header deadline: going idle after
+        each exchange moves a float, and the timer, when it fires while the connection is
+        in use or idle since later, re-arms itself for the time then set (instead of a
+        timer made and cancelled per exchange).
+        """
         self._state = _IDLE
         self._body = self._write = self._tap = self._deadline = None
         self._waiter = None
-        self._idle_handle = self._loop.call_later(timeout, self.close)
+        when = self._idle_at = self._loop.time() + timeout
+        handle = self._idle_handle
+        if handle is not None and when < handle.when():  # a shorter pool_idle_timeout
+            handle.cancel()
+            handle = None
+        if handle is None:
+            self._idle_handle = self._loop.call_at(when, self._idle_over)
 
     def take(self) -> bool:
         """Out of the pool for an exchange; False when it cannot serve one."""
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+        self._idle_at = math.inf
         return self.transport is not None and not self.transport.is_closing()
+
+    def _idle_over(self) -> None:
+        self._idle_handle = None
+        when = self._idle_at
+        if when == math.inf:
+            return  # in use: the next idle() arms a timer again
+        if self._loop.time() < when:
+            self._idle_handle = self._loop.call_at(when, self._idle_over)
+            return
+        self.close()
 
     # -- internals ---------------------------------------------------------------------
 

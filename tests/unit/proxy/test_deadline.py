@@ -88,3 +88,21 @@ async def test_foreign_cancellation_is_not_absorbed() -> None:
 def test_requires_a_running_task() -> None:
     with pytest.raises(RuntimeError):
         Deadline()
+
+
+async def test_a_given_task_is_the_one_cancelled() -> None:
+    started = asyncio.Event()
+
+    async def guarded() -> None:
+        started.set()
+        await asyncio.sleep(5)
+
+    task = asyncio.get_running_loop().create_task(guarded())
+    await started.wait()
+    dl = Deadline(task=task)  # made here, for another task (as the forwarder passes it)
+    dl.set(0.05, "idle")
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, timeout=2)
+    assert dl.expired
+    assert task.cancelled()
+    assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]
