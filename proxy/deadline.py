@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
 
 __all__ = ["Deadline"]
 
@@ -26,17 +25,17 @@ class Deadline:
     __slots__ = ("_handle", "_loop", "_scheduled", "_task", "_when", "cap", "expired", "phase")
 
     def __init__(
-        self, cap_seconds: float | None = None, *, task: asyncio.Task[Any] | None = None
+        self, cap_seconds: float | None = None, *, loop: asyncio.AbstractEventLoop | None = None
     ) -> None:
-        # ``task``: the current task, when the caller knows it already. Finding it costs two
-        # getpid() system calls (asyncio checks the running loop's process on every
-        # lookup): 1.5 % of a worker's CPU per small request (bench (a), py-spy).
+        # ``loop``: the running loop, when the caller knows it already. asyncio checks the
+        # running loop's process with getpid() on every lookup of it, and current_task()
+        # without a loop looks it up too: two system calls, 1.5 % of a worker's CPU per
+        # small request (bench (a), py-spy --native). With the loop given, none.
+        self._loop = loop = asyncio.get_running_loop() if loop is None else loop
+        task = asyncio.current_task(loop)
         if task is None:
-            task = asyncio.current_task()
-            if task is None:
-                raise RuntimeError("Deadline needs a running task")
+            raise RuntimeError("Deadline needs a running task")
         self._task = task
-        self._loop = task.get_loop()
         self._when = math.inf
         self._scheduled = math.inf
         self._handle: asyncio.TimerHandle | None = None

@@ -343,9 +343,10 @@ class Forwarder:
         elif content_length == 0 or method in _BODY_METHODS:
             up_headers.append(("Content-Length", "0"))
         head = _request_head(method, target, up_headers)
-        # The handler runs in the connection's task (aiohttp's request.task): the one the
-        # deadline cancels.
-        deadline = ex.deadline = Deadline(cfg.backend.total_timeout or None, task=request.task)
+        # The loop, from the connection's task (aiohttp runs each request's handler in a
+        # task of its own: the current one, which the deadline cancels).
+        loop = request.task.get_loop()
+        deadline = ex.deadline = Deadline(cfg.backend.total_timeout or None, loop=loop)
         ex.idle_timeout = cfg.backend.idle_timeout
         ex.send_timeout = cfg.limits.send_timeout
         try:

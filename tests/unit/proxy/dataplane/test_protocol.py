@@ -167,3 +167,23 @@ async def test_a_body_whose_framing_breaks_fails_the_handlers_stream(listen: Lis
     # At once, not after body_read_timeout (30 s).
     assert await asyncio.wait_for(outcome, 5) == "RequestPayloadError"
     writer.close()
+
+
+async def test_handlers_run_in_a_task_of_their_own_on_the_requests_loop(listen: Listen) -> None:
+    """The forwarder's backend deadline cancels the task the handler runs in, found on the
+    loop of ``request.task`` (the connection's task, not the handler's: aiohttp runs each
+    request's handler in a new task)."""
+    seen: list[tuple[bool, bool]] = []
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        me = asyncio.current_task()
+        seen.append((request.task.get_loop() is asyncio.get_running_loop(), request.task is me))
+        return web.Response(text="ok")
+
+    _, port = await listen(LimitsConfig(), handler)
+    reader, writer = await _kept_alive(port)
+    writer.write(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert seen == [(True, False), (True, False)]
